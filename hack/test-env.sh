@@ -1,0 +1,431 @@
+#!/usr/bin/env bash
+# Starts (and stops) everything Stevedore's tests talk to, on this machine only:
+#
+#   1. two test images made from Debian's busybox-static (`docker import`), v1 and v2
+#   2. a second Docker daemon on its own unix socket, data-root, exec-root and bridge
+#   3. a third Docker daemon on TCP with TLS client-certificate verification
+#   4. a registry (Debian's docker-registry) with TLS and htpasswd auth, holding the images
+#   5. sshd on a loopback port whose user reaches the second daemon with
+#      `docker system dial-stdio`, the way ssh:// Docker hosts are reached
+#
+# Usage: hack/test-env.sh up|down|status
+#
+# `up` is idempotent: what already runs is kept. Every process it starts is recorded in a
+# pid file under $STEVEDORE_TEST_DIR and `down` stops exactly those processes (never by
+# name). The addresses and credentials the tests need are written to $STEVEDORE_TEST_DIR/env.
+set -euo pipefail
+
+STATE=${STEVEDORE_TEST_DIR:-/tmp/stevedore-test-env}
+ENV_FILE="$STATE/env"
+CERTS="$STATE/certs"
+
+TLS_DAEMON_PORT=${STEVEDORE_TEST_TLS_PORT:-23760}
+REGISTRY_PORT=${STEVEDORE_TEST_REGISTRY_PORT:-25000}
+SSH_PORT=${STEVEDORE_TEST_SSH_PORT:-22220}
+REGISTRY="127.0.0.1:$REGISTRY_PORT"
+REGISTRY_USER=stevedore
+MAIN_HOST=unix:///var/run/docker.sock
+
+IMAGE_LOCAL=stevedore-test/busybox
+IMAGE_REMOTE="$REGISTRY/stevedore/busybox"
+
+log() { printf 'test-env: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- packages ----------------------------------------------------------------------------
+
+ensure_packages() {
+    local missing=()
+    local pkg
+    for pkg in busybox-static docker-registry openssh-server openssh-client apache2-utils \
+        openssl curl iproute2; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+    fi
+    # The package may ship a service on :5000; the harness runs its own registry instead.
+    command -v docker-registry >/dev/null || die "docker-registry did not install"
+}
+
+# --- processes ---------------------------------------------------------------------------
+
+pid_alive() {
+    local pidfile=$1
+    [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+stop_pidfile() {
+    local name=$1 pidfile=$2
+    if pid_alive "$pidfile"; then
+        local pid
+        pid=$(cat "$pidfile")
+        log "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 150); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "$name did not stop in 30 s, killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$pidfile"
+}
+
+wait_for() {
+    local what=$1
+    shift
+    for _ in $(seq 1 150); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.2
+    done
+    die "$what did not come up within 30 s"
+}
+
+# --- certificates ------------------------------------------------------------------------
+
+make_ca() {
+    local name=$1 subject=$2
+    [[ -s "$CERTS/$name.crt" ]] && return 0
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$subject" \
+        -keyout "$CERTS/$name.key" -out "$CERTS/$name.crt" 2>/dev/null
+}
+
+# make_cert NAME CA USAGE SAN — a leaf certificate signed by CA.
+make_cert() {
+    local name=$1 ca=$2 usage=$3 san=$4
+    [[ -s "$CERTS/$name.crt" ]] && return 0
+    local ext="$CERTS/$name.ext"
+    {
+        echo "basicConstraints=CA:FALSE"
+        echo "keyUsage=digitalSignature,keyEncipherment"
+        echo "extendedKeyUsage=$usage"
+        [[ -n $san ]] && echo "subjectAltName=$san"
+    } >"$ext"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" \
+        -keyout "$CERTS/$name.key" -out "$CERTS/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$CERTS/$name.csr" -CA "$CERTS/$ca.crt" -CAkey "$CERTS/$ca.key" \
+        -CAcreateserial -days 3650 -extfile "$ext" -out "$CERTS/$name.crt" 2>/dev/null
+    rm -f "$CERTS/$name.csr" "$ext"
+}
+
+make_certs() {
+    mkdir -p "$CERTS"
+    chmod 700 "$CERTS"
+    make_ca ca "stevedore test CA"
+    # A CA that signed nothing the harness serves: tests use it as "the wrong CA".
+    make_ca other-ca "stevedore unrelated CA"
+    make_cert daemon ca serverAuth "IP:127.0.0.1,DNS:localhost"
+    make_cert client ca clientAuth ""
+    make_cert registry ca serverAuth "IP:127.0.0.1,DNS:localhost"
+    # A daemon certificate from the unrelated CA, for "server presents a foreign cert" tests.
+    make_cert foreign-daemon other-ca serverAuth "IP:127.0.0.1,DNS:localhost"
+}
+
+# --- images ------------------------------------------------------------------------------
+
+# A busybox-static root filesystem: every applet (httpd, sleep, sh, wget, ...) as a link.
+make_rootfs() {
+    local version=$1 dir="$STATE/rootfs-$version" tar="$STATE/rootfs-$version.tar"
+    [[ -s $tar ]] && return 0
+    rm -rf "$dir"
+    mkdir -p "$dir"/{bin,etc,tmp,www,root}
+    chmod 1777 "$dir/tmp"
+    cp /bin/busybox "$dir/bin/busybox"
+    local applet
+    for applet in $("$dir/bin/busybox" --list); do
+        [[ $applet == busybox ]] || ln -sf busybox "$dir/bin/$applet"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' \
+        >"$dir/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$dir/etc/group"
+    echo "$version" >"$dir/etc/stevedore-image-version"
+    echo "stevedore test image $version" >"$dir/www/index.html"
+    tar -C "$dir" -cf "$tar" .
+    rm -rf "$dir"
+}
+
+docker_main() { DOCKER_HOST=$MAIN_HOST DOCKER_CONFIG="$STATE/docker-config" docker "$@"; }
+
+make_images() {
+    local version
+    for version in v1 v2; do
+        make_rootfs "$version"
+        if ! docker_main image inspect "$IMAGE_LOCAL:$version" >/dev/null 2>&1; then
+            log "importing $IMAGE_LOCAL:$version"
+            docker_main import \
+                --change 'ENV PATH=/bin' \
+                --change 'WORKDIR /' \
+                --change 'EXPOSE 8080' \
+                --change 'CMD ["httpd", "-f", "-v", "-p", "8080", "-h", "/www"]' \
+                "$STATE/rootfs-$version.tar" "$IMAGE_LOCAL:$version" >/dev/null
+        fi
+    done
+}
+
+# Copies the test images into another daemon with save/load, so image IDs are identical.
+load_images_into() {
+    local host=$1
+    shift
+    local version
+    for version in v1 v2; do
+        if ! DOCKER_HOST=$host "$@" docker image inspect "$IMAGE_LOCAL:$version" >/dev/null 2>&1; then
+            docker_main save "$IMAGE_LOCAL:$version" | DOCKER_HOST=$host "$@" docker load -q >/dev/null
+        fi
+    done
+}
+
+# --- extra daemons -----------------------------------------------------------------------
+
+# start_daemon NAME BRIDGE_CIDR EXTRA_ARGS... — a dockerd with its own roots and bridge.
+start_daemon() {
+    local name=$1 cidr=$2
+    shift 2
+    local dir="$STATE/$name" bridge="stv-$name"
+    mkdir -p "$dir/data" "$dir/exec"
+    if pid_alive "$dir/dockerd.pid"; then return 0; fi
+    # An own config file: the machine's /etc/docker/daemon.json names the main data-root.
+    echo '{}' >"$dir/daemon.json"
+    if ! ip link show "$bridge" >/dev/null 2>&1; then
+        ip link add "$bridge" type bridge
+        ip addr add "$cidr" dev "$bridge"
+    fi
+    ip link set "$bridge" up
+    local driver=vfs
+    [[ -e /dev/fuse ]] && command -v fuse-overlayfs >/dev/null && driver=fuse-overlayfs
+    log "starting dockerd $name"
+    setsid dockerd \
+        --config-file "$dir/daemon.json" \
+        --data-root "$dir/data" \
+        --exec-root "$dir/exec" \
+        --pidfile "$dir/dockerd.own.pid" \
+        --storage-driver "$driver" \
+        --bridge "$bridge" \
+        --iptables=false --ip-masq=false \
+        "$@" \
+        </dev/null >"$dir/dockerd.log" 2>&1 &
+    # Not in setsid's own process group, so setsid execs dockerd and $! is dockerd's pid.
+    # (dockerd's own --pidfile is a different file: it refuses to start over a live pid.)
+    echo $! >"$dir/dockerd.pid"
+}
+
+start_second_daemon() {
+    start_daemon d2 172.31.252.1/24 --host "unix://$STATE/d2/docker.sock"
+    wait_for "second daemon" env DOCKER_HOST="unix://$STATE/d2/docker.sock" docker version
+}
+
+tls_docker() {
+    DOCKER_HOST="tcp://127.0.0.1:$TLS_DAEMON_PORT" DOCKER_TLS_VERIFY=1 \
+        DOCKER_CERT_PATH="$STATE/tls-client" "$@"
+}
+
+start_tls_daemon() {
+    # The docker CLI reads ca.pem/cert.pem/key.pem from DOCKER_CERT_PATH.
+    mkdir -p "$STATE/tls-client"
+    cp "$CERTS/ca.crt" "$STATE/tls-client/ca.pem"
+    cp "$CERTS/client.crt" "$STATE/tls-client/cert.pem"
+    cp "$CERTS/client.key" "$STATE/tls-client/key.pem"
+    start_daemon dtls 172.31.253.1/24 \
+        --host "tcp://127.0.0.1:$TLS_DAEMON_PORT" \
+        --host "unix://$STATE/dtls/docker.sock" \
+        --tlsverify \
+        --tlscacert "$CERTS/ca.crt" \
+        --tlscert "$CERTS/daemon.crt" \
+        --tlskey "$CERTS/daemon.key"
+    wait_for "TLS daemon" tls_docker docker version
+}
+
+# --- registry ----------------------------------------------------------------------------
+
+start_registry() {
+    local dir="$STATE/registry"
+    mkdir -p "$dir/data"
+    if [[ ! -s "$dir/password" ]]; then
+        head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$dir/password"
+    fi
+    local password
+    password=$(cat "$dir/password")
+    htpasswd -Bbn "$REGISTRY_USER" "$password" >"$dir/htpasswd" 2>/dev/null
+    # Every daemon on this machine reads registry CAs from /etc/docker/certs.d.
+    mkdir -p "/etc/docker/certs.d/$REGISTRY"
+    cp "$CERTS/ca.crt" "/etc/docker/certs.d/$REGISTRY/ca.crt"
+    if ! pid_alive "$dir/registry.pid"; then
+        cat >"$dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY
+  secret: stevedore-test-registry
+  tls:
+    certificate: $CERTS/registry.crt
+    key: $CERTS/registry.key
+auth:
+  htpasswd:
+    realm: stevedore-test
+    path: $dir/htpasswd
+EOF
+        log "starting registry on $REGISTRY"
+        setsid docker-registry serve "$dir/config.yml" </dev/null >"$dir/registry.log" 2>&1 &
+        echo $! >"$dir/registry.pid"
+    fi
+    wait_for registry curl -sf --cacert "$CERTS/ca.crt" -u "$REGISTRY_USER:$password" \
+        "https://$REGISTRY/v2/"
+    local version
+    for version in v1 v2; do
+        if ! curl -sf --cacert "$CERTS/ca.crt" -u "$REGISTRY_USER:$password" \
+            -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+            "https://$REGISTRY/v2/stevedore/busybox/manifests/$version" >/dev/null; then
+            log "pushing $IMAGE_REMOTE:$version"
+            echo "$password" | docker_main login -u "$REGISTRY_USER" --password-stdin "$REGISTRY" \
+                >/dev/null 2>&1
+            docker_main tag "$IMAGE_LOCAL:$version" "$IMAGE_REMOTE:$version"
+            docker_main push -q "$IMAGE_REMOTE:$version" >/dev/null
+            docker_main rmi "$IMAGE_REMOTE:$version" >/dev/null
+        fi
+    done
+}
+
+# --- ssh ---------------------------------------------------------------------------------
+
+start_sshd() {
+    local dir="$STATE/ssh"
+    mkdir -p "$dir" /run/sshd
+    chmod 700 "$dir"
+    [[ -s "$dir/host_ed25519" ]] || ssh-keygen -q -t ed25519 -N '' -f "$dir/host_ed25519"
+    [[ -s "$dir/id_ed25519" ]] || ssh-keygen -q -t ed25519 -N '' -f "$dir/id_ed25519" -C stevedore-test
+    cp "$dir/id_ed25519.pub" "$dir/authorized_keys"
+    echo "[127.0.0.1]:$SSH_PORT $(cat "$dir/host_ed25519.pub")" >"$dir/known_hosts"
+    cat >"$dir/ssh_config" <<EOF
+Host stevedore-ssh
+    HostName 127.0.0.1
+    Port $SSH_PORT
+    User root
+    IdentityFile $dir/id_ed25519
+    IdentitiesOnly yes
+    UserKnownHostsFile $dir/known_hosts
+    StrictHostKeyChecking yes
+    BatchMode yes
+EOF
+    if ! pid_alive "$dir/sshd.pid"; then
+        cat >"$dir/sshd_config" <<EOF
+ListenAddress 127.0.0.1
+Port $SSH_PORT
+HostKey $dir/host_ed25519
+PidFile $dir/sshd.own.pid
+AuthorizedKeysFile $dir/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+# ssh:// Docker hosts run 'docker system dial-stdio' remotely; this one reaches daemon d2.
+SetEnv DOCKER_HOST=unix://$STATE/d2/docker.sock
+EOF
+        log "starting sshd on 127.0.0.1:$SSH_PORT"
+        # -D keeps it in the foreground so $! is its pid; setsid detaches it from this shell.
+        setsid /usr/sbin/sshd -D -f "$dir/sshd_config" </dev/null >"$dir/sshd.log" 2>&1 &
+        echo $! >"$dir/sshd.pid"
+    fi
+    wait_for sshd ssh -F "$dir/ssh_config" stevedore-ssh true
+}
+
+# --- env file ----------------------------------------------------------------------------
+
+write_env() {
+    cat >"$ENV_FILE.tmp" <<EOF
+STEVEDORE_TEST_DIR=$STATE
+STEVEDORE_TEST_MAIN_HOST=$MAIN_HOST
+STEVEDORE_TEST_SECOND_HOST=unix://$STATE/d2/docker.sock
+STEVEDORE_TEST_TLS_HOST=tcp://127.0.0.1:$TLS_DAEMON_PORT
+STEVEDORE_TEST_TLS_UNIX_HOST=unix://$STATE/dtls/docker.sock
+STEVEDORE_TEST_CA=$CERTS/ca.crt
+STEVEDORE_TEST_CLIENT_CERT=$CERTS/client.crt
+STEVEDORE_TEST_CLIENT_KEY=$CERTS/client.key
+STEVEDORE_TEST_OTHER_CA=$CERTS/other-ca.crt
+STEVEDORE_TEST_SSH_HOST=ssh://root@127.0.0.1:$SSH_PORT
+STEVEDORE_TEST_SSH_KEY=$STATE/ssh/id_ed25519
+STEVEDORE_TEST_SSH_KNOWN_HOSTS=$STATE/ssh/known_hosts
+STEVEDORE_TEST_SSH_CONFIG=$STATE/ssh/ssh_config
+STEVEDORE_TEST_REGISTRY=$REGISTRY
+STEVEDORE_TEST_REGISTRY_CA=$CERTS/ca.crt
+STEVEDORE_TEST_REGISTRY_USER=$REGISTRY_USER
+STEVEDORE_TEST_REGISTRY_PASSWORD=$(cat "$STATE/registry/password")
+STEVEDORE_TEST_IMAGE_V1=$IMAGE_LOCAL:v1
+STEVEDORE_TEST_IMAGE_V2=$IMAGE_LOCAL:v2
+STEVEDORE_TEST_REGISTRY_IMAGE_V1=$IMAGE_REMOTE:v1
+STEVEDORE_TEST_REGISTRY_IMAGE_V2=$IMAGE_REMOTE:v2
+STEVEDORE_TEST_ROOTFS_V1=$STATE/rootfs-v1.tar
+STEVEDORE_TEST_ROOTFS_V2=$STATE/rootfs-v2.tar
+EOF
+    chmod 600 "$ENV_FILE.tmp"
+    mv "$ENV_FILE.tmp" "$ENV_FILE"
+}
+
+# --- commands ----------------------------------------------------------------------------
+
+up() {
+    [[ $(id -u) == 0 ]] || die "needs root (starts dockerd and sshd, installs packages)"
+    mkdir -p "$STATE"
+    chmod 700 "$STATE"
+    ensure_packages
+    make_certs
+    wait_for "main Docker daemon" docker_main version
+    make_images
+    start_second_daemon
+    start_tls_daemon
+    load_images_into "unix://$STATE/d2/docker.sock"
+    load_images_into "tcp://127.0.0.1:$TLS_DAEMON_PORT" env DOCKER_TLS_VERIFY=1 \
+        DOCKER_CERT_PATH="$STATE/tls-client"
+    start_registry
+    start_sshd
+    write_env
+    log "ready; addresses in $ENV_FILE"
+}
+
+down() {
+    stop_pidfile sshd "$STATE/ssh/sshd.pid"
+    stop_pidfile registry "$STATE/registry/registry.pid"
+    local name
+    for name in dtls d2; do
+        stop_pidfile "dockerd $name" "$STATE/$name/dockerd.pid"
+        if ip link show "stv-$name" >/dev/null 2>&1; then
+            ip link delete "stv-$name" 2>/dev/null || true
+        fi
+    done
+    rm -f "$ENV_FILE"
+    log "stopped"
+}
+
+status() {
+    local name pidfile
+    for name in d2/dockerd dtls/dockerd registry/registry ssh/sshd; do
+        pidfile="$STATE/$name.pid"
+        if pid_alive "$pidfile"; then
+            echo "$name: running (pid $(cat "$pidfile"))"
+        else
+            echo "$name: stopped"
+        fi
+    done
+}
+
+case "${1:-}" in
+up) up ;;
+down) down ;;
+status) status ;;
+*)
+    echo "usage: $0 up|down|status" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,33 @@
+//! Stevedore converges fleets of Docker hosts from Kubernetes custom resources.
+//!
+//! The crate is one library with one binary (`stevedore`); the binary only wires the
+//! library's pieces to a command line.
+//!
+//! - [`api`]: the `stevedore.dev/v1alpha1` kinds and the client-side admission checks.
+//! - [`crd`]: rendering the CRDs as YAML, the form `crds/` holds.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod crd;
+
+/// Errors of the Stevedore library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value could not be rendered as YAML.
+    #[error("failed to render YAML")]
+    Yaml(#[source] serde_yaml_ng::Error),
+    /// Reading or writing a file failed.
+    #[error("failed to access {path}")]
+    Io {
+        /// The file or directory involved.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Result with Stevedore's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

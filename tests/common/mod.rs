@@ -1,0 +1,99 @@
+//! Helpers shared by the integration tests: the harness's addresses and JSON fixtures.
+#![allow(dead_code)] // each test crate uses a different part of this module
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+/// Where `hack/test-env.sh` writes the addresses of what it started.
+pub fn env_file() -> PathBuf {
+    let dir =
+        std::env::var("STEVEDORE_TEST_DIR").unwrap_or_else(|_| "/tmp/stevedore-test-env".into());
+    PathBuf::from(dir).join("env")
+}
+
+/// The harness's addresses and credentials (`STEVEDORE_TEST_*`). Panics with the command to
+/// run when the harness is not up: these tests talk to real daemons and never pretend.
+pub struct TestEnv(HashMap<String, String>);
+
+impl TestEnv {
+    pub fn load() -> Self {
+        let path = env_file();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the test harness is not up ({}: {e}); run `hack/test-env.sh up` first",
+                path.display()
+            )
+        });
+        let vars = text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self(vars)
+    }
+
+    /// One variable, without its `STEVEDORE_TEST_` prefix, e.g. `get("TLS_HOST")`.
+    pub fn get(&self, name: &str) -> String {
+        let key = format!("STEVEDORE_TEST_{name}");
+        self.0
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| panic!("{key} missing from {}", env_file().display()))
+    }
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// JSON merge patch (RFC 7386): `patch` over `base`; `null` removes a key.
+pub fn merged(base: &Value, patch: &Value) -> Value {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            let mut out = base.clone();
+            for (key, value) in patch {
+                if value.is_null() {
+                    out.remove(key);
+                } else {
+                    let next = merged(out.get(key).unwrap_or(&Value::Null), value);
+                    out.insert(key.clone(), next);
+                }
+            }
+            Value::Object(out)
+        }
+        (_, patch) => patch.clone(),
+    }
+}
+
+/// Every YAML document of every `.yaml` file under `dir`, with the file it came from.
+pub fn yaml_documents_under(dir: &std::path::Path) -> Vec<(PathBuf, Value)> {
+    let mut files = Vec::new();
+    collect_yaml_files(dir, &mut files);
+    files.sort();
+    let mut documents = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read example");
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value: Value = serde::Deserialize::deserialize(document)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if !value.is_null() {
+                documents.push((file.clone(), value));
+            }
+        }
+    }
+    documents
+}
+
+fn collect_yaml_files(dir: &std::path::Path, files: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            collect_yaml_files(&path, files);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            files.push(path);
+        }
+    }
+}
