@@ -1,5 +1,8 @@
 //! `DockerContainer`: what should run, where, and how many.
 
+// Each `printcolumn(...)` repeats `type_ = …`; clippy reads that as one attribute twice.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};

@@ -1,5 +1,8 @@
 //! `Registry`: where images come from, with credentials and a catalog of its images.
 
+// Each `printcolumn(...)` repeats `type_ = …`; clippy reads that as one attribute twice.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

@@ -1,5 +1,8 @@
 //! `DockerTarget`: one Docker daemon that Stevedore converges.
 
+// Each `printcolumn(...)` repeats `type_ = …`; clippy reads that as one attribute twice.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;

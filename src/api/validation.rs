@@ -71,8 +71,9 @@ impl Admission {
                     .ok_or_else(|| compile_error("no openAPIV3Schema".into()))?;
                 let schema =
                     serde_json::to_value(schema).map_err(|e| compile_error(e.to_string()))?;
-                let structure = jsonschema::validator_for(&as_strict_json_schema(&schema))
-                    .map_err(|e| compile_error(e.to_string()))?;
+                let structure =
+                    jsonschema::validator_for(&with_type_meta(as_strict_json_schema(&schema)))
+                        .map_err(|e| compile_error(e.to_string()))?;
                 let rules = kube_cel::compile_schema(&schema);
                 if let Some(first) = rules.compilation_errors().first() {
                     return Err(compile_error(format!("{first:?}")));
@@ -195,6 +196,17 @@ fn as_strict_json_schema(schema: &Value) -> Value {
         out.insert("additionalProperties".into(), Value::Bool(false));
     }
     Value::Object(out)
+}
+
+/// Declares the fields every object has besides its schema's own (`apiVersion`, `kind`,
+/// `metadata`), which the API server checks itself rather than through the CRD schema.
+fn with_type_meta(mut schema: Value) -> Value {
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.insert("apiVersion".into(), serde_json::json!({ "type": "string" }));
+        properties.insert("kind".into(), serde_json::json!({ "type": "string" }));
+        properties.insert("metadata".into(), serde_json::json!({ "type": "object" }));
+    }
+    schema
 }
 
 /// `/spec/ports/0/containerPort` → `spec.ports[0].containerPort`.

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the harness's addresses and JSON fixtures.
 #![allow(dead_code)] // each test crate uses a different part of this module
 
+pub mod cases;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 

@@ -1,0 +1,156 @@
+//! End-to-end checks against a real Kubernetes API server: the CRDs install, every example
+//! is accepted, and every invalid case is rejected by the server itself with a message that
+//! names the field.
+//!
+//! Gated on `STEVEDORE_E2E_KUBECONFIG` (a kubeconfig path for a disposable cluster, e.g.
+//! kind or k3d). `cargo test` lists these tests as ignored, with the reason; run them with
+//! `STEVEDORE_E2E_KUBECONFIG=~/.kube/config cargo test --test e2e_kube -- --ignored`.
+//! Run without the variable, each says that it skipped. The tests apply the
+//! CRDs cluster-wide and work in a fresh namespace they delete afterwards.
+
+mod common;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+
+const FIELD_MANAGER: &str = "stevedore-e2e";
+
+/// A client for the cluster named by `STEVEDORE_E2E_KUBECONFIG`, or `None` (after saying so)
+/// when the variable is unset.
+async fn cluster(test: &str) -> Option<Client> {
+    let Ok(path) = std::env::var("STEVEDORE_E2E_KUBECONFIG") else {
+        eprintln!("SKIPPED {test}: set STEVEDORE_E2E_KUBECONFIG to a kubeconfig to run it");
+        return None;
+    };
+    let kubeconfig = Kubeconfig::read_from(&path).expect("read STEVEDORE_E2E_KUBECONFIG");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig usable");
+    Some(Client::try_from(config).expect("client"))
+}
+
+async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in stevedore::api::crds() {
+        let name = crd.metadata.name.clone().expect("CRD name");
+        crds.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("the API server refused CRD {name}: {e}"));
+        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(std::time::Duration::from_secs(30), established)
+            .await
+            .unwrap_or_else(|_| panic!("CRD {name} not established within 30 s"))
+            .expect("watch CRD");
+    }
+}
+
+/// A fresh namespace for one test; `delete_namespace` removes it.
+async fn fresh_namespace(client: &Client) -> String {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let name = format!("stevedore-e2e-{}-{stamp}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
+    namespaces
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&ns),
+        )
+        .await
+        .expect("create namespace");
+    name
+}
+
+async fn delete_namespace(client: &Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(name, &DeleteParams::default()).await;
+}
+
+/// Server-side applies one object (with strict field validation) into `namespace`.
+async fn apply(client: &Client, namespace: &str, object: &Value) -> Result<(), kube::Error> {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    let params = PatchParams::apply(FIELD_MANAGER).validation_strict();
+    api.patch(name, &params, &Patch::Apply(object))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
+async fn crds_install_and_every_example_is_accepted() {
+    let Some(client) = cluster("crds_install_and_every_example_is_accepted").await else {
+        return;
+    };
+    install_crds(&client).await;
+    let namespace = fresh_namespace(&client).await;
+    let mut refused = Vec::new();
+    for (file, doc) in common::yaml_documents_under(&common::repo_root().join("examples")) {
+        if let Err(e) = apply(&client, &namespace, &doc).await {
+            refused.push(format!("{}: {e}", file.display()));
+        }
+    }
+    delete_namespace(&client, &namespace).await;
+    assert!(
+        refused.is_empty(),
+        "examples refused:\n{}",
+        refused.join("\n")
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
+async fn every_invalid_case_is_rejected_by_the_api_server_naming_the_field() {
+    let Some(client) =
+        cluster("every_invalid_case_is_rejected_by_the_api_server_naming_the_field").await
+    else {
+        return;
+    };
+    install_crds(&client).await;
+    let namespace = fresh_namespace(&client).await;
+    let mut rule_messages = String::new();
+    for crd in stevedore::api::crds() {
+        rule_messages.push_str(&serde_json::to_string(&crd).expect("crd"));
+    }
+    let mut failures = Vec::new();
+    for case in common::cases::all_cases() {
+        if let Err(e) = apply(&client, &namespace, &case.valid).await {
+            failures.push(format!("{}: valid object refused: {e}", case.name));
+        }
+        match apply(&client, &namespace, &case.invalid).await {
+            Ok(()) => failures.push(format!("{}: invalid object accepted", case.name)),
+            Err(e) => {
+                let text = e.to_string();
+                // The server words structural errors its own way; CEL messages are ours.
+                let is_cel_rule = rule_messages.contains(case.message);
+                if !text.contains(case.field) || (is_cel_rule && !text.contains(case.message)) {
+                    failures.push(format!(
+                        "{}: expected {} / {}, got {text}",
+                        case.name, case.field, case.message
+                    ));
+                }
+            }
+        }
+    }
+    delete_namespace(&client, &namespace).await;
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
