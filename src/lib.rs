@@ -5,12 +5,14 @@
 //!
 //! - [`api`]: the `stevedore.dev/v1alpha1` kinds and the client-side admission checks.
 //! - [`crd`]: rendering the CRDs as YAML, the form `crds/` holds.
+//! - [`docker`]: connecting to daemons and every call made to them.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod crd;
+pub mod docker;
 
 /// Errors of the Stevedore library.
 #[derive(Debug, thiserror::Error)]

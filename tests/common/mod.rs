@@ -99,3 +99,81 @@ fn collect_yaml_files(dir: &std::path::Path, files: &mut Vec<PathBuf>) {
         }
     }
 }
+
+/// The harness's transports, each as a target spec plus its Secret material.
+pub mod hosts {
+    use super::TestEnv;
+    use stevedore::api::DockerTargetSpec;
+    use stevedore::api::SecretSource;
+    use stevedore::docker::{ConnectionMaterial, SshMaterial, TlsMaterial};
+
+    fn read(path: &str) -> Vec<u8> {
+        std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn spec(endpoint: &str) -> DockerTargetSpec {
+        DockerTargetSpec {
+            endpoint: endpoint.to_string(),
+            tls: None,
+            ssh: None,
+            allow_insecure: false,
+            unschedulable: false,
+            max_containers: 0,
+        }
+    }
+
+    fn secret(name: &str) -> Option<SecretSource> {
+        Some(SecretSource {
+            secret_ref: stevedore::api::SecretReference { name: name.into() },
+        })
+    }
+
+    /// The machine's own daemon over its unix socket.
+    pub fn main(env: &TestEnv) -> (DockerTargetSpec, ConnectionMaterial) {
+        (spec(&env.get("MAIN_HOST")), ConnectionMaterial::default())
+    }
+
+    /// The harness's second daemon over its unix socket.
+    pub fn second(env: &TestEnv) -> (DockerTargetSpec, ConnectionMaterial) {
+        (spec(&env.get("SECOND_HOST")), ConnectionMaterial::default())
+    }
+
+    /// TLS material trusting `ca` (a path) with the harness's client certificate.
+    pub fn tls_material(env: &TestEnv, ca: &str) -> TlsMaterial {
+        TlsMaterial {
+            ca: read(ca),
+            cert: read(&env.get("CLIENT_CERT")),
+            key: read(&env.get("CLIENT_KEY")),
+        }
+    }
+
+    /// The TLS daemon, trusting the harness CA.
+    pub fn tls(env: &TestEnv) -> (DockerTargetSpec, ConnectionMaterial) {
+        let mut spec = spec(&env.get("TLS_HOST"));
+        spec.tls = secret("tls");
+        let material = ConnectionMaterial {
+            tls: Some(tls_material(env, &env.get("CA"))),
+            ssh: None,
+        };
+        (spec, material)
+    }
+
+    /// ssh material with the harness's client key and known_hosts.
+    pub fn ssh_material(env: &TestEnv) -> SshMaterial {
+        SshMaterial {
+            private_key: read(&env.get("SSH_KEY")),
+            known_hosts: Some(read(&env.get("SSH_KNOWN_HOSTS"))),
+        }
+    }
+
+    /// The ssh endpoint (which reaches the second daemon).
+    pub fn ssh(env: &TestEnv) -> (DockerTargetSpec, ConnectionMaterial) {
+        let mut spec = spec(&env.get("SSH_HOST"));
+        spec.ssh = secret("ssh");
+        let material = ConnectionMaterial {
+            tls: None,
+            ssh: Some(ssh_material(env)),
+        };
+        (spec, material)
+    }
+}

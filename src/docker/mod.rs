@@ -1,0 +1,753 @@
+//! Everything that talks to a Docker daemon. Every bollard call of the crate is in this
+//! module; the rest of the code speaks in the types defined here.
+//!
+//! ```text
+//!   connect(spec, secrets) ──> DockerHost ──┬─ list / inspect / images / info   (observe)
+//!                                           ├─ pull / create / start / stop / … (execute)
+//!                                           └─ events                            (react)
+//!   every call is counted by kind (CallCounts), so tests and benchmarks can assert
+//!   "a no-op converge made zero mutating calls".
+//! ```
+
+pub mod connect;
+pub mod error;
+mod ssh;
+mod tls;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bollard::auth::DockerCredentials;
+use bollard::models::{ContainerCreateBody, ContainerSummary, EventMessage};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    StartContainerOptions, StopContainerOptionsBuilder,
+};
+use bollard::{BollardRequest, Docker};
+use futures::{Stream, StreamExt, TryStreamExt};
+
+pub use connect::{ConnectOptions, ConnectionMaterial, SshMaterial, TlsMaterial, connect};
+pub use error::{DockerError, ErrorKind};
+
+use crate::api::target::{HostImage, ServerInfo};
+
+/// Names the body type of bollard's requests, which bollard does not export by name; custom
+/// transports (TLS, ssh) need it for their hyper client.
+trait HasBody {
+    type Body;
+}
+
+impl<B> HasBody for http::Request<B> {
+    type Body = B;
+}
+
+type RequestBody = <BollardRequest as HasBody>::Body;
+
+/// The label every managed container carries; its value is `"true"`.
+pub const LABEL_MANAGED: &str = "stevedore.dev/managed";
+/// The label with the UID of the DockerTarget a container was placed through.
+pub const LABEL_TARGET: &str = "stevedore.dev/target";
+
+/// The kinds of Docker calls, counted separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Call {
+    /// `GET /version`, `GET /info`.
+    Info,
+    /// `GET /containers/json`.
+    ListContainers,
+    /// `GET /containers/{id}/json`.
+    InspectContainer,
+    /// `GET /containers/{id}/logs`.
+    Logs,
+    /// `GET /images/json`, `GET /images/{name}/json`.
+    Images,
+    /// `GET /events` (one per stream opened).
+    Events,
+    /// `POST /images/create`.
+    Pull,
+    /// `POST /containers/create`.
+    Create,
+    /// `POST /containers/{id}/start`.
+    Start,
+    /// `POST /containers/{id}/stop`.
+    Stop,
+    /// `DELETE /containers/{id}`.
+    Remove,
+    /// `POST /containers/{id}/rename`.
+    Rename,
+}
+
+impl Call {
+    const ALL: [Call; 12] = [
+        Call::Info,
+        Call::ListContainers,
+        Call::InspectContainer,
+        Call::Logs,
+        Call::Images,
+        Call::Events,
+        Call::Pull,
+        Call::Create,
+        Call::Start,
+        Call::Stop,
+        Call::Remove,
+        Call::Rename,
+    ];
+
+    /// Whether the call changes anything on the host.
+    pub fn is_mutating(self) -> bool {
+        matches!(
+            self,
+            Call::Pull | Call::Create | Call::Start | Call::Stop | Call::Remove | Call::Rename
+        )
+    }
+}
+
+/// Counters of the calls made through one [`DockerHost`] (and its clones).
+#[derive(Debug, Default)]
+struct CallCounter {
+    counts: [AtomicU64; Call::ALL.len()],
+}
+
+/// A snapshot of call counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallCounts(pub BTreeMap<Call, u64>);
+
+impl CallCounts {
+    /// Calls of one kind.
+    pub fn get(&self, call: Call) -> u64 {
+        self.0.get(&call).copied().unwrap_or(0)
+    }
+
+    /// Calls that changed something on the host.
+    pub fn mutating(&self) -> u64 {
+        self.0
+            .iter()
+            .filter(|(call, _)| call.is_mutating())
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The calls made since `earlier`.
+    pub fn since(&self, earlier: &CallCounts) -> CallCounts {
+        CallCounts(
+            self.0
+                .iter()
+                .map(|(call, n)| (*call, n - earlier.get(*call)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        )
+    }
+}
+
+/// The state of a container as the daemon reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ContainerState {
+    /// Created, never started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused.
+    Paused,
+    /// Being restarted by the daemon's restart policy.
+    Restarting,
+    /// Being removed.
+    Removing,
+    /// Exited (stopped).
+    Exited,
+    /// Dead (failed to stop or remove).
+    Dead,
+}
+
+impl ContainerState {
+    fn parse(state: &str) -> Self {
+        match state {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "restarting" => Self::Restarting,
+            "removing" => Self::Removing,
+            "dead" => Self::Dead,
+            _ => Self::Exited,
+        }
+    }
+
+    /// The daemon's word for the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Restarting => "restarting",
+            Self::Removing => "removing",
+            Self::Exited => "exited",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+/// The health check's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Health {
+    /// Within the start period, or no verdict yet.
+    Starting,
+    /// The last checks passed.
+    Healthy,
+    /// `retries` checks in a row failed.
+    Unhealthy,
+}
+
+impl Health {
+    /// Docker's word for the verdict.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+
+    fn parse(word: &str) -> Option<Self> {
+        match word {
+            "starting" => Some(Self::Starting),
+            "healthy" => Some(Self::Healthy),
+            "unhealthy" => Some(Self::Unhealthy),
+            _ => None,
+        }
+    }
+}
+
+/// A container as one list call shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostContainer {
+    /// Container ID.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// All labels.
+    pub labels: BTreeMap<String, String>,
+    /// State.
+    pub state: ContainerState,
+    /// Health, for containers with a health check.
+    pub health: Option<Health>,
+    /// The image ID the container runs.
+    pub image_id: String,
+    /// Exit code, for an exited container.
+    pub exit_code: Option<i64>,
+}
+
+impl HostContainer {
+    fn from_summary(summary: ContainerSummary) -> Option<Self> {
+        let status = summary.status.unwrap_or_default();
+        let name = summary
+            .names
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .map(|n| n.trim_start_matches('/').to_string())?;
+        Some(Self {
+            id: summary.id?,
+            name,
+            labels: summary.labels.unwrap_or_default().into_iter().collect(),
+            state: ContainerState::parse(&summary.state.map(|s| s.to_string()).unwrap_or_default()),
+            health: summary
+                .health
+                .and_then(|h| h.status)
+                .and_then(|s| Health::parse(&s.to_string()))
+                .or_else(|| health_from_status(&status)),
+            image_id: summary.image_id.unwrap_or_default(),
+            exit_code: exit_code_from_status(&status),
+        })
+    }
+}
+
+/// Older daemons put health only in the status text: `Up 3 minutes (healthy)`.
+fn health_from_status(status: &str) -> Option<Health> {
+    if status.contains("(healthy)") {
+        Some(Health::Healthy)
+    } else if status.contains("(unhealthy)") {
+        Some(Health::Unhealthy)
+    } else if status.contains("(health: starting)") {
+        Some(Health::Starting)
+    } else {
+        None
+    }
+}
+
+/// `Exited (137) 5 seconds ago` → 137.
+fn exit_code_from_status(status: &str) -> Option<i64> {
+    let rest = status.strip_prefix("Exited (")?;
+    rest.split_once(')')?.0.parse().ok()
+}
+
+/// What an inspect adds to a list entry, for status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerDetails {
+    /// RFC 3339 start time, when it ever started.
+    pub started_at: Option<String>,
+    /// Exit code of the last run.
+    pub exit_code: Option<i64>,
+    /// Restarts done by the daemon's restart policy.
+    pub restart_count: i64,
+    /// `network=ip` per network.
+    pub ips: Vec<String>,
+    /// `hostIP:hostPort->containerPort/protocol` per published port.
+    pub ports: Vec<String>,
+    /// Health, with a health check.
+    pub health: Option<Health>,
+}
+
+/// A container event from the daemon's event stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// `die`, `stop`, `kill`, `destroy`, `start`, `health_status: healthy`, …
+    pub action: String,
+    /// The container's ID.
+    pub id: String,
+    /// The container's name, when the daemon sent it.
+    pub name: Option<String>,
+}
+
+/// Credentials for one pull.
+#[derive(Clone)]
+pub struct PullCredentials {
+    /// Registry user.
+    pub username: String,
+    /// Registry password or token.
+    pub password: String,
+    /// Registry host, e.g. `registry.example.com:5000`.
+    pub server: String,
+}
+
+impl std::fmt::Debug for PullCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PullCredentials {{ server: {:?}, <redacted> }}",
+            self.server
+        )
+    }
+}
+
+/// A connected daemon. Cheap to clone; clones share the connection and the call counters.
+#[derive(Clone)]
+pub struct DockerHost {
+    docker: Docker,
+    endpoint: String,
+    calls: Arc<CallCounter>,
+}
+
+impl DockerHost {
+    fn new(docker: Docker, endpoint: String) -> Self {
+        Self {
+            docker,
+            endpoint,
+            calls: Arc::default(),
+        }
+    }
+
+    /// The endpoint this host was connected through.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// How many calls of each kind were made so far.
+    pub fn calls(&self) -> CallCounts {
+        CallCounts(
+            Call::ALL
+                .iter()
+                .zip(&self.calls.counts)
+                .map(|(call, n)| (*call, n.load(Ordering::Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        )
+    }
+
+    fn count(&self, call: Call) {
+        if let Some(position) = Call::ALL.iter().position(|c| *c == call) {
+            self.calls.counts[position].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn fail(&self, what: String) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+        move |e| DockerError::from_bollard(&what, e)
+    }
+
+    /// The daemon's version and machine, for `status.server`.
+    pub async fn server_info(&self) -> Result<ServerInfo, DockerError> {
+        self.count(Call::Info);
+        let version = self
+            .docker
+            .version()
+            .await
+            .map_err(self.fail(format!("failed to read the version of {}", self.endpoint)))?;
+        self.count(Call::Info);
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(self.fail(format!("failed to read the info of {}", self.endpoint)))?;
+        let negotiated = self.docker.client_version();
+        Ok(ServerInfo {
+            version: version.version.unwrap_or_default(),
+            api_version: format!("{}.{}", negotiated.major_version, negotiated.minor_version),
+            os: info.os_type.or(version.os).unwrap_or_default(),
+            arch: info.architecture.or(version.arch).unwrap_or_default(),
+            kernel_version: info.kernel_version.unwrap_or_default(),
+            cpus: info.ncpu.unwrap_or_default(),
+            memory_bytes: info.mem_total.unwrap_or_default(),
+        })
+    }
+
+    /// Every container (running or not) carrying `label=value`, in one list call.
+    pub async fn list_labelled(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<HostContainer>, DockerError> {
+        self.count(Call::ListContainers);
+        let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(self.fail(format!("failed to list containers on {}", self.endpoint)))?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(HostContainer::from_summary)
+            .collect())
+    }
+
+    /// The images the host holds, one entry per reference (untagged images by ID).
+    pub async fn list_images(&self) -> Result<Vec<HostImage>, DockerError> {
+        self.count(Call::Images);
+        let images = self
+            .docker
+            .list_images(Some(ListImagesOptionsBuilder::default().build()))
+            .await
+            .map_err(self.fail(format!("failed to list images on {}", self.endpoint)))?;
+        let mut out = Vec::new();
+        for image in images {
+            let digest = image
+                .repo_digests
+                .iter()
+                .find_map(|d| d.split_once('@').map(|(_, digest)| digest.to_string()));
+            let references: Vec<String> = image
+                .repo_tags
+                .iter()
+                .filter(|t| t.as_str() != "<none>:<none>")
+                .cloned()
+                .collect();
+            if references.is_empty() {
+                out.push(HostImage {
+                    reference: image.id.clone(),
+                    id: image.id.clone(),
+                    digest: digest.clone(),
+                });
+            }
+            for reference in references {
+                out.push(HostImage {
+                    reference,
+                    id: image.id.clone(),
+                    digest: digest.clone(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(out)
+    }
+
+    /// The ID of a local image, or `None` when the host does not have it.
+    pub async fn image_id(&self, reference: &str) -> Result<Option<String>, DockerError> {
+        self.count(Call::Images);
+        match self.docker.inspect_image(reference).await {
+            Ok(image) => Ok(image.id),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(DockerError::from_bollard(
+                &format!("failed to inspect image {reference}"),
+                e,
+            )),
+        }
+    }
+
+    /// Pulls an image, reading the daemon's progress stream to its end (a pull is only done
+    /// when the stream says so; errors arrive inside it).
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Option<&PullCredentials>,
+    ) -> Result<(), DockerError> {
+        self.count(Call::Pull);
+        let (repository, tag) = split_reference(reference);
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(repository)
+            .tag(tag)
+            .build();
+        let credentials = credentials.map(|c| DockerCredentials {
+            username: Some(c.username.clone()),
+            password: Some(c.password.clone()),
+            serveraddress: Some(c.server.clone()),
+            ..Default::default()
+        });
+        let mut stream = std::pin::pin!(self.docker.create_image(Some(options), None, credentials));
+        while let Some(progress) = stream.next().await {
+            let progress = progress.map_err(|e| {
+                DockerError::from_bollard(&format!("failed to pull {reference}"), e)
+            })?;
+            if let Some(error) = progress.error_detail.and_then(|d| d.message) {
+                return Err(DockerError::new(
+                    ErrorKind::ServerError,
+                    format!("failed to pull {reference}: {error}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a container; returns its ID.
+    pub async fn create(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+    ) -> Result<String, DockerError> {
+        self.count(Call::Create);
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let response = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(self.fail(format!("failed to create container {name}")))?;
+        Ok(response.id)
+    }
+
+    /// Starts a container.
+    pub async fn start(&self, id: &str, name: &str) -> Result<(), DockerError> {
+        self.count(Call::Start);
+        self.docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .map_err(self.fail(format!("failed to start container {name}")))
+    }
+
+    /// Stops a container gracefully: its stop signal, then a kill after `timeout_secs`.
+    pub async fn stop(&self, id: &str, name: &str, timeout_secs: i32) -> Result<(), DockerError> {
+        self.count(Call::Stop);
+        let options = StopContainerOptionsBuilder::default()
+            .t(timeout_secs)
+            .build();
+        match self.docker.stop_container(id, Some(options)).await {
+            // 304: already stopped.
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::from_bollard(
+                &format!("failed to stop container {name}"),
+                e,
+            )),
+        }
+    }
+
+    /// Removes a stopped container. Never its volumes.
+    pub async fn remove(&self, id: &str, name: &str) -> Result<(), DockerError> {
+        self.count(Call::Remove);
+        let options = RemoveContainerOptionsBuilder::default()
+            .v(false)
+            .force(true)
+            .build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::from_bollard(
+                &format!("failed to remove container {name}"),
+                e,
+            )),
+        }
+    }
+
+    /// Renames a container.
+    pub async fn rename(&self, id: &str, new_name: &str) -> Result<(), DockerError> {
+        self.count(Call::Rename);
+        let options = RenameContainerOptionsBuilder::default()
+            .name(new_name)
+            .build();
+        self.docker
+            .rename_container(id, options)
+            .await
+            .map_err(self.fail(format!("failed to rename container {id} to {new_name}")))
+    }
+
+    /// Details for status: start time, exit code, restarts, addresses and published ports.
+    pub async fn inspect(&self, id: &str) -> Result<ContainerDetails, DockerError> {
+        self.count(Call::InspectContainer);
+        let inspect = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(self.fail(format!("failed to inspect container {id}")))?;
+        let state = inspect.state.unwrap_or_default();
+        let network = inspect.network_settings.unwrap_or_default();
+        let mut ips: Vec<String> = network
+            .networks
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(name, endpoint)| {
+                endpoint
+                    .ip_address
+                    .filter(|ip| !ip.is_empty())
+                    .map(|ip| format!("{name}={ip}"))
+            })
+            .collect();
+        ips.sort();
+        let mut ports: Vec<String> = network
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|(container_port, bindings)| {
+                bindings.unwrap_or_default().into_iter().map(move |b| {
+                    format!(
+                        "{}:{}->{container_port}",
+                        b.host_ip.unwrap_or_default(),
+                        b.host_port.unwrap_or_default()
+                    )
+                })
+            })
+            .collect();
+        ports.sort();
+        Ok(ContainerDetails {
+            started_at: state.started_at.filter(|t| !t.starts_with("0001-01-01")),
+            exit_code: state.exit_code,
+            restart_count: inspect.restart_count.unwrap_or_default(),
+            ips,
+            ports,
+            health: state
+                .health
+                .and_then(|h| h.status)
+                .and_then(|s| Health::parse(&s.to_string())),
+        })
+    }
+
+    /// The last `lines` lines of a container's output (stdout and stderr).
+    pub async fn log_tail(&self, id: &str, lines: usize) -> Result<String, DockerError> {
+        self.count(Call::Logs);
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let chunks: Vec<_> = self
+            .docker
+            .logs(id, Some(options))
+            .try_collect()
+            .await
+            .map_err(self.fail(format!("failed to read the log of {id}")))?;
+        Ok(chunks.iter().map(|c| c.to_string()).collect())
+    }
+
+    /// The daemon's container events for containers carrying `label=value`, from now on.
+    /// The stream ends (or errors) when the connection drops; callers reconnect and resync.
+    pub fn container_events(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + Send + 'static {
+        self.count(Call::Events);
+        let filters = HashMap::from([
+            ("type", vec!["container".to_string()]),
+            ("label", vec![format!("{label}={value}")]),
+        ]);
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        let endpoint = self.endpoint.clone();
+        self.docker
+            .events(Some(options))
+            .map_err(move |e| {
+                DockerError::from_bollard(&format!("event stream of {endpoint} failed"), e)
+            })
+            .try_filter_map(|event| async move { Ok(ContainerEvent::from_message(event)) })
+    }
+}
+
+impl ContainerEvent {
+    fn from_message(event: EventMessage) -> Option<Self> {
+        let actor = event.actor?;
+        let attributes = actor.attributes.unwrap_or_default();
+        Some(Self {
+            action: event.action?,
+            id: actor.id?,
+            name: attributes.get("name").cloned(),
+        })
+    }
+}
+
+/// `repo:tag` → (`repo`, `tag`); `repo@sha256:…` → (`repo@sha256:…`, ""); `repo` →
+/// (`repo`, `latest`). A registry port (`host:5000/repo`) is not a tag.
+pub fn split_reference(reference: &str) -> (&str, &str) {
+    if reference.contains('@') {
+        return (reference, "");
+    }
+    match reference.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (reference, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_repository_and_tag() {
+        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
+        assert_eq!(split_reference("busybox:1.36"), ("busybox", "1.36"));
+        assert_eq!(
+            split_reference("127.0.0.1:5000/team/app"),
+            ("127.0.0.1:5000/team/app", "latest")
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/team/app:v2"),
+            ("127.0.0.1:5000/team/app", "v2")
+        );
+        assert_eq!(split_reference("app@sha256:abc"), ("app@sha256:abc", ""));
+    }
+
+    #[test]
+    fn status_text_yields_health_and_exit_code() {
+        assert_eq!(
+            health_from_status("Up 3 minutes (healthy)"),
+            Some(Health::Healthy)
+        );
+        assert_eq!(
+            health_from_status("Up 1 second (health: starting)"),
+            Some(Health::Starting)
+        );
+        assert_eq!(health_from_status("Up 3 minutes"), None);
+        assert_eq!(
+            exit_code_from_status("Exited (137) 5 seconds ago"),
+            Some(137)
+        );
+        assert_eq!(exit_code_from_status("Up 2 hours"), None);
+    }
+
+    #[test]
+    fn call_counts_tell_mutating_calls_apart() {
+        let before = CallCounts(BTreeMap::from([(Call::ListContainers, 2)]));
+        let after = CallCounts(BTreeMap::from([
+            (Call::ListContainers, 3),
+            (Call::Create, 1),
+            (Call::Start, 1),
+        ]));
+        let delta = after.since(&before);
+        assert_eq!(delta.get(Call::ListContainers), 1);
+        assert_eq!(delta.mutating(), 2);
+    }
+}
