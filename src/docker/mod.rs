@@ -255,7 +255,7 @@ impl HostContainer {
             health: summary
                 .health
                 .and_then(|h| h.status)
-                .and_then(|s| Health::parse(&s.to_string()))
+                .and_then(|s| Health::parse(s.as_ref()))
                 .or_else(|| health_from_status(&status)),
             image_id: summary.image_id.unwrap_or_default(),
             exit_code: exit_code_from_status(&status),
@@ -337,6 +337,14 @@ pub struct DockerHost {
     docker: Docker,
     endpoint: String,
     calls: Arc<CallCounter>,
+}
+
+impl std::fmt::Debug for DockerHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerHost")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DockerHost {
@@ -633,7 +641,7 @@ impl DockerHost {
             health: state
                 .health
                 .and_then(|h| h.status)
-                .and_then(|s| Health::parse(&s.to_string())),
+                .and_then(|s| Health::parse(s.as_ref())),
         })
     }
 
