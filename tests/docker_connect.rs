@@ -51,8 +51,7 @@ async fn a_daemon_certificate_from_another_ca_is_a_tls_error() {
     };
     let error = connect(&spec, &material, ConnectOptions::default())
         .await
-        .err()
-        .expect("a foreign CA was trusted");
+        .expect_err("a foreign CA was trusted");
     assert_eq!(error.kind, ErrorKind::TlsError, "{error}");
 }
 
@@ -67,8 +66,7 @@ async fn plain_http_to_the_tls_port_is_a_tls_error() {
         ConnectOptions::default(),
     )
     .await
-    .err()
-    .expect("plain HTTP answered");
+    .expect_err("plain HTTP answered");
     assert_eq!(error.kind, ErrorKind::TlsError, "{error}");
 }
 
@@ -79,8 +77,7 @@ async fn a_missing_socket_is_unreachable() {
     spec.endpoint = format!("unix://{}/no-such.sock", env.get("DIR"));
     let error = connect(&spec, &material, ConnectOptions::default())
         .await
-        .err()
-        .expect("connected to nothing");
+        .expect_err("connected to nothing");
     assert_eq!(error.kind, ErrorKind::Unreachable, "{error}");
 }
 
@@ -92,8 +89,7 @@ async fn a_closed_loopback_port_is_unreachable() {
     spec.endpoint = "tcp://127.0.0.1:1".into();
     let error = connect(&spec, &material, ConnectOptions::default())
         .await
-        .err()
-        .expect("connected to nothing");
+        .expect_err("connected to nothing");
     assert_eq!(error.kind, ErrorKind::Unreachable, "{error}");
 }
 
@@ -115,8 +111,7 @@ async fn an_unauthorized_ssh_key_is_an_auth_error() {
     let _ = std::fs::remove_file(key_path.with_extension("pub"));
     let error = connect(&spec, &material, ConnectOptions::default())
         .await
-        .err()
-        .expect("an unknown key was accepted");
+        .expect_err("an unknown key was accepted");
     assert_eq!(error.kind, ErrorKind::AuthError, "{error}");
 }
 
@@ -137,7 +132,6 @@ async fn an_unknown_ssh_host_key_is_an_auth_error() {
     }
     let error = connect(&spec, &material, ConnectOptions::default())
         .await
-        .err()
-        .expect("an unknown host key was accepted");
+        .expect_err("an unknown host key was accepted");
     assert_eq!(error.kind, ErrorKind::AuthError, "{error}");
 }
