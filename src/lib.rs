@@ -5,12 +5,14 @@
 //!
 //! - [`api`]: the `stevedore.dev/v1alpha1` kinds and the client-side admission checks.
 //! - [`crd`]: rendering the CRDs as YAML, the form `crds/` holds.
+//! - [`converge`]: desired instances, the pure plan and its execution on one host.
 //! - [`docker`]: connecting to daemons and every call made to them.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod converge;
 pub mod crd;
 pub mod docker;
 
