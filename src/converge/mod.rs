@@ -11,4 +11,5 @@
 pub mod container_config;
 pub mod env;
 pub mod model;
+pub mod plan;
 pub mod quantity;
