@@ -9,7 +9,9 @@
 //! No Kubernetes here: the controller and standalone mode both drive this module.
 
 pub mod container_config;
+pub mod engine;
 pub mod env;
+pub mod executor;
 pub mod model;
 pub mod plan;
 pub mod quantity;

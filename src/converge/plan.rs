@@ -103,6 +103,9 @@ pub struct PlanInput<'a> {
     pub known_containers: &'a HashSet<String>,
     /// Restart back-off state.
     pub restarts: &'a RestartBook,
+    /// IDs of containers the daemon reported stopped or killed from outside (a `kill` or
+    /// `stop` event, not a crash): started again at once, without back-off.
+    pub manual_stops: &'a HashSet<String>,
     /// Unix time in seconds.
     pub now: u64,
 }
@@ -150,6 +153,8 @@ pub enum Action {
         container: ContainerRef,
         /// Index into `desired`.
         desired: usize,
+        /// Whether this restarts an exited container (it counts towards back-off).
+        restart: bool,
         /// Why.
         reason: String,
     },
@@ -480,6 +485,7 @@ fn keep_running(
         ContainerState::Created => Some(Action::Start {
             container: ContainerRef::of(current),
             desired: index,
+            restart: false,
             reason: "created but not started".into(),
         }),
         ContainerState::Exited | ContainerState::Dead => {
@@ -498,12 +504,21 @@ fn keep_running(
                 });
                 return None;
             }
+            if input.manual_stops.contains(&current.id) {
+                return Some(Action::Start {
+                    container: ContainerRef::of(current),
+                    desired: index,
+                    restart: false,
+                    reason: format!("stopped outside Stevedore{exit}"),
+                });
+            }
             let due = input.restarts.next_start_at(&current.id, input.now);
             let attempt = input.restarts.attempts(&current.id) + 1;
             if due <= input.now {
                 Some(Action::Start {
                     container: ContainerRef::of(current),
                     desired: index,
+                    restart: true,
                     reason: format!("exited{exit}; restart {attempt}"),
                 })
             } else {
@@ -662,6 +677,7 @@ mod tests {
             protected_owners: protected,
             known_containers: &HashSet::new(),
             restarts: &RestartBook::default(),
+            manual_stops: &HashSet::new(),
             now: 1_000_000,
         })
     }
@@ -923,6 +939,7 @@ mod tests {
             protected_owners: &HashSet::new(),
             known_containers: &known,
             restarts: &RestartBook::default(),
+            manual_stops: &HashSet::new(),
             now: 0,
         });
         assert!(plan.actions.is_empty());
@@ -958,6 +975,7 @@ mod tests {
             protected_owners: &empty,
             known_containers: &empty,
             restarts: &book,
+            manual_stops: &empty,
             now,
         };
         let waiting = plan(&input(1010));

@@ -177,3 +177,142 @@ pub mod hosts {
         (spec, material)
     }
 }
+
+/// Building desired instances and isolating tests that share a daemon.
+pub mod fixture {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use serde_json::Value;
+    use stevedore::api::DockerContainerSpec;
+    use stevedore::converge::engine::{DesiredSet, TargetIdentity, TargetMemory};
+    use stevedore::converge::env::ResolvedEnv;
+    use stevedore::converge::executor::Executor;
+    use stevedore::converge::model::{DesiredInstance, InstanceContext, Owner, desired_instances};
+    use stevedore::docker::{DockerHost, LABEL_TARGET};
+
+    /// A name no other test (or earlier run) uses: `prefix-<pid>-<n>`.
+    pub fn unique(prefix: &str) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A loopback port nothing listens on right now.
+    pub fn free_port() -> i32 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        i32::from(listener.local_addr().expect("addr").port())
+    }
+
+    /// A DockerContainer spec from JSON (placement filled in).
+    pub fn spec(json: Value) -> DockerContainerSpec {
+        let mut json = json;
+        if let Some(map) = json.as_object_mut() {
+            map.entry("placement")
+                .or_insert(serde_json::json!({"target": "t"}));
+        }
+        serde_json::from_value(json).expect("container spec")
+    }
+
+    /// One test's view of one target: its own target UID, so tests sharing a daemon never
+    /// see each other's containers.
+    pub struct Target {
+        /// The connected daemon.
+        pub host: DockerHost,
+        /// The executor.
+        pub executor: Executor,
+        /// Target UID and manager.
+        pub identity: TargetIdentity,
+        /// Memory across converges.
+        pub memory: TargetMemory,
+        /// Namespace used for owners in this test.
+        pub namespace: String,
+    }
+
+    impl Target {
+        /// A fresh identity on `host`.
+        pub fn new(host: DockerHost) -> Self {
+            Self {
+                executor: Executor::new(host.clone(), 4),
+                host,
+                identity: TargetIdentity {
+                    uid: unique("target"),
+                    manager: "stevedore-tests".into(),
+                },
+                memory: TargetMemory::default(),
+                namespace: unique("ns"),
+            }
+        }
+
+        /// The owner named `name` in this test's namespace.
+        pub fn owner(&self, name: &str) -> Owner {
+            Owner {
+                namespace: self.namespace.clone(),
+                name: name.into(),
+                uid: format!("{}-{name}", self.namespace),
+            }
+        }
+
+        /// Desired instances of `spec` for `replicas`, with the image's real ID.
+        pub async fn instances(
+            &self,
+            name: &str,
+            spec: &DockerContainerSpec,
+            env: &ResolvedEnv,
+            replicas: &[u32],
+        ) -> Vec<DesiredInstance> {
+            let identity = self
+                .host
+                .image_id(&spec.image)
+                .await
+                .expect("inspect image")
+                .unwrap_or_else(|| spec.image.clone());
+            let ctx = InstanceContext {
+                target_uid: &self.identity.uid,
+                manager: &self.identity.manager,
+                image: &spec.image,
+                image_identity: &identity,
+                pull_credentials: None,
+            };
+            desired_instances(&self.owner(name), spec, env, replicas, &ctx).expect("instances")
+        }
+
+        /// Converges `instances` once.
+        pub async fn converge(
+            &mut self,
+            instances: Vec<DesiredInstance>,
+        ) -> stevedore::converge::engine::ConvergeReport {
+            let desired = DesiredSet {
+                instances,
+                protected_owners: Default::default(),
+            };
+            stevedore::converge::engine::converge_once(
+                &self.host,
+                &self.executor,
+                &self.identity,
+                &desired,
+                &mut self.memory,
+            )
+            .await
+            .expect("converge")
+        }
+
+        /// This test's containers on the daemon.
+        pub async fn containers(&self) -> Vec<stevedore::docker::HostContainer> {
+            self.host
+                .list_labelled(LABEL_TARGET, &self.identity.uid)
+                .await
+                .expect("list")
+        }
+
+        /// Removes every container this test made.
+        pub async fn cleanup(&self) {
+            for c in self.containers().await {
+                let _ = self.host.stop(&c.id, &c.name, 0).await;
+                let _ = self.host.remove(&c.id, &c.name).await;
+            }
+        }
+    }
+}

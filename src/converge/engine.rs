@@ -1,0 +1,289 @@
+//! Converging one target, once or continuously: observe with one list call, plan, execute,
+//! remember restarts; and a loop that converges again whenever the daemon reports a managed
+//! container died or vanished, the desired set changes, a back-off expires, or the resync
+//! interval passes.
+//!
+//! ```text
+//!   daemon /events (filtered to this target's containers) ──┐  reconnect with back-off,
+//!   desired set changes (watch channel) ────────────────────┼─> converge_once ──> reports
+//!   resync timer, back-off timer ───────────────────────────┘  resync after reconnect
+//! ```
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use tokio::sync::{Notify, mpsc, watch};
+
+use super::executor::{Executor, Outcome};
+use super::model::{DesiredInstance, LABEL_SPEC_HASH};
+use super::plan::{Action, Plan, PlanInput, RestartBook, plan};
+use crate::docker::{DockerError, DockerHost, HostContainer, LABEL_TARGET};
+
+/// What one target remembers between converges.
+#[derive(Clone, Debug, Default)]
+pub struct TargetMemory {
+    /// Restart back-off per container.
+    pub restarts: RestartBook,
+    /// Container names seen on the target, to tell drift from a first creation.
+    pub known: HashSet<String>,
+    /// Containers stopped or killed from outside since the last converge.
+    pub manual_stops: HashSet<String>,
+}
+
+/// Who converges which target.
+#[derive(Clone, Debug)]
+pub struct TargetIdentity {
+    /// The target's UID (`stevedore.dev/target`).
+    pub uid: String,
+    /// The manager identity (`stevedore.dev/manager`).
+    pub manager: String,
+}
+
+/// What should run on one target.
+#[derive(Clone, Debug, Default)]
+pub struct DesiredSet {
+    /// The instances.
+    pub instances: Vec<DesiredInstance>,
+    /// Owners whose containers must be left alone (their manifests are broken).
+    pub protected_owners: HashSet<String>,
+}
+
+/// The result of one converge.
+#[derive(Debug)]
+pub struct ConvergeReport {
+    /// What was planned.
+    pub plan: Plan,
+    /// What each action did.
+    pub outcomes: Vec<Outcome>,
+    /// The managed containers the list call returned, before the actions ran.
+    pub observed: Vec<HostContainer>,
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Converges one target once. A host that needs nothing costs exactly one list call.
+pub async fn converge_once(
+    host: &DockerHost,
+    executor: &Executor,
+    identity: &TargetIdentity,
+    desired: &DesiredSet,
+    memory: &mut TargetMemory,
+) -> Result<ConvergeReport, DockerError> {
+    let observed = host.list_labelled(LABEL_TARGET, &identity.uid).await?;
+    // Only instances without an up-to-date container may need their image; inspect those
+    // images alone (a converged host needs no image call at all).
+    let mut needed: Vec<&str> = desired
+        .instances
+        .iter()
+        .filter(|d| {
+            !observed.iter().any(|c| {
+                c.name == d.name
+                    && c.labels.get(LABEL_SPEC_HASH).map(String::as_str) == Some(&d.spec_hash)
+            })
+        })
+        .map(|d| d.image.as_str())
+        .collect();
+    needed.sort_unstable();
+    needed.dedup();
+    let mut images = HashSet::new();
+    for image in needed {
+        if host.image_id(image).await?.is_some() {
+            images.insert(image.to_string());
+        }
+    }
+    let now = unix_now();
+    let plan = plan(&PlanInput {
+        target_uid: &identity.uid,
+        manager: &identity.manager,
+        desired: &desired.instances,
+        observed: &observed,
+        images: &images,
+        protected_owners: &desired.protected_owners,
+        known_containers: &memory.known,
+        restarts: &memory.restarts,
+        manual_stops: &memory.manual_stops,
+        now,
+    });
+    let outcomes = if plan.is_empty() {
+        Vec::new()
+    } else {
+        executor.run(&plan, &desired.instances).await
+    };
+    remember(memory, &plan, &outcomes, &observed, &desired.instances, now);
+    Ok(ConvergeReport {
+        plan,
+        outcomes,
+        observed,
+    })
+}
+
+fn remember(
+    memory: &mut TargetMemory,
+    plan: &Plan,
+    outcomes: &[Outcome],
+    observed: &[HostContainer],
+    desired: &[DesiredInstance],
+    now: u64,
+) {
+    let succeeded = |name: &str| {
+        outcomes
+            .iter()
+            .any(|o| o.subject == name && o.result.is_ok())
+    };
+    for action in &plan.actions {
+        if let Action::Start {
+            container,
+            restart: true,
+            ..
+        } = action
+            && succeeded(&container.name)
+        {
+            memory.restarts.record_restart(&container.id, now);
+        }
+    }
+    for instance in desired {
+        if observed.iter().any(|c| c.name == instance.name) || succeeded(&instance.name) {
+            memory.known.insert(instance.name.clone());
+        }
+    }
+    let live: HashSet<&str> = observed.iter().map(|c| c.id.as_str()).collect();
+    memory.restarts.retain(&live);
+    memory.manual_stops.retain(|id| {
+        live.contains(id.as_str())
+            && !plan.actions.iter().any(|a| {
+                matches!(a, Action::Start { container, .. } if &container.id == id
+                    && succeeded(&container.name))
+            })
+    });
+}
+
+/// Docker event actions that mean a managed container may need repair.
+fn is_disruptive(action: &str) -> bool {
+    matches!(
+        action,
+        "die" | "stop" | "kill" | "destroy" | "oom" | "pause" | "rename"
+    ) || action.starts_with("health_status: unhealthy")
+}
+
+/// Whether an event means someone stopped the container from outside (`docker stop` and
+/// `docker kill` send these before `die`; a crash only dies).
+fn is_manual_stop(action: &str) -> bool {
+    matches!(action, "kill" | "stop")
+}
+
+/// Follows the daemon's events for this target's containers and wakes `wake` on every
+/// disruptive one, and after every (re)connect (events may have been missed meanwhile).
+/// IDs of containers stopped from outside are added to `manual_stops`.
+/// Runs until the task is aborted.
+pub async fn watch_events(
+    host: DockerHost,
+    target_uid: String,
+    wake: Arc<Notify>,
+    manual_stops: Arc<Mutex<HashSet<String>>>,
+) {
+    const INITIAL: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(30);
+    let mut backoff = INITIAL;
+    loop {
+        let started = tokio::time::Instant::now();
+        let mut events = std::pin::pin!(host.container_events(LABEL_TARGET, &target_uid));
+        wake.notify_one();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) if is_disruptive(&event.action) => {
+                    tracing::debug!(action = %event.action, id = %event.id, "container event");
+                    if is_manual_stop(&event.action)
+                        && let Ok(mut stops) = manual_stops.lock()
+                    {
+                        stops.insert(event.id);
+                    }
+                    wake.notify_one();
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(endpoint = host.endpoint(), %error, "event stream broke");
+                    break;
+                }
+            }
+        }
+        if started.elapsed() > MAX {
+            backoff = INITIAL;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX);
+    }
+}
+
+/// How a continuously converging target behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopOptions {
+    /// Converge at least this often even without events.
+    pub resync_interval: Duration,
+    /// After a wake-up, wait this long for a burst of events to settle.
+    pub debounce: Duration,
+    /// After a failed converge (host unreachable), try again after this long.
+    pub retry_after_error: Duration,
+}
+
+impl Default for LoopOptions {
+    fn default() -> Self {
+        Self {
+            resync_interval: Duration::from_secs(60),
+            debounce: Duration::from_millis(50),
+            retry_after_error: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Converges one target until `desired` is closed: at start, on disruptive daemon events,
+/// on every change of the desired set, when a restart back-off expires and on resync.
+/// Each converge's report (or error) goes to `reports`.
+pub async fn run_target(
+    host: DockerHost,
+    executor: Executor,
+    identity: TargetIdentity,
+    mut desired: watch::Receiver<Arc<DesiredSet>>,
+    reports: mpsc::UnboundedSender<Result<ConvergeReport, DockerError>>,
+    options: LoopOptions,
+) {
+    let wake = Arc::new(Notify::new());
+    let manual_stops = Arc::new(Mutex::new(HashSet::new()));
+    let watcher = tokio::spawn(watch_events(
+        host.clone(),
+        identity.uid.clone(),
+        wake.clone(),
+        manual_stops.clone(),
+    ));
+    let mut memory = TargetMemory::default();
+    loop {
+        let current = desired.borrow_and_update().clone();
+        if let Ok(mut stops) = manual_stops.lock() {
+            memory.manual_stops.extend(stops.drain());
+        }
+        let result = converge_once(&host, &executor, &identity, &current, &mut memory).await;
+        let wait = match &result {
+            Ok(report) => report
+                .plan
+                .retry_at
+                .map(|at| Duration::from_secs(at.saturating_sub(unix_now())))
+                .map_or(options.resync_interval, |d| d.min(options.resync_interval)),
+            Err(_) => options.retry_after_error.min(options.resync_interval),
+        };
+        if reports.send(result).is_err() {
+            break;
+        }
+        tokio::select! {
+            _ = wake.notified() => tokio::time::sleep(options.debounce).await,
+            changed = desired.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    watcher.abort();
+}

@@ -1,0 +1,603 @@
+//! The converge engine against the harness's real daemons: creating, no-op resyncs,
+//! replacements with reasons, drift repair through events, orphans, isolation between
+//! targets, failures that stay local, and every transport.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::fixture::{Target, free_port, spec, unique};
+use common::{TestEnv, hosts};
+use serde_json::json;
+use stevedore::converge::engine::{DesiredSet, LoopOptions, run_target};
+use stevedore::converge::env::{EnvOrigin, EnvValue, ResolvedEnv, StaticSources, resolve_env};
+use stevedore::converge::plan::Action;
+use stevedore::docker::{
+    Call, ConnectOptions, ContainerState, DockerHost, ErrorKind, LABEL_MANAGED, LABEL_TARGET,
+    connect,
+};
+
+async fn host(
+    pair: (
+        stevedore::api::DockerTargetSpec,
+        stevedore::docker::ConnectionMaterial,
+    ),
+) -> DockerHost {
+    connect(&pair.0, &pair.1, ConnectOptions::default())
+        .await
+        .expect("connect")
+}
+
+fn no_env() -> ResolvedEnv {
+    ResolvedEnv::new()
+}
+
+/// Runs the docker CLI against `host` (a `unix://` address), as a person would by hand.
+fn docker_cli(host: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new("docker")
+        .arg("-H")
+        .arg(host)
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn running_names(containers: &[stevedore::docker::HostContainer]) -> Vec<String> {
+    let mut names: Vec<String> = containers
+        .iter()
+        .filter(|c| c.state == ContainerState::Running)
+        .map(|c| c.name.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_change() {
+    let env = TestEnv::load();
+    let mut target = Target::new(host(hosts::main(&env)).await);
+    let web = spec(json!({"image": env.get("IMAGE_V1")}));
+    let instances = target
+        .instances("web", &web, &no_env(), &[0, 1, 2, 3, 4])
+        .await;
+
+    let report = target.converge(instances.clone()).await;
+    assert_eq!(report.outcomes.len(), 5, "{:?}", report.plan);
+    assert!(
+        report.outcomes.iter().all(|o| o.result.is_ok()),
+        "{:?}",
+        report.outcomes
+    );
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!("{}_web_{i}", target.namespace))
+        .collect();
+    assert_eq!(running_names(&target.containers().await), expected);
+
+    let before = target.host.calls();
+    let report = target.converge(instances).await;
+    let made = target.host.calls().since(&before);
+    assert!(report.plan.is_empty(), "{:?}", report.plan);
+    assert_eq!(made.mutating(), 0, "{made:?}");
+    assert_eq!(made.get(Call::ListContainers), 1, "{made:?}");
+    assert_eq!(
+        made.0.values().sum::<u64>(),
+        1,
+        "a no-op costs one call: {made:?}"
+    );
+    target.cleanup().await;
+}
+
+#[tokio::test]
+async fn each_changed_field_replaces_only_its_container_and_says_what_changed() {
+    let env = TestEnv::load();
+    let mut target = Target::new(host(hosts::main(&env)).await);
+    let image = env.get("IMAGE_V1");
+    let (port_a, port_b) = (free_port(), free_port());
+    let base = |extra: serde_json::Value| {
+        let mut value = json!({"image": image});
+        if let (Some(v), Some(e)) = (value.as_object_mut(), extra.as_object()) {
+            v.extend(e.clone());
+        }
+        spec(value)
+    };
+    let mut sources = StaticSources::default();
+    sources.secrets.insert(
+        "creds".into(),
+        BTreeMap::from([("token".into(), b"first-token".to_vec())]),
+    );
+    let secret_env = json!({"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}]});
+    let before = [
+        (
+            "env",
+            base(json!({"env": [{"name": "MODE", "value": "a"}]})),
+        ),
+        (
+            "command",
+            base(json!({"command": ["httpd"], "args": ["-f", "-p", "8080"]})),
+        ),
+        (
+            "ports",
+            base(
+                json!({"ports": [{"containerPort": 8080, "hostPort": port_a, "hostIP": "127.0.0.1"}]}),
+            ),
+        ),
+        (
+            "volumes",
+            base(json!({"volumes": [{"type": "tmpfs", "target": "/cache"}]})),
+        ),
+        ("image", base(json!({}))),
+        ("secret", base(secret_env.clone())),
+        ("unchanged", base(json!({}))),
+    ];
+    let mut after = before.clone();
+    after[0].1 = base(json!({"env": [{"name": "MODE", "value": "b"}]}));
+    after[1].1 = base(json!({"command": ["httpd"], "args": ["-f", "-p", "8081"]}));
+    after[2].1 = base(
+        json!({"ports": [{"containerPort": 8080, "hostPort": port_b, "hostIP": "127.0.0.1"}]}),
+    );
+    after[3].1 = base(json!({"volumes": [{"type": "tmpfs", "target": "/scratch"}]}));
+    after[4].1.image = env.get("IMAGE_V2");
+
+    let build = |specs: &[(&'static str, stevedore::api::DockerContainerSpec)],
+                 sources: &StaticSources| {
+        specs
+            .iter()
+            .map(|(name, s)| (*name, s.clone(), resolve_env(s, sources).expect("env")))
+            .collect::<Vec<_>>()
+    };
+    let mut instances = Vec::new();
+    for (name, s, e) in build(&before, &sources) {
+        instances.extend(target.instances(name, &s, &e, &[0]).await);
+    }
+    let first = target.converge(instances).await;
+    assert!(
+        first.outcomes.iter().all(|o| o.result.is_ok()),
+        "{:?}",
+        first.outcomes
+    );
+    let ids_before: BTreeMap<String, String> = target
+        .containers()
+        .await
+        .into_iter()
+        .map(|c| (c.name, c.id))
+        .collect();
+
+    sources.secrets.insert(
+        "creds".into(),
+        BTreeMap::from([("token".into(), b"rotated-token".to_vec())]),
+    );
+    let mut instances = Vec::new();
+    for (name, s, e) in build(&after, &sources) {
+        instances.extend(target.instances(name, &s, &e, &[0]).await);
+    }
+    let second = target.converge(instances).await;
+    let mut replaced: Vec<(String, String)> = second
+        .plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Replace { old, reason, .. } => Some((old.name.clone(), reason.clone())),
+            _ => None,
+        })
+        .collect();
+    replaced.sort();
+    let ns = &target.namespace;
+    let expected = vec![
+        (format!("{ns}_command_0"), "changed: args".to_string()),
+        (format!("{ns}_env_0"), "changed: env MODE".to_string()),
+        (format!("{ns}_image_0"), "changed: image".to_string()),
+        (format!("{ns}_ports_0"), "changed: ports".to_string()),
+        (
+            format!("{ns}_secret_0"),
+            "changed: env TOKEN (from Secret creds key token)".to_string(),
+        ),
+        (format!("{ns}_volumes_0"), "changed: volumes".to_string()),
+    ];
+    assert_eq!(replaced, expected);
+    assert!(
+        second.outcomes.iter().all(|o| o.result.is_ok()),
+        "{:?}",
+        second.outcomes
+    );
+    let now = target.containers().await;
+    assert_eq!(now.len(), 7, "no leftovers: {now:?}");
+    for c in &now {
+        assert_eq!(c.state, ContainerState::Running, "{}", c.name);
+        let unchanged = c.name.ends_with("_unchanged_0");
+        assert_eq!(
+            ids_before.get(&c.name) == Some(&c.id),
+            unchanged,
+            "{}",
+            c.name
+        );
+    }
+    for text in [format!("{second:?}"), format!("{now:?}")] {
+        assert!(
+            !text.contains("rotated-token") && !text.contains("first-token"),
+            "a secret leaked"
+        );
+    }
+    // The new port answers on loopback.
+    let body = http_get(port_b).await;
+    assert!(body.contains("stevedore test image v1"), "{body}");
+    target.cleanup().await;
+}
+
+/// A plain HTTP GET on 127.0.0.1, retried briefly while the server starts.
+async fn http_get(port: i32) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port as u16)).await {
+            let _ = stream
+                .write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
+                .await;
+            let mut body = String::new();
+            if stream.read_to_string(&mut body).await.is_ok() && body.contains("200") {
+                return body;
+            }
+        }
+        assert!(Instant::now() < deadline, "nothing answered on port {port}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn containers_removed_stopped_or_killed_by_hand_are_repaired_from_events() {
+    let env = TestEnv::load();
+    let daemon = env.get("SECOND_HOST");
+    let target = Target::new(host(hosts::second(&env)).await);
+    let sleeper = spec(json!({"image": env.get("IMAGE_V1")}));
+    let instances = target.instances("drift", &sleeper, &no_env(), &[0]).await;
+    let name = instances[0].name.clone();
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(Arc::new(DesiredSet {
+        instances,
+        protected_owners: Default::default(),
+    }));
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let options = LoopOptions {
+        // Only events can repair within the test's bounds.
+        resync_interval: Duration::from_secs(3600),
+        ..LoopOptions::default()
+    };
+    let runner = tokio::spawn(run_target(
+        target.host.clone(),
+        target.executor.clone(),
+        target.identity.clone(),
+        desired_rx,
+        reports_tx,
+        options,
+    ));
+    let first = reports.recv().await.expect("report").expect("converge");
+    assert!(
+        first.outcomes.iter().all(|o| o.result.is_ok()),
+        "{:?}",
+        first.outcomes
+    );
+
+    for how in [&["rm", "-f"][..], &["stop", "-t", "1"][..], &["kill"][..]] {
+        let before = running_id(&target, &name).await.expect("running before");
+        let mut args = how.to_vec();
+        args.push(&name);
+        let started = Instant::now();
+        docker_cli(&daemon, &args);
+        let repaired = loop {
+            if let Some(id) = running_id(&target, &name).await
+                && (how[0] != "rm" || id != before)
+                && started.elapsed() > Duration::from_millis(50)
+            {
+                break started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "`docker {}` was not repaired",
+                how[0]
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        assert!(
+            repaired < Duration::from_secs(2),
+            "`docker {}` repaired after {repaired:?}",
+            how[0]
+        );
+    }
+    drop(desired_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(10), runner).await;
+    target.cleanup().await;
+}
+
+async fn running_id(target: &Target, name: &str) -> Option<String> {
+    target
+        .containers()
+        .await
+        .into_iter()
+        .find(|c| c.name == name && c.state == ContainerState::Running)
+        .map(|c| c.id)
+}
+
+#[tokio::test]
+async fn unmanaged_containers_are_never_touched_and_orphans_are_removed() {
+    let env = TestEnv::load();
+    let daemon = env.get("MAIN_HOST");
+    let mut target = Target::new(host(hosts::main(&env)).await);
+    let hand_made = unique("hand-made");
+    docker_cli(
+        &daemon,
+        &["run", "-d", "--name", &hand_made, &env.get("IMAGE_V1")],
+    );
+    // A container that claims Stevedore labels, but for another target.
+    let other_target = unique("other-target");
+    docker_cli(
+        &daemon,
+        &[
+            "run",
+            "-d",
+            "--name",
+            &other_target,
+            "--label",
+            &format!("{LABEL_MANAGED}=true"),
+            "--label",
+            &format!("{LABEL_TARGET}=someone-else"),
+            &env.get("IMAGE_V1"),
+        ],
+    );
+    let s = spec(json!({"image": env.get("IMAGE_V1")}));
+    let mut both = target.instances("keep", &s, &no_env(), &[0]).await;
+    both.extend(target.instances("drop", &s, &no_env(), &[0, 1]).await);
+    let keep_only = target.instances("keep", &s, &no_env(), &[0]).await;
+    target.converge(both).await;
+    let report = target.converge(keep_only).await;
+    let removed: Vec<String> = report
+        .plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Remove {
+                container, reason, ..
+            } => {
+                assert_eq!(
+                    reason,
+                    "its DockerContainer no longer wants it on this target"
+                );
+                Some(container.name.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed.len(), 2, "{:?}", report.plan);
+    assert_eq!(
+        running_names(&target.containers().await),
+        vec![format!("{}_keep_0", target.namespace)]
+    );
+    for name in [&hand_made, &other_target] {
+        let state = docker_cli(&daemon, &["inspect", "-f", "{{.State.Running}}", name]);
+        assert_eq!(state, "true", "{name} was touched");
+        docker_cli(&daemon, &["rm", "-f", name]);
+    }
+    target.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_targets_on_one_daemon_converge_independently() {
+    let env = TestEnv::load();
+    let mut one = Target::new(host(hosts::main(&env)).await);
+    let mut two = Target::new(host(hosts::main(&env)).await);
+    let s = spec(json!({"image": env.get("IMAGE_V1")}));
+    let a = one.instances("a", &s, &no_env(), &[0]).await;
+    let b = two.instances("b", &s, &no_env(), &[0]).await;
+    one.converge(a).await;
+    two.converge(b).await;
+    // Target one now wants nothing: only its own container goes.
+    let report = one.converge(Vec::new()).await;
+    assert_eq!(report.plan.actions.len(), 1, "{:?}", report.plan);
+    assert!(one.containers().await.is_empty());
+    assert_eq!(running_names(&two.containers().await).len(), 1);
+    let report = two
+        .converge(two.instances("b", &s, &no_env(), &[0]).await)
+        .await;
+    assert!(report.plan.is_empty(), "{:?}", report.plan);
+    two.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges() {
+    let env = TestEnv::load();
+    let mut target = Target::new(host(hosts::main(&env)).await);
+    let port = free_port();
+    let good = spec(json!({"image": env.get("IMAGE_V1")}));
+    let missing = spec(json!({"image": "stevedore-test/not-there:nope"}));
+    let never =
+        spec(json!({"image": "stevedore-test/not-there:never", "imagePullPolicy": "Never"}));
+    let clash = spec(json!({"image": env.get("IMAGE_V1"),
+        "ports": [{"containerPort": 8080, "hostPort": port, "hostIP": "127.0.0.1"}]}));
+    let mut instances = target.instances("good", &good, &no_env(), &[0]).await;
+    instances.extend(target.instances("missing", &missing, &no_env(), &[0]).await);
+    instances.extend(target.instances("never", &never, &no_env(), &[0]).await);
+    instances.extend(target.instances("clash-a", &clash, &no_env(), &[0]).await);
+    instances.extend(target.instances("clash-b", &clash, &no_env(), &[0]).await);
+    let report = target.converge(instances).await;
+
+    let failed_pull = report
+        .outcomes
+        .iter()
+        .find(|o| o.verb == "Pull")
+        .expect("a pull of the missing image");
+    let error = failed_pull
+        .result
+        .as_ref()
+        .expect_err("pull of a missing image succeeded");
+    assert!(
+        error.message.contains("stevedore-test/not-there"),
+        "{error}"
+    );
+    let missing_create = report
+        .outcomes
+        .iter()
+        .find(|o| o.subject.ends_with("_missing_0"))
+        .expect("missing instance outcome");
+    assert!(missing_create.result.is_err());
+    let blocked: Vec<&str> = report
+        .plan
+        .blocked
+        .iter()
+        .map(|f| f.reason.as_str())
+        .collect();
+    assert_eq!(blocked.len(), 2, "{blocked:?}");
+    assert!(
+        blocked
+            .iter()
+            .any(|r| r.contains("imagePullPolicy is Never"))
+    );
+    assert!(blocked.iter().any(|r| r.contains(&format!("{port}/tcp"))));
+    let ns = &target.namespace;
+    assert_eq!(
+        running_names(&target.containers().await),
+        vec![format!("{ns}_clash-a_0"), format!("{ns}_good_0")]
+    );
+
+    // An unreachable daemon fails on its own, classified; this host still converges.
+    let (mut unreachable, material) = hosts::main(&env);
+    unreachable.endpoint = "tcp://127.0.0.1:1".into();
+    let error = connect(&unreachable, &material, ConnectOptions::default())
+        .await
+        .expect_err("connected to nothing");
+    assert_eq!(error.kind, ErrorKind::Unreachable);
+    let again = target
+        .converge(target.instances("good", &good, &no_env(), &[0]).await)
+        .await;
+    assert!(again.outcomes.iter().all(|o| o.result.is_ok()));
+    target.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_running() {
+    let env = TestEnv::load();
+    let mut target = Target::new(host(hosts::main(&env)).await);
+    let v1 = spec(json!({"image": env.get("IMAGE_V1")}));
+    target
+        .converge(target.instances("web", &v1, &no_env(), &[0]).await)
+        .await;
+    let before = target.containers().await;
+
+    let broken =
+        spec(json!({"image": format!("{}/stevedore/busybox:no-such-tag", env.get("REGISTRY"))}));
+    let report = target
+        .converge(target.instances("web", &broken, &no_env(), &[0]).await)
+        .await;
+    let replace = report
+        .outcomes
+        .iter()
+        .find(|o| o.verb == "Replace")
+        .expect("a replace was attempted");
+    let error = replace
+        .result
+        .as_ref()
+        .expect_err("replace succeeded without its image");
+    assert!(
+        error.message.contains("kept the old container running"),
+        "{error}"
+    );
+    let after = target.containers().await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id, before[0].id);
+    assert_eq!(after[0].state, ContainerState::Running);
+    target.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unhealthy_replacement_is_rolled_back_and_the_old_container_keeps_serving() {
+    let env = TestEnv::load();
+    let mut target = Target::new(host(hosts::main(&env)).await);
+    let port = free_port();
+    let check = |command: serde_json::Value| {
+        spec(json!({
+            "image": env.get("IMAGE_V1"),
+            "ports": [{"containerPort": 8080, "hostPort": port, "hostIP": "127.0.0.1"}],
+            "healthCheck": {"command": command, "intervalSeconds": 1, "timeoutSeconds": 1, "retries": 1}
+        }))
+    };
+    let healthy = check(json!([
+        "wget",
+        "-q",
+        "-O",
+        "/dev/null",
+        "http://127.0.0.1:8080/"
+    ]));
+    let report = target
+        .converge(target.instances("web", &healthy, &no_env(), &[0]).await)
+        .await;
+    assert!(
+        report.outcomes.iter().all(|o| o.result.is_ok()),
+        "{:?}",
+        report.outcomes
+    );
+    let before = target.containers().await;
+
+    let failing = check(json!(["false"]));
+    let report = target
+        .converge(target.instances("web", &failing, &no_env(), &[0]).await)
+        .await;
+    let replace = report
+        .outcomes
+        .iter()
+        .find(|o| o.verb == "Replace")
+        .expect("replace");
+    let error = replace
+        .result
+        .as_ref()
+        .expect_err("an unhealthy replacement was kept");
+    assert!(error.message.contains("rolled back"), "{error}");
+    assert!(error.message.contains("unhealthy"), "{error}");
+    let after = target.containers().await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].id, before[0].id);
+    assert_eq!(after[0].name, before[0].name);
+    assert_eq!(after[0].state, ContainerState::Running);
+    assert!(http_get(port).await.contains("v1"));
+    target.cleanup().await;
+}
+
+#[tokio::test]
+async fn converges_over_unix_second_daemon_tls_and_ssh() {
+    let env = TestEnv::load();
+    for (transport, pair) in [
+        ("unix", hosts::main(&env)),
+        ("second", hosts::second(&env)),
+        ("tls", hosts::tls(&env)),
+        ("ssh", hosts::ssh(&env)),
+    ] {
+        let mut target = Target::new(host(pair).await);
+        let s = spec(json!({"image": env.get("IMAGE_V1"),
+            "env": [{"name": "TRANSPORT", "value": transport}]}));
+        let env_values = ResolvedEnv::from([(
+            "TRANSPORT".to_string(),
+            EnvValue {
+                value: transport.into(),
+                origin: EnvOrigin::Literal,
+            },
+        )]);
+        let instances = target.instances("web", &s, &env_values, &[0, 1]).await;
+        let report = target.converge(instances.clone()).await;
+        assert!(
+            report.outcomes.iter().all(|o| o.result.is_ok()),
+            "{transport}: {:?}",
+            report.outcomes
+        );
+        assert_eq!(
+            running_names(&target.containers().await).len(),
+            2,
+            "{transport}"
+        );
+        let again = target.converge(instances).await;
+        assert!(again.plan.is_empty(), "{transport}: {:?}", again.plan);
+        target.cleanup().await;
+    }
+}
