@@ -413,14 +413,24 @@ async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges() {
     let mut target = Target::new(host(hosts::main(&env)).await);
     let port = free_port();
     let good = spec(json!({"image": env.get("IMAGE_V1")}));
-    let missing = spec(json!({"image": "stevedore-test/not-there:nope"}));
+    // In the harness's registry (loopback): nothing leaves the machine.
+    let missing =
+        spec(json!({"image": format!("{}/stevedore/not-there:nope", env.get("REGISTRY"))}));
     let never =
         spec(json!({"image": "stevedore-test/not-there:never", "imagePullPolicy": "Never"}));
+    // Past the schema (as if it came from an older CRD): the daemon must refuse it alone.
+    let mut malformed = spec(json!({"image": env.get("IMAGE_V1")}));
+    malformed.image = "Not A Valid::Reference".into();
     let clash = spec(json!({"image": env.get("IMAGE_V1"),
         "ports": [{"containerPort": 8080, "hostPort": port, "hostIP": "127.0.0.1"}]}));
     let mut instances = target.instances("good", &good, &no_env(), &[0]).await;
     instances.extend(target.instances("missing", &missing, &no_env(), &[0]).await);
     instances.extend(target.instances("never", &never, &no_env(), &[0]).await);
+    instances.extend(
+        target
+            .instances("malformed", &malformed, &no_env(), &[0])
+            .await,
+    );
     instances.extend(target.instances("clash-a", &clash, &no_env(), &[0]).await);
     instances.extend(target.instances("clash-b", &clash, &no_env(), &[0]).await);
     let report = target.converge(instances).await;
@@ -428,14 +438,24 @@ async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges() {
     let failed_pull = report
         .outcomes
         .iter()
-        .find(|o| o.verb == "Pull")
+        .find(|o| o.verb == "Pull" && o.subject.contains("not-there"))
         .expect("a pull of the missing image");
     let error = failed_pull
         .result
         .as_ref()
         .expect_err("pull of a missing image succeeded");
+    assert!(error.message.contains("stevedore/not-there"), "{error}");
+    let malformed_pull = report
+        .outcomes
+        .iter()
+        .find(|o| o.verb == "Pull" && o.subject.contains("Not A Valid"))
+        .expect("a pull of the malformed reference");
+    let error = malformed_pull
+        .result
+        .as_ref()
+        .expect_err("a malformed reference pulled");
     assert!(
-        error.message.contains("stevedore-test/not-there"),
+        error.message.contains("invalid reference format"),
         "{error}"
     );
     let missing_create = report
@@ -600,4 +620,121 @@ async fn converges_over_unix_second_daemon_tls_and_ssh() {
         assert!(again.plan.is_empty(), "{transport}: {:?}", again.plan);
         target.cleanup().await;
     }
+}
+
+#[tokio::test]
+async fn private_images_are_pulled_with_credentials_and_progress_is_reported() {
+    let env = TestEnv::load();
+    let host = host(hosts::tls(&env)).await;
+    let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
+    let mut target = Target::new(host.clone());
+    target.executor =
+        stevedore::converge::executor::Executor::new(host, 4).with_progress(progress_tx);
+    let image = env.get("REGISTRY_IMAGE_V1");
+    let s = spec(json!({"image": image, "imagePullPolicy": "Always"}));
+    let mut instances = target.instances("private", &s, &no_env(), &[0]).await;
+    let credentials = stevedore::docker::PullCredentials {
+        username: env.get("REGISTRY_USER"),
+        password: env.get("REGISTRY_PASSWORD"),
+        server: env.get("REGISTRY"),
+    };
+    for instance in &mut instances {
+        instance.pull_credentials = Some(credentials.clone());
+    }
+    let report = target.converge(instances).await;
+    assert!(
+        report.outcomes.iter().all(|o| o.result.is_ok()),
+        "{:?}",
+        report.outcomes
+    );
+    let mut lines = Vec::new();
+    while let Ok(p) = progress.try_recv() {
+        lines.push(format!("{}: {}", p.subject, p.message));
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{image}: Pull:"))),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("Create: done")),
+        "{lines:?}"
+    );
+    assert!(!lines.join("\n").contains(&env.get("REGISTRY_PASSWORD")));
+    target.cleanup().await;
+}
+
+#[tokio::test]
+async fn instance_status_shows_addresses_ports_and_the_log_of_an_exited_container() {
+    let env = TestEnv::load();
+    let mut target = Target::new(host(hosts::main(&env)).await);
+    let port = free_port();
+    let web = spec(json!({"image": env.get("IMAGE_V1"),
+        "ports": [{"containerPort": 8080, "hostPort": port, "hostIP": "127.0.0.1"}]}));
+    let failing = spec(
+        json!({"image": env.get("IMAGE_V1"), "restartPolicy": "Never",
+        "command": ["sh", "-c", "echo boom from the container; exit 3"]}),
+    );
+    let mut instances = target.instances("web", &web, &no_env(), &[0]).await;
+    instances.extend(target.instances("failing", &failing, &no_env(), &[0]).await);
+    instances.extend(
+        target
+            .instances(
+                "absent",
+                &spec(json!({"image": "stevedore-test/nope:x",
+        "imagePullPolicy": "Never"})),
+                &no_env(),
+                &[0],
+            )
+            .await,
+    );
+    target.converge(instances.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let observed = loop {
+        let observed = target.containers().await;
+        if observed
+            .iter()
+            .any(|c| c.name.ends_with("_failing_0") && c.state == ContainerState::Exited)
+        {
+            break observed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failing container never exited"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let statuses =
+        stevedore::converge::status::instance_statuses(&target.host, "main", &instances, &observed)
+            .await;
+    let web = &statuses[0];
+    assert_eq!(web.state, "running");
+    assert_eq!(web.target, "main");
+    assert!(
+        web.container_id.is_some() && web.started_at.is_some(),
+        "{web:?}"
+    );
+    assert!(
+        web.ips.iter().any(|ip| ip.starts_with("bridge=")),
+        "{web:?}"
+    );
+    assert_eq!(web.ports, vec![format!("127.0.0.1:{port}->8080/tcp")]);
+    assert!(
+        web.image_digest
+            .as_deref()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+    let failing = &statuses[1];
+    assert_eq!(failing.state, "exited");
+    assert_eq!(failing.exit_code, Some(3));
+    assert!(
+        failing
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("boom from the container")),
+        "{failing:?}"
+    );
+    assert_eq!(statuses[2].state, "missing");
+    target.cleanup().await;
 }

@@ -94,7 +94,9 @@ pub async fn converge_once(
     needed.dedup();
     let mut images = HashSet::new();
     for image in needed {
-        if host.image_id(image).await?.is_some() {
+        // A reference the daemon cannot even look up (malformed, say) counts as absent:
+        // its pull then fails for the instances that use it, not for the whole target.
+        if let Ok(Some(_)) = host.image_id(image).await {
             images.insert(image.to_string());
         }
     }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
+use tokio::sync::mpsc;
 
 use super::model::DesiredInstance;
 use super::plan::{Action, ContainerRef, Plan};
@@ -31,12 +32,22 @@ pub struct Outcome {
     pub result: Result<Option<String>, DockerError>,
 }
 
+/// One step of progress, for a live view: what is happening to which container or image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The container or image.
+    pub subject: String,
+    /// What is happening, e.g. `Pull: a1b2: Downloading` or `Create: started`.
+    pub message: String,
+}
+
 /// Runs plans on one host.
 #[derive(Clone, Debug)]
 pub struct Executor {
     host: DockerHost,
     concurrency: usize,
     health_poll: Duration,
+    progress: Option<mpsc::UnboundedSender<Progress>>,
 }
 
 impl Executor {
@@ -46,6 +57,24 @@ impl Executor {
             host,
             concurrency: concurrency.max(1),
             health_poll: Duration::from_millis(250),
+            progress: None,
+        }
+    }
+
+    /// Sends progress of every action (and every pull line) to `progress`.
+    #[must_use]
+    pub fn with_progress(mut self, progress: mpsc::UnboundedSender<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    fn report(&self, subject: &str, message: String) {
+        if let Some(progress) = &self.progress {
+            // A closed receiver only means nobody is watching any more.
+            let _ = progress.send(Progress {
+                subject: subject.to_string(),
+                message,
+            });
         }
     }
 
@@ -99,10 +128,13 @@ impl Executor {
                 image, desired: i, ..
             } => {
                 let credentials = instance(i).and_then(|d| d.pull_credentials.as_ref());
-                (
-                    image.clone(),
-                    self.host.pull(image, credentials).await.map(|()| None),
-                )
+                let pulled = self
+                    .host
+                    .pull(image, credentials, |line| {
+                        self.report(image, format!("Pull: {line}"))
+                    })
+                    .await;
+                (image.clone(), pulled.map(|()| None))
             }
             Action::Create { desired: i, .. } => match instance(i) {
                 Some(d) => (d.name.clone(), self.create(d, failed_pulls).await.map(Some)),
@@ -140,9 +172,17 @@ impl Executor {
                     .map(|()| None),
             ),
         };
+        let verb = action.verb();
+        self.report(
+            &subject,
+            match &result {
+                Ok(_) => format!("{verb}: done ({})", action.reason()),
+                Err(e) => format!("{verb}: failed: {e}"),
+            },
+        );
         Outcome {
             subject,
-            verb: action.verb(),
+            verb,
             reason: action.reason().to_string(),
             result,
         }
@@ -170,7 +210,7 @@ impl Executor {
     async fn stop_and_remove(
         &self,
         container: &ContainerRef,
-        stop_timeout_seconds: i32,
+        stop_timeout_seconds: Option<i32>,
     ) -> Result<(), DockerError> {
         match self
             .host
@@ -206,7 +246,7 @@ impl Executor {
         if stopped
             && let Err(e) = self
                 .host
-                .stop(&old.id, &aside, desired.stop_timeout_seconds)
+                .stop(&old.id, &aside, Some(desired.stop_timeout_seconds))
                 .await
         {
             self.restore(old, &desired.name, renamed, false).await;
@@ -220,7 +260,7 @@ impl Executor {
                         id: old.id.clone(),
                         name: aside,
                     },
-                    desired.stop_timeout_seconds,
+                    Some(desired.stop_timeout_seconds),
                 )
                 .await?;
                 Ok(id)

@@ -15,3 +15,4 @@ pub mod executor;
 pub mod model;
 pub mod plan;
 pub mod quantity;
+pub mod status;

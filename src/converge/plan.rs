@@ -174,8 +174,8 @@ pub enum Action {
     Remove {
         /// The container.
         container: ContainerRef,
-        /// Seconds to wait for a graceful stop.
-        stop_timeout_seconds: i32,
+        /// Seconds to wait for a graceful stop; the container's own setting when `None`.
+        stop_timeout_seconds: Option<i32>,
         /// Why.
         reason: String,
     },
@@ -375,7 +375,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     for extra in extras.iter().filter(|c| c.id != old.id) {
                         steps.push(remove(
                             extra,
-                            desired.stop_timeout_seconds,
+                            Some(desired.stop_timeout_seconds),
                             format!(
                                 "duplicate of {} left by an interrupted replacement",
                                 desired.name
@@ -409,7 +409,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     for extra in &extras {
                         steps.push(remove(
                             extra,
-                            desired.stop_timeout_seconds,
+                            Some(desired.stop_timeout_seconds),
                             format!(
                                 "left over from an interrupted replacement of {}",
                                 desired.name
@@ -438,7 +438,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         } else {
             "its DockerContainer no longer wants it on this target".to_string()
         };
-        steps.push(remove(container, 10, reason));
+        steps.push(remove(container, None, reason));
     }
 
     plan.actions = pulls
@@ -453,7 +453,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     plan
 }
 
-fn remove(container: &HostContainer, stop_timeout_seconds: i32, reason: String) -> Action {
+fn remove(container: &HostContainer, stop_timeout_seconds: Option<i32>, reason: String) -> Action {
     Action::Remove {
         container: ContainerRef::of(container),
         stop_timeout_seconds,
@@ -633,6 +633,11 @@ mod tests {
                         self.images.insert(image.clone());
                     }
                     Action::Create { desired: i, .. } => {
+                        assert!(
+                            !self.containers.iter().any(|c| c.name == desired[*i].name),
+                            "create of a name in use: {}",
+                            desired[*i].name
+                        );
                         let id = self.id();
                         self.containers.push(container_for(
                             &desired[*i],
@@ -756,7 +761,9 @@ mod tests {
             ][seed.state as usize];
             let id = world.id();
             let mut container = container_for(&instance, id.clone(), state);
-            if seed.renamed {
+            // Docker names are unique: a second container for one instance is a renamed one.
+            let taken = world.containers.iter().any(|c| c.name == instance.name);
+            if seed.renamed || taken {
                 container.name = format!("{}-replaced-{id}", instance.name);
             }
             match seed.ours {
@@ -777,6 +784,9 @@ mod tests {
                 _ => {}
             }
             if seed.ours != 0 {
+                // Another target's container with this very name would make Docker refuse
+                // the create (409), an error for that instance; the plan cannot see it.
+                container.name = format!("{}-elsewhere-{id}", instance.name);
                 world.foreign.insert(id);
             }
             world.containers.push(container);

@@ -487,11 +487,13 @@ impl DockerHost {
     }
 
     /// Pulls an image, reading the daemon's progress stream to its end (a pull is only done
-    /// when the stream says so; errors arrive inside it).
+    /// when the stream says so; errors arrive inside it). Each progress line goes to
+    /// `progress`, e.g. `a1b2c3: Downloading 1.2MB/3.4MB`.
     pub async fn pull(
         &self,
         reference: &str,
         credentials: Option<&PullCredentials>,
+        mut on_progress: impl FnMut(String),
     ) -> Result<(), DockerError> {
         self.count(Call::Pull);
         let (repository, tag) = split_reference(reference);
@@ -515,6 +517,14 @@ impl DockerHost {
                     ErrorKind::ServerError,
                     format!("failed to pull {reference}: {error}"),
                 ));
+            }
+            if let Some(status) = progress.status {
+                let layer = progress.id.map(|id| format!("{id}: ")).unwrap_or_default();
+                let detail = progress
+                    .progress_detail
+                    .and_then(|d| Some(format!(" {}/{}", d.current?, d.total?)))
+                    .unwrap_or_default();
+                on_progress(format!("{layer}{status}{detail}"));
             }
         }
         Ok(())
@@ -545,12 +555,20 @@ impl DockerHost {
             .map_err(self.fail(format!("failed to start container {name}")))
     }
 
-    /// Stops a container gracefully: its stop signal, then a kill after `timeout_secs`.
-    pub async fn stop(&self, id: &str, name: &str, timeout_secs: i32) -> Result<(), DockerError> {
+    /// Stops a container gracefully: its stop signal, then a kill after `timeout_secs`, or
+    /// after the container's own configured stop timeout when `None`.
+    pub async fn stop(
+        &self,
+        id: &str,
+        name: &str,
+        timeout_secs: Option<i32>,
+    ) -> Result<(), DockerError> {
         self.count(Call::Stop);
-        let options = StopContainerOptionsBuilder::default()
-            .t(timeout_secs)
-            .build();
+        let mut options = StopContainerOptionsBuilder::default();
+        if let Some(timeout) = timeout_secs {
+            options = options.t(timeout);
+        }
+        let options = options.build();
         match self.docker.stop_container(id, Some(options)).await {
             // 304: already stopped.
             Ok(())

@@ -267,7 +267,8 @@ pub mod fixture {
                 .host
                 .image_id(&spec.image)
                 .await
-                .expect("inspect image")
+                .ok()
+                .flatten()
                 .unwrap_or_else(|| spec.image.clone());
             let ctx = InstanceContext {
                 target_uid: &self.identity.uid,
@@ -310,7 +311,7 @@ pub mod fixture {
         /// Removes every container this test made.
         pub async fn cleanup(&self) {
             for c in self.containers().await {
-                let _ = self.host.stop(&c.id, &c.name, 0).await;
+                let _ = self.host.stop(&c.id, &c.name, Some(0)).await;
                 let _ = self.host.remove(&c.id, &c.name).await;
             }
         }
