@@ -7,6 +7,7 @@
 //! - [`crd`]: rendering the CRDs as YAML, the form `crds/` holds.
 //! - [`converge`]: desired instances, the pure plan and its execution on one host.
 //! - [`docker`]: connecting to daemons and every call made to them.
+//! - [`placement`]: which target runs each replica.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod api;
 pub mod converge;
 pub mod crd;
 pub mod docker;
+pub mod placement;
 
 /// Errors of the Stevedore library.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,431 @@
+//! Placement: which target runs each replica. A pure function shared by standalone mode and
+//! the controller.
+//!
+//! - `placement.target` pins the one replica to that target.
+//! - `targetSelector` + `replicas` spreads replicas over the matching targets that are
+//!   ready, schedulable and have room, fewest containers first (ties by name), never two
+//!   containers publishing the same host port on one target.
+//! - Placements are sticky: a replica stays where it runs (even on a cordoned target) and
+//!   moves only when its target is gone, or unreachable for longer than the grace period.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kube::core::{Selector, SelectorExt};
+
+use crate::api::container::Placement as PlacementSpec;
+use crate::converge::model::HostPort;
+
+/// How long a target may be unreachable before its replicas move elsewhere.
+pub const DEFAULT_GRACE_SECS: u64 = 300;
+
+/// What placement needs to know of a target.
+#[derive(Clone, Debug, Default)]
+pub struct TargetInfo {
+    /// Name (unique in its namespace).
+    pub name: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// Whether the daemon answers now.
+    pub ready: bool,
+    /// When it stopped answering (unix seconds), if it is not ready.
+    pub unreachable_since: Option<u64>,
+    /// Cordoned: no new placements.
+    pub unschedulable: bool,
+    /// Most containers placed on it; 0 is unlimited.
+    pub max_containers: i32,
+}
+
+/// One DockerContainer to place.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// The owner's UID.
+    pub owner_uid: String,
+    /// `spec.placement`.
+    pub placement: PlacementSpec,
+    /// Host ports each replica publishes.
+    pub host_ports: Vec<HostPort>,
+}
+
+/// A replica that already runs somewhere (read from container labels).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Existing {
+    /// The owner's UID.
+    pub owner_uid: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Target name.
+    pub target: String,
+}
+
+/// Where one replica goes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Assignment {
+    /// The owner's UID.
+    pub owner_uid: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Target name.
+    pub target: String,
+}
+
+/// A replica with nowhere to go, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unplaced {
+    /// The owner's UID.
+    pub owner_uid: String,
+    /// Replica index.
+    pub replica: u32,
+    /// Why.
+    pub reason: String,
+}
+
+/// The outcome of placing every workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placements {
+    /// Replicas with a target.
+    pub assignments: Vec<Assignment>,
+    /// Replicas without one.
+    pub unplaced: Vec<Unplaced>,
+}
+
+impl Placements {
+    /// The replicas of `owner_uid` on `target`.
+    pub fn replicas_on(&self, owner_uid: &str, target: &str) -> Vec<u32> {
+        self.assignments
+            .iter()
+            .filter(|a| a.owner_uid == owner_uid && a.target == target)
+            .map(|a| a.replica)
+            .collect()
+    }
+}
+
+/// Load of one target while placing.
+#[derive(Default)]
+struct Load<'a> {
+    containers: usize,
+    ports: Vec<&'a HostPort>,
+}
+
+/// Places every replica of every workload. `existing` is what runs now; `now` and
+/// `grace_secs` decide when an unreachable target's replicas move.
+pub fn place(
+    targets: &[TargetInfo],
+    workloads: &[Workload],
+    existing: &[Existing],
+    now: u64,
+    grace_secs: u64,
+) -> Placements {
+    let by_name: HashMap<&str, &TargetInfo> =
+        targets.iter().map(|t| (t.name.as_str(), t)).collect();
+    let holds = |target: &TargetInfo| {
+        target.ready
+            || target
+                .unreachable_since
+                .is_none_or(|since| now.saturating_sub(since) < grace_secs)
+    };
+    let mut load: HashMap<&str, Load<'_>> = HashMap::new();
+    let mut result = Placements::default();
+    let mut pending: Vec<(&Workload, u32)> = Vec::new();
+
+    // Keep what already runs where it may stay.
+    let mut ordered: Vec<&Workload> = workloads.iter().collect();
+    ordered.sort_by(|a, b| a.owner_uid.cmp(&b.owner_uid));
+    for workload in &ordered {
+        let replicas = wanted_replicas(&workload.placement);
+        for replica in 0..replicas {
+            let current = existing
+                .iter()
+                .find(|e| e.owner_uid == workload.owner_uid && e.replica == replica)
+                .and_then(|e| by_name.get(e.target.as_str()).copied());
+            let allowed = current.filter(|t| {
+                holds(t)
+                    && match &workload.placement.target {
+                        Some(pinned) => &t.name == pinned,
+                        None => selects(&workload.placement, t).unwrap_or(false),
+                    }
+            });
+            match allowed {
+                Some(target) => {
+                    let entry = load.entry(target.name.as_str()).or_default();
+                    entry.containers += 1;
+                    entry.ports.extend(workload.host_ports.iter());
+                    result.assignments.push(Assignment {
+                        owner_uid: workload.owner_uid.clone(),
+                        replica,
+                        target: target.name.clone(),
+                    });
+                }
+                None => pending.push((workload, replica)),
+            }
+        }
+    }
+
+    // Then place the rest, fewest containers first.
+    for (workload, replica) in pending {
+        let unplaced = |reason: String| Unplaced {
+            owner_uid: workload.owner_uid.clone(),
+            replica,
+            reason,
+        };
+        if let Some(pinned) = &workload.placement.target {
+            match by_name.get(pinned.as_str()) {
+                None => result
+                    .unplaced
+                    .push(unplaced(format!("DockerTarget {pinned} not found"))),
+                Some(target) if !holds(target) => result.unplaced.push(unplaced(format!(
+                    "DockerTarget {pinned} has been unreachable for longer than {grace_secs} s"
+                ))),
+                Some(target) => {
+                    // A pinned replica goes to its target even when cordoned or full: the
+                    // user named it. Port clashes are left to the plan, which reports them.
+                    let entry = load.entry(target.name.as_str()).or_default();
+                    entry.containers += 1;
+                    entry.ports.extend(workload.host_ports.iter());
+                    result.assignments.push(Assignment {
+                        owner_uid: workload.owner_uid.clone(),
+                        replica,
+                        target: target.name.clone(),
+                    });
+                }
+            }
+            continue;
+        }
+        let mut candidates: Vec<&TargetInfo> = Vec::new();
+        let mut why_not: Vec<String> = Vec::new();
+        for target in targets {
+            match selects(&workload.placement, target) {
+                Err(e) => {
+                    why_not.push(e);
+                    break;
+                }
+                Ok(false) => continue,
+                Ok(true) => {}
+            }
+            let current = load.get(target.name.as_str());
+            let count = current.map_or(0, |l| l.containers);
+            if !target.ready {
+                why_not.push(format!("{} is not ready", target.name));
+            } else if target.unschedulable {
+                why_not.push(format!("{} is cordoned", target.name));
+            } else if target.max_containers > 0 && count >= target.max_containers as usize {
+                why_not.push(format!("{} is full", target.name));
+            } else if let Some(port) = workload
+                .host_ports
+                .iter()
+                .find(|p| current.is_some_and(|l| l.ports.iter().any(|used| used.clashes_with(p))))
+            {
+                why_not.push(format!("{} already publishes {port}", target.name));
+            } else {
+                candidates.push(target);
+            }
+        }
+        let chosen = candidates.into_iter().min_by(|a, b| {
+            let count = |t: &TargetInfo| load.get(t.name.as_str()).map_or(0, |l| l.containers);
+            count(a).cmp(&count(b)).then_with(|| a.name.cmp(&b.name))
+        });
+        match chosen {
+            Some(target) => {
+                let entry = load.entry(target.name.as_str()).or_default();
+                entry.containers += 1;
+                entry.ports.extend(workload.host_ports.iter());
+                result.assignments.push(Assignment {
+                    owner_uid: workload.owner_uid.clone(),
+                    replica,
+                    target: target.name.clone(),
+                });
+            }
+            None if why_not.is_empty() => result
+                .unplaced
+                .push(unplaced("no DockerTarget matches targetSelector".into())),
+            None => result.unplaced.push(unplaced(format!(
+                "no DockerTarget can take it: {}",
+                why_not.join("; ")
+            ))),
+        }
+    }
+    result.assignments.sort();
+    result
+}
+
+fn wanted_replicas(placement: &PlacementSpec) -> u32 {
+    u32::try_from(placement.replicas).unwrap_or(0)
+}
+
+/// Whether a selector placement selects `target`; an unusable selector is an error.
+fn selects(placement: &PlacementSpec, target: &TargetInfo) -> Result<bool, String> {
+    let Some(selector) = &placement.target_selector else {
+        return Ok(false);
+    };
+    let selector = Selector::try_from(selector.clone())
+        .map_err(|e| format!("targetSelector is not usable: {e}"))?;
+    Ok(selector.matches(&target.labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::container::Protocol;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    fn target(name: &str, site: &str) -> TargetInfo {
+        TargetInfo {
+            name: name.into(),
+            labels: BTreeMap::from([("site".into(), site.into())]),
+            ready: true,
+            ..Default::default()
+        }
+    }
+
+    fn spread(owner: &str, replicas: i32, ports: &[i32]) -> Workload {
+        Workload {
+            owner_uid: owner.into(),
+            placement: PlacementSpec {
+                target: None,
+                target_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([("site".into(), "edge".into())])),
+                    match_expressions: None,
+                }),
+                replicas,
+            },
+            host_ports: ports
+                .iter()
+                .map(|p| HostPort {
+                    ip: None,
+                    port: *p,
+                    protocol: Protocol::Tcp,
+                })
+                .collect(),
+        }
+    }
+
+    fn targets_of(p: &Placements, owner: &str) -> Vec<String> {
+        p.assignments
+            .iter()
+            .filter(|a| a.owner_uid == owner)
+            .map(|a| a.target.clone())
+            .collect()
+    }
+
+    #[test]
+    fn three_replicas_over_two_targets_place_two_and_one() {
+        let targets = [
+            target("edge-1", "edge"),
+            target("edge-2", "edge"),
+            target("lab", "lab"),
+        ];
+        let p = place(&targets, &[spread("a", 3, &[])], &[], 0, DEFAULT_GRACE_SECS);
+        assert_eq!(targets_of(&p, "a"), vec!["edge-1", "edge-2", "edge-1"]);
+        assert!(p.unplaced.is_empty());
+    }
+
+    #[test]
+    fn placements_are_sticky_and_cordoned_targets_keep_what_they_run() {
+        let mut targets = [target("edge-1", "edge"), target("edge-2", "edge")];
+        targets[1].unschedulable = true;
+        let existing = [Existing {
+            owner_uid: "a".into(),
+            replica: 0,
+            target: "edge-2".into(),
+        }];
+        let p = place(
+            &targets,
+            &[spread("a", 2, &[])],
+            &existing,
+            0,
+            DEFAULT_GRACE_SECS,
+        );
+        assert_eq!(targets_of(&p, "a"), vec!["edge-2", "edge-1"]);
+    }
+
+    #[test]
+    fn equal_host_ports_never_share_a_target() {
+        let targets = [target("edge-1", "edge"), target("edge-2", "edge")];
+        let p = place(
+            &targets,
+            &[spread("a", 3, &[8080])],
+            &[],
+            0,
+            DEFAULT_GRACE_SECS,
+        );
+        assert_eq!(targets_of(&p, "a"), vec!["edge-1", "edge-2"]);
+        assert_eq!(p.unplaced.len(), 1);
+        assert!(
+            p.unplaced[0].reason.contains("already publishes 8080/tcp"),
+            "{:?}",
+            p.unplaced
+        );
+    }
+
+    #[test]
+    fn replicas_move_only_after_the_grace_period_or_when_the_target_is_gone() {
+        let mut targets = vec![target("edge-1", "edge"), target("edge-2", "edge")];
+        targets[0].ready = false;
+        targets[0].unreachable_since = Some(1000);
+        let existing = [Existing {
+            owner_uid: "a".into(),
+            replica: 0,
+            target: "edge-1".into(),
+        }];
+        let within = place(&targets, &[spread("a", 1, &[])], &existing, 1100, 300);
+        assert_eq!(targets_of(&within, "a"), vec!["edge-1"]);
+        let after = place(&targets, &[spread("a", 1, &[])], &existing, 1400, 300);
+        assert_eq!(targets_of(&after, "a"), vec!["edge-2"]);
+        targets.remove(0);
+        let gone = place(&targets, &[spread("a", 1, &[])], &existing, 1001, 300);
+        assert_eq!(targets_of(&gone, "a"), vec!["edge-2"]);
+    }
+
+    #[test]
+    fn full_not_ready_and_unmatched_targets_are_explained() {
+        let mut targets = [target("edge-1", "edge"), target("edge-2", "edge")];
+        targets[0].max_containers = 1;
+        targets[1].ready = false;
+        let p = place(&targets, &[spread("a", 2, &[])], &[], 0, 300);
+        assert_eq!(targets_of(&p, "a"), vec!["edge-1"]);
+        assert!(p.unplaced[0].reason.contains("edge-1 is full"));
+        assert!(p.unplaced[0].reason.contains("edge-2 is not ready"));
+        let none = place(&[target("lab", "lab")], &[spread("b", 1, &[])], &[], 0, 300);
+        assert_eq!(
+            none.unplaced[0].reason,
+            "no DockerTarget matches targetSelector"
+        );
+    }
+
+    #[test]
+    fn a_pinned_replica_goes_to_its_target_or_says_it_is_missing() {
+        let pinned = Workload {
+            owner_uid: "p".into(),
+            placement: PlacementSpec {
+                target: Some("edge-1".into()),
+                target_selector: None,
+                replicas: 1,
+            },
+            host_ports: vec![],
+        };
+        let p = place(
+            &[target("edge-1", "edge")],
+            std::slice::from_ref(&pinned),
+            &[],
+            0,
+            300,
+        );
+        assert_eq!(targets_of(&p, "p"), vec!["edge-1"]);
+        let p = place(&[], &[pinned], &[], 0, 300);
+        assert_eq!(p.unplaced[0].reason, "DockerTarget edge-1 not found");
+    }
+
+    #[test]
+    fn scaling_down_drops_the_highest_replicas() {
+        let targets = [target("edge-1", "edge"), target("edge-2", "edge")];
+        let existing: Vec<Existing> = (0..3)
+            .map(|r| Existing {
+                owner_uid: "a".into(),
+                replica: r,
+                target: if r == 1 { "edge-2" } else { "edge-1" }.into(),
+            })
+            .collect();
+        let p = place(&targets, &[spread("a", 2, &[])], &existing, 0, 300);
+        assert_eq!(p.replicas_on("a", "edge-1"), vec![0]);
+        assert_eq!(p.replicas_on("a", "edge-2"), vec![1]);
+    }
+}
