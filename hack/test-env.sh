@@ -14,6 +14,8 @@
 # pid file under $STEVEDORE_TEST_DIR and `down` stops exactly those processes (never by
 # name). The addresses and credentials the tests need are written to $STEVEDORE_TEST_DIR/env.
 set -euo pipefail
+# shellcheck source=hack/lib/busybox-rootfs.sh
+source "$(dirname "$0")/lib/busybox-rootfs.sh"
 
 STATE=${STEVEDORE_TEST_DIR:-/tmp/stevedore-test-env}
 ENV_FILE="$STATE/env"
@@ -130,42 +132,13 @@ make_certs() {
 
 # --- images ------------------------------------------------------------------------------
 
-# A busybox-static root filesystem: every applet (httpd, sleep, sh, wget, ...) as a link.
-make_rootfs() {
-    local version=$1 dir="$STATE/rootfs-$version" tar="$STATE/rootfs-$version.tar"
-    [[ -s $tar ]] && return 0
-    rm -rf "$dir"
-    mkdir -p "$dir"/{bin,etc,tmp,www,root}
-    chmod 1777 "$dir/tmp"
-    cp /bin/busybox "$dir/bin/busybox"
-    local applet
-    for applet in $("$dir/bin/busybox" --list); do
-        [[ $applet == busybox ]] || ln -sf busybox "$dir/bin/$applet"
-    done
-    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' \
-        >"$dir/etc/passwd"
-    printf 'root:x:0:\nnogroup:x:65534:\n' >"$dir/etc/group"
-    echo "$version" >"$dir/etc/stevedore-image-version"
-    echo "stevedore test image $version" >"$dir/www/index.html"
-    tar -C "$dir" -cf "$tar" .
-    rm -rf "$dir"
-}
-
 docker_main() { DOCKER_HOST=$MAIN_HOST DOCKER_CONFIG="$STATE/docker-config" docker "$@"; }
 
 make_images() {
     local version
     for version in v1 v2; do
-        make_rootfs "$version"
-        if ! docker_main image inspect "$IMAGE_LOCAL:$version" >/dev/null 2>&1; then
-            log "importing $IMAGE_LOCAL:$version"
-            docker_main import \
-                --change 'ENV PATH=/bin' \
-                --change 'WORKDIR /' \
-                --change 'EXPOSE 8080' \
-                --change 'CMD ["httpd", "-f", "-v", "-p", "8080", "-h", "/www"]' \
-                "$STATE/rootfs-$version.tar" "$IMAGE_LOCAL:$version" >/dev/null
-        fi
+        busybox_rootfs_tar "$version" "$STATE/rootfs-$version.tar"
+        DOCKER_HOST=$MAIN_HOST busybox_image "$IMAGE_LOCAL:$version" "$STATE/rootfs-$version.tar"
     done
 }
 

@@ -17,6 +17,7 @@ pub mod converge;
 pub mod crd;
 pub mod docker;
 pub mod placement;
+pub mod standalone;
 
 /// Errors of the Stevedore library.
 #[derive(Debug, thiserror::Error)]

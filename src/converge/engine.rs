@@ -68,14 +68,15 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Converges one target once. A host that needs nothing costs exactly one list call.
-pub async fn converge_once(
+/// Observes one target (one list call, plus an image inspect for each image a new
+/// container would need) and plans it, without changing anything.
+pub async fn observe_and_plan(
     host: &DockerHost,
-    executor: &Executor,
     identity: &TargetIdentity,
     desired: &DesiredSet,
-    memory: &mut TargetMemory,
-) -> Result<ConvergeReport, DockerError> {
+    memory: &TargetMemory,
+    now: u64,
+) -> Result<(Vec<HostContainer>, Plan), DockerError> {
     let observed = host.list_labelled(LABEL_TARGET, &identity.uid).await?;
     // Only instances without an up-to-date container may need their image; inspect those
     // images alone (a converged host needs no image call at all).
@@ -100,7 +101,6 @@ pub async fn converge_once(
             images.insert(image.to_string());
         }
     }
-    let now = unix_now();
     let plan = plan(&PlanInput {
         target_uid: &identity.uid,
         manager: &identity.manager,
@@ -113,6 +113,19 @@ pub async fn converge_once(
         manual_stops: &memory.manual_stops,
         now,
     });
+    Ok((observed, plan))
+}
+
+/// Converges one target once. A host that needs nothing costs exactly one list call.
+pub async fn converge_once(
+    host: &DockerHost,
+    executor: &Executor,
+    identity: &TargetIdentity,
+    desired: &DesiredSet,
+    memory: &mut TargetMemory,
+) -> Result<ConvergeReport, DockerError> {
+    let now = unix_now();
+    let (observed, plan) = observe_and_plan(host, identity, desired, memory, now).await?;
     let outcomes = if plan.is_empty() {
         Vec::new()
     } else {

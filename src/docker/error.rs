@@ -47,7 +47,7 @@ impl fmt::Display for ErrorKind {
 }
 
 /// A failed Docker call, with its classification and a message a person can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct DockerError {
     /// The classification.

@@ -1,0 +1,524 @@
+//! The standalone commands: `run` (once or watching), `plan` and `status`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use tokio::sync::{mpsc, watch};
+
+use super::manifests::{self, DEFAULT_NAMESPACE, Manifests, ObjectKey};
+use super::report::{self, StatusReport};
+use super::world::{self, Connections, Round, WorldOptions};
+use crate::api::validation::Admission;
+use crate::converge::engine::{
+    self, ConvergeReport, DesiredSet, LoopOptions, TargetMemory, observe_and_plan, unix_now,
+};
+use crate::converge::executor::{Executor, Progress};
+use crate::docker::DockerError;
+
+/// What every standalone command reads.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// Files and directories of manifests.
+    pub paths: Vec<PathBuf>,
+    /// Namespace of objects that name none.
+    pub namespace: String,
+    /// Settings.
+    pub options: WorldOptions,
+}
+
+impl Source {
+    /// Manifests under `paths` in the default namespace.
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        Self {
+            paths,
+            namespace: DEFAULT_NAMESPACE.into(),
+            options: WorldOptions::default(),
+        }
+    }
+}
+
+/// How `status` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// A `List` of objects with their status, as JSON.
+    Json,
+    /// The same as YAML.
+    Yaml,
+}
+
+fn admission() -> Result<Admission, String> {
+    Admission::stevedore().map_err(|e| e.to_string())
+}
+
+fn print_errors(manifests: &Manifests) {
+    for error in &manifests.errors {
+        eprintln!("error: {error}");
+    }
+}
+
+/// Loads manifests, keeping the last good version of every object that broke.
+fn load(source: &Source, admission: &Admission, last_good: Option<&Manifests>) -> Manifests {
+    let mut manifests = manifests::load(&source.paths, &source.namespace, admission);
+    if let Some(good) = last_good {
+        keep_last_good(&mut manifests, good);
+    }
+    manifests
+}
+
+/// A broken object stands as it last was: never read as deleted.
+fn keep_last_good(manifests: &mut Manifests, good: &Manifests) {
+    let broken: Vec<ObjectKey> = manifests.broken.iter().cloned().collect();
+    for key in broken {
+        let restored = match key.kind.as_str() {
+            "DockerTarget" => good
+                .targets
+                .get(&key)
+                .map(|v| manifests.targets.insert(key.clone(), v.clone()))
+                .is_some(),
+            "Registry" => good
+                .registries
+                .get(&key)
+                .map(|v| manifests.registries.insert(key.clone(), v.clone()))
+                .is_some(),
+            "DockerContainer" => good
+                .containers
+                .get(&key)
+                .map(|v| manifests.containers.insert(key.clone(), v.clone()))
+                .is_some(),
+            "Secret" => good
+                .secrets
+                .get(&key)
+                .map(|v| manifests.secrets.insert(key.clone(), v.clone()))
+                .is_some(),
+            "ConfigMap" => good
+                .config_maps
+                .get(&key)
+                .map(|v| manifests.config_maps.insert(key.clone(), v.clone()))
+                .is_some(),
+            _ => false,
+        };
+        if restored {
+            manifests.broken.remove(&key);
+        }
+    }
+}
+
+async fn round(
+    manifests: &Manifests,
+    connections: &mut Connections,
+    options: &WorldOptions,
+) -> Round {
+    let now = unix_now();
+    world::connect_targets(manifests, connections, options, now).await;
+    let observed = world::observe(manifests, connections).await;
+    world::plan_round(manifests, connections, &observed, options, now)
+}
+
+/// `stevedore plan`: what would change on each target, nothing done. Exit 0 when nothing
+/// would change, 2 when something would, 1 on error.
+pub async fn plan(source: &Source, out: &mut impl Write) -> i32 {
+    let admission = match admission() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let manifests = load(source, &admission, None);
+    print_errors(&manifests);
+    let mut connections = Connections::new();
+    let round = round(&manifests, &mut connections, &source.options).await;
+    let mut changes = 0;
+    let mut failed = !manifests.errors.is_empty();
+    for (key, target) in &round.targets {
+        let _ = writeln!(out, "target {}/{}:", key.namespace, key.name);
+        let Some(host) = &target.host else {
+            let why = target
+                .error
+                .as_ref()
+                .map_or("not connected".into(), |e| e.to_string());
+            let _ = writeln!(out, "  cannot plan: {why}");
+            failed = true;
+            continue;
+        };
+        match observe_and_plan(
+            host,
+            &target.identity,
+            &target.desired,
+            &TargetMemory::default(),
+            unix_now(),
+        )
+        .await
+        {
+            Ok((_, plan)) => {
+                for action in &plan.actions {
+                    let _ = writeln!(
+                        out,
+                        "  {} {}: {}",
+                        action.verb(),
+                        subject(action, &target.desired),
+                        action.reason()
+                    );
+                }
+                for finding in plan.blocked.iter().chain(&plan.drift).chain(&plan.waiting) {
+                    let _ = writeln!(out, "  ! {}: {}", finding.container, finding.reason);
+                }
+                if plan.actions.is_empty() {
+                    let _ = writeln!(out, "  no changes");
+                }
+                changes += plan.actions.len();
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  cannot plan: {e}");
+                failed = true;
+            }
+        }
+    }
+    for (key, problems) in &round.unplaced {
+        for (replica, reason) in problems {
+            let _ = writeln!(out, "! {key} replica {replica}: {reason}");
+        }
+    }
+    for (key, error) in &round.container_errors {
+        let _ = writeln!(out, "! {key}: {error}");
+        failed = true;
+    }
+    if failed {
+        1
+    } else if changes > 0 {
+        let _ = writeln!(out, "{changes} change(s)");
+        2
+    } else {
+        let _ = writeln!(out, "no changes");
+        0
+    }
+}
+
+fn subject(action: &crate::converge::plan::Action, desired: &DesiredSet) -> String {
+    use crate::converge::plan::Action;
+    match action {
+        Action::Pull { image, .. } => image.clone(),
+        Action::Create { desired: i, .. } | Action::Replace { desired: i, .. } => desired
+            .instances
+            .get(*i)
+            .map(|d| d.name.clone())
+            .unwrap_or_default(),
+        Action::Start { container, .. } | Action::Remove { container, .. } => {
+            container.name.clone()
+        }
+    }
+}
+
+/// `stevedore status`: every object's status, from the daemons.
+pub async fn status(source: &Source, format: Format, out: &mut impl Write) -> i32 {
+    let admission = match admission() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let manifests = load(source, &admission, None);
+    print_errors(&manifests);
+    let mut connections = Connections::new();
+    let round = round(&manifests, &mut connections, &source.options).await;
+    let report = report::status_report(&manifests, &round).await;
+    print_report(&report, format, out);
+    i32::from(!manifests.errors.is_empty())
+}
+
+fn print_report(report: &StatusReport, format: Format, out: &mut impl Write) {
+    let text = match format {
+        Format::Table => report::table(report),
+        Format::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
+        Format::Yaml => serde_yaml_ng::to_string(report).unwrap_or_default(),
+    };
+    let _ = out.write_all(text.as_bytes());
+}
+
+/// Prints progress: every action's result, and on a terminal (unless `quiet`) the pull
+/// lines as one live, rewritten line.
+fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
+    let live = !quiet && std::io::stderr().is_terminal();
+    tokio::spawn(async move {
+        while let Some(progress) = rx.recv().await {
+            let mut err = std::io::stderr();
+            if progress.message.starts_with("Pull: ") {
+                if live {
+                    let line: String = format!("{}: {}", progress.subject, progress.message)
+                        .chars()
+                        .take(100)
+                        .collect();
+                    let _ = write!(err, "\r\x1b[2K{line}");
+                }
+                continue;
+            }
+            if live {
+                let _ = write!(err, "\r\x1b[2K");
+            }
+            let _ = writeln!(err, "{}: {}", progress.subject, progress.message);
+        }
+    });
+    tx
+}
+
+fn print_converge(key: &ObjectKey, result: &Result<ConvergeReport, DockerError>) {
+    match result {
+        Ok(report) => {
+            for finding in report.plan.blocked.iter().chain(&report.plan.drift) {
+                eprintln!(
+                    "{}/{}: {}: {}",
+                    key.namespace, key.name, finding.container, finding.reason
+                );
+            }
+        }
+        Err(e) => eprintln!("target {}/{}: {e}", key.namespace, key.name),
+    }
+}
+
+/// `stevedore run --once`: converge, wait until every container is ready or `timeout`
+/// passes, print the status table. Exit 0 when all are ready, 1 otherwise.
+pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurrency: usize) -> i32 {
+    let admission = match admission() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let manifests = load(source, &admission, None);
+    print_errors(&manifests);
+    let progress = spawn_progress_printer(quiet);
+    let mut connections = Connections::new();
+    let mut memories: HashMap<ObjectKey, TargetMemory> = HashMap::new();
+    let deadline = Instant::now() + timeout;
+    let mut converged_once = false;
+    loop {
+        let round = round(&manifests, &mut connections, &source.options).await;
+        if converged_once && round_ready(&round) {
+            break;
+        }
+        let runs = round.targets.iter().filter_map(|(key, target)| {
+            let host = target.host.clone()?;
+            let executor = Executor::new(host.clone(), concurrency).with_progress(progress.clone());
+            let mut memory = memories.remove(key).unwrap_or_default();
+            Some(async move {
+                let result = engine::converge_once(
+                    &host,
+                    &executor,
+                    &target.identity,
+                    &target.desired,
+                    &mut memory,
+                )
+                .await;
+                (key.clone(), memory, result)
+            })
+        });
+        for (key, memory, result) in join_all(runs).await {
+            print_converge(&key, &result);
+            memories.insert(key, memory);
+        }
+        converged_once = true;
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let round = round(&manifests, &mut connections, &source.options).await;
+    let report = report::status_report(&manifests, &round).await;
+    print_report(&report, Format::Table, &mut std::io::stdout());
+    if report::all_ready(&report) && manifests.errors.is_empty() && round.unplaced.is_empty() {
+        0
+    } else {
+        1
+    }
+}
+
+/// Whether every desired instance runs its current spec, and is healthy where checked.
+fn round_ready(round: &Round) -> bool {
+    round.unplaced.is_empty()
+        && round.container_errors.is_empty()
+        && round.targets.values().all(|target| {
+            target.error.is_none()
+                && target.desired.instances.iter().all(|d| {
+                    target.observed.iter().any(|c| {
+                        c.name == d.name
+                            && c.state == crate::docker::ContainerState::Running
+                            && c.labels.get(crate::converge::model::LABEL_SPEC_HASH)
+                                == Some(&d.spec_hash)
+                            && (d.health_check.is_none()
+                                || c.health == Some(crate::docker::Health::Healthy))
+                    })
+                })
+        })
+}
+
+/// A fingerprint of the manifest files: their paths, sizes and contents.
+fn files_fingerprint(paths: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match manifests::manifest_files(paths) {
+        Ok(files) => {
+            for file in files {
+                file.hash(&mut hasher);
+                std::fs::read(&file).unwrap_or_default().hash(&mut hasher);
+            }
+        }
+        Err(e) => e.message.hash(&mut hasher),
+    }
+    hasher.finish()
+}
+
+/// One target's converge loop in watch mode.
+struct TargetTask {
+    desired: watch::Sender<Arc<DesiredSet>>,
+    task: tokio::task::JoinHandle<()>,
+    host: crate::docker::DockerHost,
+    identity: engine::TargetIdentity,
+}
+
+/// `stevedore run`: converge, then keep converging on file changes (polled every 300 ms),
+/// daemon events and resyncs until interrupted. Interrupting leaves containers running.
+pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync: Duration) -> i32 {
+    let admission = match admission() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let progress = spawn_progress_printer(quiet);
+    let (reports_tx, mut reports) =
+        mpsc::unbounded_channel::<(ObjectKey, Result<ConvergeReport, DockerError>)>();
+    let mut connections = Connections::new();
+    let mut tasks: BTreeMap<ObjectKey, TargetTask> = BTreeMap::new();
+    let mut last_good: Option<Manifests> = None;
+    let mut fingerprint = None;
+    let mut file_tick = tokio::time::interval(Duration::from_millis(300));
+    let mut placement_tick = tokio::time::interval(Duration::from_secs(10));
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut manifests = Manifests::default();
+    loop {
+        let mut reload = false;
+        tokio::select! {
+            _ = &mut interrupted => {
+                eprintln!("interrupted; containers keep running");
+                break;
+            }
+            Some((key, result)) = reports.recv() => print_converge(&key, &result),
+            _ = file_tick.tick() => {
+                let now = files_fingerprint(&source.paths);
+                if fingerprint != Some(now) {
+                    fingerprint = Some(now);
+                    manifests = load(source, &admission, last_good.as_ref());
+                    print_errors(&manifests);
+                    // Broken objects were restored from the last good load above, so this
+                    // load is the new last good one.
+                    last_good = Some(manifests.clone());
+                    reload = true;
+                }
+            }
+            _ = placement_tick.tick() => reload = true,
+        }
+        if !reload {
+            continue;
+        }
+        let round = round(&manifests, &mut connections, &source.options).await;
+        for (key, problems) in &round.unplaced {
+            for (replica, reason) in problems {
+                eprintln!("{key} replica {replica}: {reason}");
+            }
+        }
+        for (key, error) in &round.container_errors {
+            eprintln!("{key}: {error}");
+        }
+        // Targets gone from the manifests: remove what this run placed there, then stop.
+        let gone: Vec<ObjectKey> = tasks
+            .keys()
+            .filter(|k| round.targets.get(*k).is_none_or(|t| t.host.is_none()))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(task) = tasks.remove(&key) {
+                task.task.abort();
+                if !manifests.targets.contains_key(&key) && !manifests.broken.contains(&key) {
+                    let executor = Executor::new(task.host.clone(), concurrency)
+                        .with_progress(progress.clone());
+                    let result = engine::converge_once(
+                        &task.host,
+                        &executor,
+                        &task.identity,
+                        &DesiredSet::default(),
+                        &mut TargetMemory::default(),
+                    )
+                    .await;
+                    print_converge(&key, &result);
+                }
+            }
+        }
+        for (key, target) in round.targets {
+            let Some(host) = target.host else { continue };
+            let desired = Arc::new(target.desired);
+            if let Some(task) = tasks.get(&key)
+                && !task.task.is_finished()
+                && task.host.endpoint() == host.endpoint()
+            {
+                let _ = task.desired.send(desired);
+                continue;
+            }
+            if let Some(old) = tasks.remove(&key) {
+                old.task.abort();
+            }
+            let (tx, rx) = watch::channel(desired);
+            let (target_reports_tx, mut target_reports) = mpsc::unbounded_channel();
+            let forward = reports_tx.clone();
+            let forward_key = key.clone();
+            let executor = Executor::new(host.clone(), concurrency).with_progress(progress.clone());
+            let identity = target.identity.clone();
+            let loop_host = host.clone();
+            let task = tokio::spawn(async move {
+                let options = LoopOptions {
+                    resync_interval: resync,
+                    ..LoopOptions::default()
+                };
+                let run = engine::run_target(
+                    loop_host,
+                    executor,
+                    identity,
+                    rx,
+                    target_reports_tx,
+                    options,
+                );
+                let forward = async move {
+                    while let Some(result) = target_reports.recv().await {
+                        if forward.send((forward_key.clone(), result)).is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::join!(run, forward);
+            });
+            tasks.insert(
+                key,
+                TargetTask {
+                    desired: tx,
+                    task,
+                    host,
+                    identity: target.identity,
+                },
+            );
+        }
+    }
+    for (_, task) in tasks {
+        task.task.abort();
+    }
+    0
+}

@@ -1,0 +1,388 @@
+//! Status of every object, computed from the daemons, in the shape of the CRDs' `status`;
+//! and how it is shown: a table like `kubectl get`, JSON or YAML.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde::Serialize;
+
+use super::manifests::{Manifests, ObjectKey};
+use super::world::{Round, uid_of};
+use crate::api::container::{DockerContainerStatus, InstanceStatus};
+use crate::api::target::DockerTargetStatus;
+use crate::api::{API_VERSION, CONDITION_READY};
+use crate::converge::model::LABEL_SPEC_HASH;
+use crate::converge::status::instance_statuses;
+
+/// One object with its status, as `kubectl get -o json` would show it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStatus<S> {
+    /// `stevedore.dev/v1alpha1`.
+    pub api_version: &'static str,
+    /// Kind.
+    pub kind: &'static str,
+    /// Name and namespace.
+    pub metadata: Metadata,
+    /// The status.
+    pub status: S,
+}
+
+/// Name and namespace.
+#[derive(Clone, Debug, Serialize)]
+pub struct Metadata {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+}
+
+/// The status of everything in the manifests.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    /// `v1`: a `List`, like `kubectl get -o json`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: &'static str,
+    /// `List`.
+    pub kind: &'static str,
+    /// Targets first, then containers, each sorted by namespace and name.
+    pub items: Vec<serde_json::Value>,
+    /// Targets, for the table.
+    #[serde(skip)]
+    pub targets: Vec<ObjectStatus<DockerTargetStatus>>,
+    /// Containers, for the table.
+    #[serde(skip)]
+    pub containers: Vec<(ObjectStatus<DockerContainerStatus>, String, i32)>,
+}
+
+fn condition(kind: &str, ok: bool, reason: &str, message: String, now: &Time) -> Condition {
+    Condition {
+        type_: kind.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: now.clone(),
+        observed_generation: None,
+    }
+}
+
+fn now_time() -> Time {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    // Whole seconds, as the API server stores them.
+    Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+/// Computes every object's status from the round (one inspect per container, plus the
+/// daemon's info and images per target).
+pub async fn status_report(manifests: &Manifests, round: &Round) -> StatusReport {
+    let now = now_time();
+    let mut targets = Vec::new();
+    for (key, target) in &round.targets {
+        let mut status = DockerTargetStatus {
+            managed_containers: i32::try_from(target.observed.len()).unwrap_or(i32::MAX),
+            ..Default::default()
+        };
+        let mut ready = match (&target.host, &target.error) {
+            (Some(_), None) => Ok(()),
+            (_, Some(e)) => Err((e.kind.reason().to_string(), e.message.clone())),
+            (None, None) => Err(("Unreachable".to_string(), "not connected".to_string())),
+        };
+        if let (Some(host), Ok(())) = (&target.host, &ready) {
+            match host.server_info().await {
+                Ok(info) => status.server = Some(info),
+                Err(e) => ready = Err((e.kind.reason().to_string(), e.message)),
+            }
+            if let Ok(images) = host.list_images().await {
+                status.images = images;
+            }
+            status.last_seen_time = Some(now.clone());
+        }
+        status.conditions = vec![match ready {
+            Ok(()) => condition(
+                CONDITION_READY,
+                true,
+                "Connected",
+                "the daemon answers".into(),
+                &now,
+            ),
+            Err((reason, message)) => condition(CONDITION_READY, false, &reason, message, &now),
+        }];
+        targets.push(ObjectStatus {
+            api_version: API_VERSION,
+            kind: "DockerTarget",
+            metadata: metadata(key),
+            status,
+        });
+    }
+
+    let mut containers = Vec::new();
+    for (key, sourced) in &manifests.containers {
+        let uid = uid_of(key);
+        let wanted = sourced.object.spec.placement.replicas;
+        let mut instances: Vec<InstanceStatus> = Vec::new();
+        let mut updated = 0;
+        let mut problems: Vec<String> = Vec::new();
+        for (target_key, target) in &round.targets {
+            let desired: Vec<_> = target
+                .desired
+                .instances
+                .iter()
+                .filter(|d| d.owner.uid == uid)
+                .cloned()
+                .collect();
+            if desired.is_empty() {
+                continue;
+            }
+            updated += desired
+                .iter()
+                .filter(|d| {
+                    target.observed.iter().any(|c| {
+                        c.name == d.name
+                            && c.labels.get(LABEL_SPEC_HASH).map(String::as_str)
+                                == Some(d.spec_hash.as_str())
+                    })
+                })
+                .count();
+            match &target.host {
+                Some(host) => instances.extend(
+                    instance_statuses(host, &target_key.name, &desired, &target.observed).await,
+                ),
+                None => {
+                    let why = target
+                        .error
+                        .as_ref()
+                        .map_or_else(|| "target not connected".to_string(), |e| e.to_string());
+                    problems.push(format!("target {}: {why}", target_key.name));
+                    instances.extend(desired.iter().map(|d| InstanceStatus {
+                        target: target_key.name.clone(),
+                        container_name: d.name.clone(),
+                        state: "unknown".into(),
+                        message: Some(why.clone()),
+                        ..Default::default()
+                    }));
+                }
+            }
+        }
+        instances.sort_by(|a, b| a.container_name.cmp(&b.container_name));
+        if let Some(error) = round.container_errors.get(key) {
+            problems.push(error.clone());
+        }
+        for (replica, reason) in round.unplaced.get(key).into_iter().flatten() {
+            problems.push(format!("replica {replica} not placed: {reason}"));
+        }
+        for instance in &instances {
+            if instance.state != "running" {
+                problems.push(format!(
+                    "{} on {}: {}{}",
+                    instance.container_name,
+                    instance.target,
+                    instance.state,
+                    instance
+                        .message
+                        .as_ref()
+                        .map(|m| format!(": {}", m.lines().last().unwrap_or_default()))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        let ready_count = instances.iter().filter(|i| is_ready(i)).count();
+        let ready_count = i32::try_from(ready_count).unwrap_or(i32::MAX);
+        let updated = i32::try_from(updated).unwrap_or(i32::MAX);
+        let all_ready = ready_count >= wanted && problems.is_empty();
+        let conditions = vec![
+            condition(
+                CONDITION_READY,
+                all_ready,
+                if all_ready {
+                    "AllReplicasReady"
+                } else {
+                    "NotReady"
+                },
+                format!("{ready_count} of {wanted} replicas ready"),
+                &now,
+            ),
+            condition(
+                "Progressing",
+                updated < wanted,
+                if updated < wanted {
+                    "RollingOut"
+                } else {
+                    "Complete"
+                },
+                format!("{updated} of {wanted} replicas run the current spec"),
+                &now,
+            ),
+            condition(
+                "Degraded",
+                !problems.is_empty(),
+                if problems.is_empty() {
+                    "AsExpected"
+                } else {
+                    "Problems"
+                },
+                problems.join("; "),
+                &now,
+            ),
+        ];
+        let status = DockerContainerStatus {
+            observed_generation: sourced.object.metadata.generation,
+            replicas: i32::try_from(
+                instances
+                    .iter()
+                    .filter(|i| i.container_id.is_some())
+                    .count(),
+            )
+            .unwrap_or(i32::MAX),
+            ready_replicas: ready_count,
+            updated_replicas: updated,
+            resolved_image: None,
+            instances,
+            conditions,
+        };
+        containers.push((
+            ObjectStatus {
+                api_version: API_VERSION,
+                kind: "DockerContainer",
+                metadata: metadata(key),
+                status,
+            },
+            sourced.object.spec.image.clone(),
+            wanted,
+        ));
+    }
+
+    let items = targets
+        .iter()
+        .map(|t| serde_json::to_value(t).unwrap_or_default())
+        .chain(
+            containers
+                .iter()
+                .map(|(c, _, _)| serde_json::to_value(c).unwrap_or_default()),
+        )
+        .collect();
+    StatusReport {
+        api_version: "v1",
+        kind: "List",
+        items,
+        targets,
+        containers,
+    }
+}
+
+/// Running, and healthy when it has a health check.
+pub fn is_ready(instance: &InstanceStatus) -> bool {
+    instance.state == "running" && instance.health.as_deref().is_none_or(|h| h == "healthy")
+}
+
+fn metadata(key: &ObjectKey) -> Metadata {
+    Metadata {
+        name: key.name.clone(),
+        namespace: key.namespace.clone(),
+    }
+}
+
+/// Whether every container is ready.
+pub fn all_ready(report: &StatusReport) -> bool {
+    report.containers.iter().all(|(c, _, _)| {
+        c.status
+            .conditions
+            .iter()
+            .any(|cond| cond.type_ == CONDITION_READY && cond.status == "True")
+    })
+}
+
+/// The report as aligned tables, like `kubectl get`, with the reason of every object that
+/// is not ready underneath.
+pub fn table(report: &StatusReport) -> String {
+    let mut rows: Vec<Vec<String>> = vec![vec![
+        "NAMESPACE".into(),
+        "TARGET".into(),
+        "READY".into(),
+        "VERSION".into(),
+        "CONTAINERS".into(),
+    ]];
+    let mut notes = Vec::new();
+    for target in &report.targets {
+        let ready = target.status.conditions.first();
+        rows.push(vec![
+            target.metadata.namespace.clone(),
+            target.metadata.name.clone(),
+            ready.map(|c| c.status.clone()).unwrap_or_default(),
+            target
+                .status
+                .server
+                .as_ref()
+                .map(|s| s.version.clone())
+                .unwrap_or_default(),
+            target.status.managed_containers.to_string(),
+        ]);
+        if let Some(c) = ready.filter(|c| c.status != "True") {
+            notes.push(format!(
+                "target {}/{}: {}: {}",
+                target.metadata.namespace, target.metadata.name, c.reason, c.message
+            ));
+        }
+    }
+    let mut out = align(&rows);
+    let mut rows: Vec<Vec<String>> = vec![vec![
+        "NAMESPACE".into(),
+        "CONTAINER".into(),
+        "READY".into(),
+        "IMAGE".into(),
+        "STATUS".into(),
+    ]];
+    for (container, image, wanted) in &report.containers {
+        let status = &container.status;
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_READY);
+        rows.push(vec![
+            container.metadata.namespace.clone(),
+            container.metadata.name.clone(),
+            format!("{}/{}", status.ready_replicas, wanted),
+            image.clone(),
+            ready.map(|c| c.reason.clone()).unwrap_or_default(),
+        ]);
+        if let Some(degraded) = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")
+        {
+            notes.push(format!(
+                "container {}/{}: {}",
+                container.metadata.namespace, container.metadata.name, degraded.message
+            ));
+        }
+    }
+    out.push('\n');
+    out.push_str(&align(&rows));
+    if !notes.is_empty() {
+        out.push('\n');
+        for note in notes {
+            let _ = writeln!(out, "{note}");
+        }
+    }
+    out
+}
+
+fn align(rows: &[Vec<String>]) -> String {
+    let mut widths: BTreeMap<usize, usize> = BTreeMap::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            let w = widths.entry(i).or_default();
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<width$}", width = widths[&i]))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("   ").trim_end());
+    }
+    out
+}

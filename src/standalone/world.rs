@@ -1,0 +1,516 @@
+//! One round of standalone mode: connect to the targets the manifests name, read what runs
+//! on them (their container labels are the record of what was placed where — no state
+//! file), place every replica, and build each target's desired set.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+
+use futures::future::join_all;
+
+use super::manifests::{Manifests, ObjectKey};
+use crate::api::{DockerContainer, DockerTarget};
+use crate::converge::engine::{DesiredSet, TargetIdentity};
+use crate::converge::env::{StaticSources, resolve_env};
+use crate::converge::model::{
+    HostPort, InstanceContext, LABEL_REPLICA, LABEL_UID, Owner, desired_instances,
+};
+use crate::docker::{
+    ConnectOptions, ConnectionMaterial, DockerError, DockerHost, ErrorKind, HostContainer,
+    LABEL_TARGET, PullCredentials, SshMaterial, TlsMaterial, connect,
+};
+use crate::placement::{Existing, Placements, TargetInfo, Workload, place};
+
+/// Settings of a standalone run.
+#[derive(Clone, Debug)]
+pub struct WorldOptions {
+    /// The `stevedore.dev/manager` label value of this run.
+    pub manager: String,
+    /// Seconds a target may be unreachable before its replicas move.
+    pub grace_secs: u64,
+    /// Connection timeouts.
+    pub connect: ConnectOptions,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        Self {
+            manager: "standalone".into(),
+            grace_secs: crate::placement::DEFAULT_GRACE_SECS,
+            connect: ConnectOptions::default(),
+        }
+    }
+}
+
+/// A target's connection, kept across rounds while its spec and Secrets are unchanged.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// Hash of the spec and the Secret material the connection was made with.
+    fingerprint: u64,
+    /// The connected daemon, or why not.
+    pub host: Result<DockerHost, DockerError>,
+    /// When it was first seen unreachable (unix seconds), while it is.
+    pub unreachable_since: Option<u64>,
+}
+
+/// Connections by target, across rounds.
+pub type Connections = BTreeMap<ObjectKey, Connection>;
+
+/// One target in a round.
+#[derive(Clone, Debug)]
+pub struct TargetRound {
+    /// The target object.
+    pub target: DockerTarget,
+    /// Its identity on the daemon.
+    pub identity: TargetIdentity,
+    /// The daemon, when reachable.
+    pub host: Option<DockerHost>,
+    /// Why it is not reachable.
+    pub error: Option<DockerError>,
+    /// Its managed containers, from one list call.
+    pub observed: Vec<HostContainer>,
+    /// What should run there.
+    pub desired: DesiredSet,
+}
+
+/// Everything one round decided.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Per target.
+    pub targets: BTreeMap<ObjectKey, TargetRound>,
+    /// Replicas with nowhere to go, per container: (replica, reason).
+    pub unplaced: BTreeMap<ObjectKey, Vec<(u32, String)>>,
+    /// Problems of containers that keep them from converging (a missing Secret, say).
+    pub container_errors: BTreeMap<ObjectKey, String>,
+    /// The placements.
+    pub placements: Placements,
+}
+
+/// The UID of an object: derived from kind, namespace and name.
+pub fn uid_of(key: &ObjectKey) -> String {
+    key.derived_uid()
+}
+
+fn sources_for(manifests: &Manifests, namespace: &str) -> StaticSources {
+    StaticSources {
+        secrets: manifests
+            .secrets
+            .iter()
+            .filter(|(k, _)| k.namespace == namespace)
+            .map(|(k, v)| (k.name.clone(), v.clone()))
+            .collect(),
+        config_maps: manifests
+            .config_maps
+            .iter()
+            .filter(|(k, _)| k.namespace == namespace)
+            .map(|(k, v)| (k.name.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn secret<'a>(
+    manifests: &'a Manifests,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a BTreeMap<String, Vec<u8>>> {
+    manifests.secrets.get(&ObjectKey {
+        kind: "Secret".into(),
+        namespace: namespace.into(),
+        name: name.into(),
+    })
+}
+
+/// The TLS and ssh material a target's Secrets hold.
+fn material(
+    manifests: &Manifests,
+    key: &ObjectKey,
+    target: &DockerTarget,
+) -> Result<ConnectionMaterial, DockerError> {
+    let missing = |field: &str, name: &str, what: &str| {
+        DockerError::new(
+            ErrorKind::InvalidConfig,
+            format!("spec.{field}.secretRef: Secret {name} {what}"),
+        )
+    };
+    let mut material = ConnectionMaterial::default();
+    if let Some(tls) = &target.spec.tls {
+        let name = &tls.secret_ref.name;
+        let data = secret(manifests, &key.namespace, name)
+            .ok_or_else(|| missing("tls", name, "not found"))?;
+        let get = |k: &str| {
+            data.get(k)
+                .cloned()
+                .ok_or_else(|| missing("tls", name, &format!("has no key {k}")))
+        };
+        material.tls = Some(TlsMaterial {
+            ca: get("ca.crt")?,
+            cert: get("tls.crt")?,
+            key: get("tls.key")?,
+        });
+    }
+    if let Some(ssh) = &target.spec.ssh {
+        let name = &ssh.secret_ref.name;
+        let data = secret(manifests, &key.namespace, name)
+            .ok_or_else(|| missing("ssh", name, "not found"))?;
+        material.ssh = Some(SshMaterial {
+            private_key: data
+                .get("ssh-privatekey")
+                .cloned()
+                .ok_or_else(|| missing("ssh", name, "has no key ssh-privatekey"))?,
+            known_hosts: data.get("known_hosts").cloned(),
+        });
+    }
+    Ok(material)
+}
+
+fn fingerprint(target: &DockerTarget, material: &Result<ConnectionMaterial, DockerError>) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&target.spec)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    if let Ok(material) = material {
+        if let Some(tls) = &material.tls {
+            (&tls.ca, &tls.cert, &tls.key).hash(&mut hasher);
+        }
+        if let Some(ssh) = &material.ssh {
+            (&ssh.private_key, &ssh.known_hosts).hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
+/// Connects to every target (reusing unchanged connections) and forgets removed ones.
+pub async fn connect_targets(
+    manifests: &Manifests,
+    connections: &mut Connections,
+    options: &WorldOptions,
+    now: u64,
+) {
+    connections.retain(|key, _| manifests.targets.contains_key(key));
+    let mut attempts = Vec::new();
+    for (key, sourced) in &manifests.targets {
+        let target = &sourced.object;
+        let material = material(manifests, key, target);
+        let print = fingerprint(target, &material);
+        if let Some(existing) = connections.get(key)
+            && existing.fingerprint == print
+            && existing.host.is_ok()
+        {
+            continue;
+        }
+        let connect_options = options.connect;
+        attempts.push(async move {
+            let host = match material {
+                Ok(material) => connect(&target.spec, &material, connect_options).await,
+                Err(e) => Err(e),
+            };
+            (key.clone(), print, host)
+        });
+    }
+    for (key, print, host) in join_all(attempts).await {
+        let since = connections.get(&key).and_then(|c| c.unreachable_since);
+        let unreachable_since = match &host {
+            Ok(_) => None,
+            Err(_) => Some(since.unwrap_or(now)),
+        };
+        connections.insert(
+            key,
+            Connection {
+                fingerprint: print,
+                host,
+                unreachable_since,
+            },
+        );
+    }
+}
+
+/// Host ports a container publishes.
+fn host_ports(container: &DockerContainer) -> Vec<HostPort> {
+    container
+        .spec
+        .ports
+        .iter()
+        .filter_map(|p| {
+            p.host_port.map(|port| HostPort {
+                ip: p.host_ip.clone(),
+                port,
+                protocol: p.protocol,
+            })
+        })
+        .collect()
+}
+
+/// Credentials for a container's image: the Registry it names, or the one whose server
+/// is the image's host; from a dockerconfigjson or basic-auth Secret.
+fn pull_credentials(
+    manifests: &Manifests,
+    key: &ObjectKey,
+    container: &DockerContainer,
+) -> Option<PullCredentials> {
+    let image_host = container.spec.image.split('/').next().filter(|first| {
+        container.spec.image.contains('/') && (first.contains('.') || first.contains(':'))
+    })?;
+    let registry = manifests
+        .registries
+        .iter()
+        .filter(|(k, _)| k.namespace == key.namespace)
+        .find(|(k, r)| match &container.spec.registry_ref {
+            Some(reference) => k.name == reference.name,
+            None => r.object.spec.server == image_host,
+        })?;
+    let secret_name = &registry.1.object.spec.credentials.as_ref()?.secret_ref.name;
+    let data = secret(manifests, &key.namespace, secret_name)?;
+    let server = registry.1.object.spec.server.clone();
+    if let (Some(username), Some(password)) = (data.get("username"), data.get("password")) {
+        return Some(PullCredentials {
+            username: String::from_utf8_lossy(username).into_owned(),
+            password: String::from_utf8_lossy(password).into_owned(),
+            server,
+        });
+    }
+    let config: serde_json::Value = serde_json::from_slice(data.get(".dockerconfigjson")?).ok()?;
+    let auth = config.get("auths")?.get(&server)?;
+    let (username, password) = match (auth.get("username"), auth.get("password")) {
+        (Some(u), Some(p)) => (u.as_str()?.to_string(), p.as_str()?.to_string()),
+        _ => {
+            use base64::Engine as _;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth.get("auth")?.as_str()?)
+                .ok()?;
+            let text = String::from_utf8(decoded).ok()?;
+            let (u, p) = text.split_once(':')?;
+            (u.to_string(), p.to_string())
+        }
+    };
+    Some(PullCredentials {
+        username,
+        password,
+        server,
+    })
+}
+
+/// Lists each reachable target's managed containers (one call each).
+pub async fn observe(
+    manifests: &Manifests,
+    connections: &Connections,
+) -> BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>> {
+    let lists = manifests.targets.keys().filter_map(|key| {
+        let host = connections.get(key)?.host.as_ref().ok()?.clone();
+        let uid = uid_of(key);
+        Some(async move { (key.clone(), host.list_labelled(LABEL_TARGET, &uid).await) })
+    });
+    join_all(lists).await.into_iter().collect()
+}
+
+/// Computes one round from manifests, connections and what the daemons run.
+pub fn plan_round(
+    manifests: &Manifests,
+    connections: &Connections,
+    observed: &BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>>,
+    options: &WorldOptions,
+    now: u64,
+) -> Round {
+    let mut round = Round::default();
+    let namespaces: HashSet<&str> = manifests
+        .targets
+        .keys()
+        .chain(manifests.containers.keys())
+        .map(|k| k.namespace.as_str())
+        .collect();
+    for namespace in namespaces {
+        place_namespace(
+            manifests,
+            connections,
+            observed,
+            options,
+            now,
+            namespace,
+            &mut round,
+        );
+    }
+    round
+}
+
+fn place_namespace(
+    manifests: &Manifests,
+    connections: &Connections,
+    observed: &BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>>,
+    options: &WorldOptions,
+    now: u64,
+    namespace: &str,
+    round: &mut Round,
+) {
+    let targets: Vec<(&ObjectKey, &DockerTarget)> = manifests
+        .targets
+        .iter()
+        .filter(|(k, _)| k.namespace == namespace)
+        .map(|(k, s)| (k, &s.object))
+        .collect();
+    // Broken targets without a good version hold their placements: unknown is not gone.
+    let broken_targets = manifests
+        .broken
+        .iter()
+        .filter(|k| k.kind == "DockerTarget" && k.namespace == namespace);
+    let mut infos: Vec<TargetInfo> = targets
+        .iter()
+        .map(|(key, target)| {
+            let connection = connections.get(*key);
+            let ready = connection.is_some_and(|c| c.host.is_ok())
+                && observed.get(*key).is_some_and(|o| o.is_ok());
+            TargetInfo {
+                name: key.name.clone(),
+                labels: target.metadata.labels.clone().unwrap_or_default(),
+                ready,
+                unreachable_since: if ready {
+                    None
+                } else {
+                    connection.and_then(|c| c.unreachable_since).or(Some(now))
+                },
+                unschedulable: target.spec.unschedulable,
+                max_containers: target.spec.max_containers,
+            }
+        })
+        .collect();
+    infos.extend(broken_targets.map(|k| TargetInfo {
+        name: k.name.clone(),
+        ..Default::default()
+    }));
+
+    let existing: Vec<Existing> = targets
+        .iter()
+        .filter_map(|(key, _)| Some((key, observed.get(*key)?.as_ref().ok()?)))
+        .flat_map(|(key, containers)| {
+            containers.iter().filter_map(|c| {
+                Some(Existing {
+                    owner_uid: c.labels.get(LABEL_UID)?.clone(),
+                    replica: c.labels.get(LABEL_REPLICA)?.parse().ok()?,
+                    target: key.name.clone(),
+                })
+            })
+        })
+        .collect();
+    let containers: Vec<(&ObjectKey, &DockerContainer)> = manifests
+        .containers
+        .iter()
+        .filter(|(k, _)| k.namespace == namespace)
+        .map(|(k, s)| (k, &s.object))
+        .collect();
+    let workloads: Vec<Workload> = containers
+        .iter()
+        .map(|(key, container)| Workload {
+            owner_uid: uid_of(key),
+            placement: container.spec.placement.clone(),
+            host_ports: host_ports(container),
+        })
+        .collect();
+    let placements = place(&infos, &workloads, &existing, now, options.grace_secs);
+    for unplaced in &placements.unplaced {
+        if let Some((key, _)) = containers
+            .iter()
+            .find(|(k, _)| uid_of(k) == unplaced.owner_uid)
+        {
+            round
+                .unplaced
+                .entry((*key).clone())
+                .or_default()
+                .push((unplaced.replica, unplaced.reason.clone()));
+        }
+    }
+
+    // Owners whose containers must stay as they are this round.
+    let mut protected: HashSet<String> = manifests
+        .broken
+        .iter()
+        .filter(|k| k.kind == "DockerContainer")
+        .map(uid_of)
+        .collect();
+    let sources = sources_for(manifests, namespace);
+    let mut instances_by_target: HashMap<&str, Vec<_>> = HashMap::new();
+    for (key, container) in &containers {
+        let uid = uid_of(key);
+        let env = match resolve_env(&container.spec, &sources) {
+            Ok(env) => env,
+            Err(e) => {
+                round.container_errors.insert((*key).clone(), e.to_string());
+                protected.insert(uid);
+                continue;
+            }
+        };
+        let credentials = pull_credentials(manifests, key, container);
+        let owner = Owner {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            uid: uid.clone(),
+        };
+        for (target_key, _) in &targets {
+            let replicas = placements.replicas_on(&uid, &target_key.name);
+            if replicas.is_empty() {
+                continue;
+            }
+            let target_uid = uid_of(target_key);
+            let ctx = InstanceContext {
+                target_uid: &target_uid,
+                manager: &options.manager,
+                image: &container.spec.image,
+                // Until a Registry resolves tags to digests, the reference is the identity:
+                // a container is replaced when its spec names another image.
+                image_identity: &container.spec.image,
+                pull_credentials: credentials.as_ref(),
+            };
+            match desired_instances(&owner, &container.spec, &env, &replicas, &ctx) {
+                Ok(instances) => instances_by_target
+                    .entry(target_key.name.as_str())
+                    .or_default()
+                    .extend(instances),
+                Err(e) => {
+                    round.container_errors.insert((*key).clone(), e.to_string());
+                    protected.insert(uid.clone());
+                }
+            }
+        }
+    }
+
+    for (key, target) in targets {
+        let connection = connections.get(key);
+        let observed_here = observed.get(key);
+        let mut protected_here = protected.clone();
+        let containers_here: Vec<HostContainer> = match observed_here {
+            Some(Ok(list)) => list.clone(),
+            _ => Vec::new(),
+        };
+        if manifests.unidentified_breakage {
+            // Some document could not be read at all: nothing may count as deleted.
+            protected_here.extend(
+                containers_here
+                    .iter()
+                    .filter_map(|c| c.labels.get(LABEL_UID).cloned()),
+            );
+        }
+        let error = match (connection.map(|c| &c.host), observed_here) {
+            (Some(Err(e)), _) => Some(e.clone()),
+            (_, Some(Err(e))) => Some(e.clone()),
+            (None, _) => Some(DockerError::new(ErrorKind::Unreachable, "not connected")),
+            _ => None,
+        };
+        round.targets.insert(
+            key.clone(),
+            TargetRound {
+                target: target.clone(),
+                identity: TargetIdentity {
+                    uid: uid_of(key),
+                    manager: options.manager.clone(),
+                },
+                host: connection.and_then(|c| c.host.as_ref().ok().cloned()),
+                error,
+                observed: containers_here,
+                desired: DesiredSet {
+                    instances: instances_by_target
+                        .remove(key.name.as_str())
+                        .unwrap_or_default(),
+                    protected_owners: protected_here,
+                },
+            },
+        );
+    }
+    round.placements.assignments.extend(placements.assignments);
+    round.placements.unplaced.extend(placements.unplaced);
+}
