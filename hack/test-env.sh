@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts (and stops) everything Stevedore's tests talk to, on this machine only:
 #
-#   1. two test images made from Debian's busybox-static (`docker import`), v1 and v2
+#   1. two test images made from Debian's busybox-static (`docker import`), v1 and v2,
+#      and the quick start's image
 #   2. a second Docker daemon on its own unix socket, data-root, exec-root and bridge
 #   3. a third Docker daemon on TCP with TLS client-certificate verification
 #   4. a registry (Debian's docker-registry) with TLS and htpasswd auth, holding the images
@@ -140,6 +141,8 @@ make_images() {
         busybox_rootfs_tar "$version" "$STATE/rootfs-$version.tar"
         DOCKER_HOST=$MAIN_HOST busybox_image "$IMAGE_LOCAL:$version" "$STATE/rootfs-$version.tar"
     done
+    # The quick start's image, so its test runs examples/quickstart as a person would.
+    DOCKER_HOST=$MAIN_HOST "$(dirname "$0")/demo-image.sh"
 }
 
 # Copies the test images into another daemon with save/load, so image IDs are identical.

@@ -117,14 +117,27 @@ impl Admission {
                 message: format!("unknown kind {kind} in {api_version}"),
             }];
         };
-        let mut errors: Vec<FieldError> = validator
-            .structure
-            .iter_errors(object)
-            .map(|e| FieldError {
-                field: pointer_to_field_path(e.instance_path().as_str()),
-                message: e.masked().to_string(),
-            })
-            .collect();
+        let mut errors: Vec<FieldError> = Vec::new();
+        for error in validator.structure.iter_errors(object) {
+            let field = pointer_to_field_path(error.instance_path().as_str());
+            match error.kind() {
+                // One error per unknown field, named like kubectl's strict validation does.
+                jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+                    errors.extend(unexpected.iter().map(|name| FieldError {
+                        field: if field.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{field}.{name}")
+                        },
+                        message: "unknown field".into(),
+                    }));
+                }
+                _ => errors.push(FieldError {
+                    field,
+                    message: error.masked().to_string(),
+                }),
+            }
+        }
         if errors.is_empty()
             && let Err(failures) = kube_cel::validate_compiled(&validator.rules, object, None)
         {

@@ -381,7 +381,6 @@ struct TargetTask {
     desired: watch::Sender<Arc<DesiredSet>>,
     task: tokio::task::JoinHandle<()>,
     host: crate::docker::DockerHost,
-    identity: engine::TargetIdentity,
 }
 
 /// `stevedore run`: converge, then keep converging on file changes (polled every 300 ms),
@@ -440,7 +439,9 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
         for (key, error) in &round.container_errors {
             eprintln!("{key}: {error}");
         }
-        // Targets gone from the manifests: remove what this run placed there, then stop.
+        // Targets gone from the manifests (or unreachable) lose their loop. A removed
+        // target's host is no longer managed by this run: its containers are left as they
+        // are, as `run --once` would leave them; the replicas move to other targets.
         let gone: Vec<ObjectKey> = tasks
             .keys()
             .filter(|k| round.targets.get(*k).is_none_or(|t| t.host.is_none()))
@@ -449,19 +450,6 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
         for key in gone {
             if let Some(task) = tasks.remove(&key) {
                 task.task.abort();
-                if !manifests.targets.contains_key(&key) && !manifests.broken.contains(&key) {
-                    let executor = Executor::new(task.host.clone(), concurrency)
-                        .with_progress(progress.clone());
-                    let result = engine::converge_once(
-                        &task.host,
-                        &executor,
-                        &task.identity,
-                        &DesiredSet::default(),
-                        &mut TargetMemory::default(),
-                    )
-                    .await;
-                    print_converge(&key, &result);
-                }
             }
         }
         for (key, target) in round.targets {
@@ -512,7 +500,6 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
                     desired: tx,
                     task,
                     host,
-                    identity: target.identity,
                 },
             );
         }

@@ -113,8 +113,8 @@ fn target_cases() -> Vec<Case> {
             target(),
             json!({"unschedulable": true}),
             json!({"unschedulabel": true}),
-            "spec",
-            "Additional properties are not allowed",
+            "spec.unschedulabel",
+            "unknown field",
         ),
     ]
 }

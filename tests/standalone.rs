@@ -1,0 +1,568 @@
+//! `stevedore run`, `plan` and `status` — the real binary on manifests in a temporary
+//! directory, against the harness's real daemons. Each test works in its own namespace and
+//! with its own manager, so tests never see each other's containers.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fixture::{free_port, unique};
+use common::{TestEnv, hosts};
+use stevedore::converge::model::LABEL_NAMESPACE;
+use stevedore::docker::{ConnectOptions, ContainerState, DockerHost, HostContainer, connect};
+
+/// One test's manifests directory, namespace and manager.
+struct Workspace {
+    dir: PathBuf,
+    namespace: String,
+    manager: String,
+}
+
+impl Workspace {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("stevedore-manifests"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self {
+            dir,
+            namespace: unique("ns"),
+            manager: unique("manager"),
+        }
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        std::fs::write(self.dir.join(file), text).expect("write manifest");
+    }
+
+    fn remove(&self, file: &str) {
+        std::fs::remove_file(self.dir.join(file)).expect("remove manifest");
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stevedore"));
+        command.args(args).arg("-f").arg(&self.dir).args([
+            "--namespace",
+            &self.namespace,
+            "--manager",
+            &self.manager,
+        ]);
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run stevedore")
+    }
+
+    fn run_once(&self) -> Output {
+        self.run(&["run", "--once", "--timeout", "60s", "--no-progress"])
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+async fn docker(
+    pair: (
+        stevedore::api::DockerTargetSpec,
+        stevedore::docker::ConnectionMaterial,
+    ),
+) -> DockerHost {
+    connect(&pair.0, &pair.1, ConnectOptions::default())
+        .await
+        .expect("connect")
+}
+
+/// The test's containers on `host`.
+async fn containers(host: &DockerHost, namespace: &str) -> Vec<HostContainer> {
+    let mut list = host
+        .list_labelled(LABEL_NAMESPACE, namespace)
+        .await
+        .expect("list");
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    list
+}
+
+async fn remove_all(host: &DockerHost, namespace: &str) {
+    for c in containers(host, namespace).await {
+        let _ = host.stop(&c.id, &c.name, Some(0)).await;
+        let _ = host.remove(&c.id, &c.name).await;
+    }
+}
+
+fn target(name: &str, endpoint: &str, site: &str) -> String {
+    format!(
+        "apiVersion: stevedore.dev/v1alpha1\nkind: DockerTarget\nmetadata:\n  name: {name}\n  labels:\n    site: {site}\nspec:\n  endpoint: {endpoint}\n"
+    )
+}
+
+fn web(name: &str, image: &str, port: i32, mode: &str) -> String {
+    format!(
+        r#"apiVersion: stevedore.dev/v1alpha1
+kind: DockerContainer
+metadata:
+  name: {name}
+spec:
+  image: {image}
+  env:
+    - name: MODE
+      value: "{mode}"
+  ports:
+    - containerPort: 8080
+      hostPort: {port}
+      hostIP: 127.0.0.1
+  healthCheck:
+    command: ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+    intervalSeconds: 1
+    timeoutSeconds: 1
+    retries: 3
+  stopTimeoutSeconds: 1
+  placement:
+    target: main
+"#
+    )
+}
+
+async fn http_get(port: i32) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
+        .await
+        .expect("connect to the published port");
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: t\r\n\r\n")
+        .await
+        .expect("send");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("read");
+    body
+}
+
+#[tokio::test]
+async fn run_once_serves_http_then_plan_reports_no_changes() {
+    let env = TestEnv::load();
+    let ws = Workspace::new();
+    let port = free_port();
+    ws.write(
+        "target.yaml",
+        &target("main", &env.get("MAIN_HOST"), "here"),
+    );
+    ws.write("web.yaml", &web("web", &env.get("IMAGE_V1"), port, "a"));
+    let output = ws.run_once();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("1/1") && stdout.contains("AllReplicasReady"),
+        "{stdout}"
+    );
+    assert!(http_get(port).await.contains("stevedore test image v1"));
+
+    let plan = ws.run(&["plan"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("no changes"));
+    remove_all(&docker(hosts::main(&env)).await, &ws.namespace).await;
+}
+
+#[tokio::test]
+async fn an_edit_is_planned_with_its_field_then_replaces_only_that_container() {
+    let env = TestEnv::load();
+    let host = docker(hosts::main(&env)).await;
+    let ws = Workspace::new();
+    ws.write(
+        "target.yaml",
+        &target("main", &env.get("MAIN_HOST"), "here"),
+    );
+    ws.write(
+        "a.yaml",
+        &web("a", &env.get("IMAGE_V1"), free_port(), "one"),
+    );
+    ws.write(
+        "b.yaml",
+        &web("b", &env.get("IMAGE_V1"), free_port(), "one"),
+    );
+    let first = ws.run_once();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let before = containers(&host, &ws.namespace).await;
+    assert_eq!(before.len(), 2);
+
+    let a_port = std::fs::read_to_string(ws.dir.join("a.yaml"))
+        .expect("read")
+        .replace("value: \"one\"", "value: \"two\"");
+    ws.write("a.yaml", &a_port);
+    let plan = ws.run(&["plan"]);
+    assert_eq!(plan.status.code(), Some(2), "{}", text(&plan));
+    let planned = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        planned.contains(&format!("Replace {}_a_0: changed: env MODE", ws.namespace)),
+        "{planned}"
+    );
+    assert!(!planned.contains("_b_0"), "{planned}");
+
+    let second = ws.run_once();
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    let after = containers(&host, &ws.namespace).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_ne!(after[0].id, before[0].id, "a was not replaced");
+    assert_eq!(after[1].id, before[1].id, "b was replaced");
+
+    // Removing a document removes its containers, and only those.
+    ws.remove("b.yaml");
+    let third = ws.run_once();
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    let left = containers(&host, &ws.namespace).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, after[0].id);
+    remove_all(&host, &ws.namespace).await;
+}
+
+fn spread(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: stevedore.dev/v1alpha1
+kind: DockerContainer
+metadata:
+  name: {name}
+spec:
+  image: IMAGE
+  stopTimeoutSeconds: 1
+  placement:
+    targetSelector:
+      matchLabels:
+        site: edge
+    replicas: {replicas}
+"#
+    )
+}
+
+#[tokio::test]
+async fn replicas_spread_two_and_one_stay_put_across_restarts_and_move_when_a_target_goes() {
+    let env = TestEnv::load();
+    let main = docker(hosts::main(&env)).await;
+    let second = docker(hosts::second(&env)).await;
+    let ws = Workspace::new();
+    ws.write(
+        "edge-1.yaml",
+        &target("edge-1", &env.get("MAIN_HOST"), "edge"),
+    );
+    ws.write(
+        "edge-2.yaml",
+        &target("edge-2", &env.get("SECOND_HOST"), "edge"),
+    );
+    ws.write("lab.yaml", &target("lab", &env.get("MAIN_HOST"), "lab"));
+    ws.write(
+        "collector.yaml",
+        &spread("collector", 3).replace("IMAGE", &env.get("IMAGE_V1")),
+    );
+    let first = ws.run_once();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let on_main = containers(&main, &ws.namespace).await;
+    let on_second = containers(&second, &ws.namespace).await;
+    assert_eq!(
+        (on_main.len(), on_second.len()),
+        (2, 1),
+        "{on_main:?} {on_second:?}"
+    );
+
+    // A new run of stevedore finds the placements on the daemons: nothing moves.
+    let again = ws.run_once();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let ids = |list: &[HostContainer]| list.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&containers(&main, &ws.namespace).await), ids(&on_main));
+    assert_eq!(
+        ids(&containers(&second, &ws.namespace).await),
+        ids(&on_second)
+    );
+
+    // edge-2 leaves the manifests: its replica moves to edge-1.
+    ws.remove("edge-2.yaml");
+    let moved = ws.run_once();
+    assert_eq!(moved.status.code(), Some(0), "{}", text(&moved));
+    let now_main = containers(&main, &ws.namespace).await;
+    assert_eq!(now_main.len(), 3, "{now_main:?}");
+    assert!(now_main.iter().all(|c| c.state == ContainerState::Running));
+    remove_all(&main, &ws.namespace).await;
+    remove_all(&second, &ws.namespace).await;
+}
+
+#[tokio::test]
+async fn corrupt_files_are_reported_with_file_line_and_field_and_nothing_is_stopped() {
+    let env = TestEnv::load();
+    let host = docker(hosts::main(&env)).await;
+    let ws = Workspace::new();
+    ws.write(
+        "target.yaml",
+        &target("main", &env.get("MAIN_HOST"), "here"),
+    );
+    let a = web("a", &env.get("IMAGE_V1"), free_port(), "one");
+    ws.write("a.yaml", &a);
+    let first = ws.run_once();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let before = containers(&host, &ws.namespace).await;
+
+    let line_of = |text: &str, needle: &str| {
+        let line = text
+            .lines()
+            .position(|l| l.contains(needle))
+            .expect("needle")
+            + 1;
+        format!("a.yaml:{line}:")
+    };
+    let bad_yaml = a.replace("  env:\n", "  env: [\n");
+    let unknown = a.replace(
+        "  stopTimeoutSeconds: 1\n",
+        "  stopTimeoutSeconds: 1\n  restartPolicyy: Always\n",
+    );
+    let cel = a.replace("      hostIP: 127.0.0.1\n", "      hostIP: not-an-ip\n");
+    let corruptions = [
+        (
+            "bad YAML",
+            bad_yaml.clone(),
+            "a.yaml:".to_string(),
+            "not valid YAML",
+        ),
+        (
+            "unknown field",
+            unknown.clone(),
+            line_of(&unknown, "restartPolicyy"),
+            "spec.restartPolicyy: unknown field",
+        ),
+        (
+            "CEL violation",
+            cel.clone(),
+            line_of(&cel, "not-an-ip"),
+            "spec.ports[0].hostIP: hostIP must be an IPv4 or IPv6 address",
+        ),
+    ];
+    for (i, (what, corrupted, location, message)) in corruptions.iter().enumerate() {
+        ws.write("a.yaml", corrupted);
+        // Another object added at the same time still converges.
+        let other = format!("other{i}");
+        ws.write(
+            &format!("{other}.yaml"),
+            &web(&other, &env.get("IMAGE_V1"), free_port(), "x"),
+        );
+        let output = ws.run_once();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{what}: {}", text(&output));
+        assert!(stderr.contains(location.as_str()), "{what}: {stderr}");
+        assert!(stderr.contains(message), "{what}: {stderr}");
+        let now = containers(&host, &ws.namespace).await;
+        let a_now = now
+            .iter()
+            .find(|c| c.name.ends_with("_a_0"))
+            .expect("a still there");
+        assert_eq!(a_now.id, before[0].id, "{what}: a was touched");
+        assert_eq!(a_now.state, ContainerState::Running, "{what}");
+        assert!(
+            now.iter()
+                .any(|c| c.name.ends_with(&format!("_{other}_0"))
+                    && c.state == ContainerState::Running),
+            "{what}: the other file did not converge: {now:?}"
+        );
+    }
+    remove_all(&host, &ws.namespace).await;
+}
+
+/// A running `stevedore run` (watching), stopped with SIGINT on drop.
+struct Watcher(std::process::Child);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        // SAFETY-free: the `kill` command sends SIGINT, as Ctrl-C would.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> (T, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return (value, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn watching_repairs_removed_containers_and_applies_edits_within_two_seconds() {
+    let env = TestEnv::load();
+    let host = docker(hosts::main(&env)).await;
+    let ws = Workspace::new();
+    ws.write(
+        "target.yaml",
+        &target("main", &env.get("MAIN_HOST"), "here"),
+    );
+    let port = free_port();
+    ws.write("web.yaml", &web("web", &env.get("IMAGE_V1"), port, "one"));
+    let child = ws
+        .command(&["run", "--no-progress", "--resync", "1h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start stevedore run");
+    let watcher = Watcher(child);
+    let name = format!("{}_web_0", ws.namespace);
+    let running = |host: DockerHost, ns: String, name: String| async move {
+        containers(&host, &ns)
+            .await
+            .into_iter()
+            .find(|c| c.name == name && c.state == ContainerState::Running)
+    };
+    let (first, _) = wait_for("the first converge", Duration::from_secs(60), async || {
+        running(host.clone(), ws.namespace.clone(), name.clone()).await
+    })
+    .await;
+
+    let status = Command::new("docker")
+        .args(["-H", &env.get("MAIN_HOST"), "rm", "-f", &name])
+        .stdout(Stdio::null())
+        .status()
+        .expect("docker rm");
+    assert!(status.success());
+    let (_, repaired) = wait_for(
+        "repair of docker rm -f",
+        Duration::from_secs(10),
+        async || {
+            running(host.clone(), ws.namespace.clone(), name.clone())
+                .await
+                .filter(|c| c.id != first.id)
+        },
+    )
+    .await;
+    assert!(
+        repaired < Duration::from_secs(2),
+        "repaired after {repaired:?}"
+    );
+
+    let current = running(host.clone(), ws.namespace.clone(), name.clone())
+        .await
+        .expect("running");
+    ws.write("web.yaml", &web("web", &env.get("IMAGE_V1"), port, "two"));
+    let (_, applied) = wait_for("the edit", Duration::from_secs(10), async || {
+        containers(&host, &ws.namespace)
+            .await
+            .into_iter()
+            .find(|c| c.name == name && c.id != current.id)
+    })
+    .await;
+    assert!(
+        applied < Duration::from_secs(2),
+        "edit applied after {applied:?}"
+    );
+
+    drop(watcher);
+    // Interrupting leaves the containers running.
+    let left = containers(&host, &ws.namespace).await;
+    assert!(left.iter().any(|c| c.name == name), "{left:?}");
+    remove_all(&host, &ws.namespace).await;
+}
+
+#[tokio::test]
+async fn status_json_is_a_stable_list_in_the_crd_status_shape() {
+    let env = TestEnv::load();
+    let ws = Workspace::new();
+    ws.write(
+        "target.yaml",
+        &target("main", &env.get("MAIN_HOST"), "here"),
+    );
+    ws.write(
+        "web.yaml",
+        &web("web", &env.get("IMAGE_V1"), free_port(), "one"),
+    );
+    let output = ws.run_once();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+
+    let read = || {
+        let output = ws.run(&["status", "-o", "json"]);
+        assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).expect("status is JSON")
+    };
+    let first = read();
+    let second = read();
+    assert_eq!(first["kind"], "List");
+    let items = first["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["kind"], "DockerTarget");
+    assert_eq!(items[1]["kind"], "DockerContainer");
+    assert_eq!(items[1]["status"]["readyReplicas"], 1);
+    assert_eq!(items[1]["status"]["instances"][0]["state"], "running");
+
+    // The same shape the CRDs declare: each item passes the CRD schema as a whole object.
+    let admission = stevedore::api::validation::Admission::stevedore().expect("admission");
+    for item in items {
+        let mut object = item.clone();
+        object["spec"] = match item["kind"].as_str() {
+            Some("DockerTarget") => serde_json::json!({"endpoint": env.get("MAIN_HOST")}),
+            _ => serde_json::json!({"image": "x", "placement": {"target": "main"}}),
+        };
+        let errors = admission.validate(&object);
+        assert!(errors.is_empty(), "{errors:?} in {item}");
+    }
+
+    // Stable: two reads differ in nothing but timestamps.
+    let strip = |mut value: serde_json::Value| {
+        fn walk(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for key in ["lastTransitionTime", "lastSeenTime", "startedAt"] {
+                        map.remove(key);
+                    }
+                    map.values_mut().for_each(walk);
+                }
+                serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+                _ => {}
+            }
+        }
+        walk(&mut value);
+        value
+    };
+    assert_eq!(strip(first), strip(second));
+    remove_all(&docker(hosts::main(&env)).await, &ws.namespace).await;
+}
+
+#[tokio::test]
+async fn the_quickstart_runs_as_the_readme_says() {
+    let env = TestEnv::load();
+    let namespace = unique("quickstart");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_stevedore"))
+            .args(args)
+            .args(["-f", "examples/quickstart", "--namespace", &namespace])
+            .args(["--manager", &namespace])
+            .current_dir(common::repo_root())
+            .output()
+            .expect("run stevedore")
+    };
+    let output = run(&["run", "--once", "--timeout", "60s", "--no-progress"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let body = http_get(8080).await;
+    assert!(
+        body.contains("200 OK") && body.contains("quickstart"),
+        "{body}"
+    );
+    let plan = run(&["plan"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("no changes"));
+    remove_all(&docker(hosts::main(&env)).await, &namespace).await;
+}
