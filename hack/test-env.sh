@@ -9,7 +9,7 @@
 #   5. sshd on a loopback port whose user reaches the second daemon with
 #      `docker system dial-stdio`, the way ssh:// Docker hosts are reached
 #
-# Usage: hack/test-env.sh up|down|status
+# Usage: hack/test-env.sh up|down|status|restart-second
 #
 # `up` is idempotent: what already runs is kept. Every process it starts is recorded in a
 # pid file under $STEVEDORE_TEST_DIR and `down` stops exactly those processes (never by
@@ -384,6 +384,12 @@ down() {
     log "stopped"
 }
 
+# Restarts the second daemon (for fault tests): stop by pid file, start again.
+restart_second() {
+    stop_pidfile "dockerd d2" "$STATE/d2/dockerd.pid"
+    start_second_daemon
+}
+
 status() {
     local name pidfile
     for name in d2/dockerd dtls/dockerd registry/registry ssh/sshd; do
@@ -399,9 +405,10 @@ status() {
 case "${1:-}" in
 up) up ;;
 down) down ;;
+restart-second) restart_second ;;
 status) status ;;
 *)
-    echo "usage: $0 up|down|status" >&2
+    echo "usage: $0 up|down|status|restart-second" >&2
     exit 2
     ;;
 esac

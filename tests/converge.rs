@@ -9,26 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fixture::{Target, free_port, spec, unique};
+use common::wait::connected;
 use common::{TestEnv, hosts};
 use serde_json::json;
 use stevedore::converge::engine::{DesiredSet, LoopOptions, run_target};
 use stevedore::converge::env::{EnvOrigin, EnvValue, ResolvedEnv, StaticSources, resolve_env};
 use stevedore::converge::plan::Action;
 use stevedore::docker::{
-    Call, ConnectOptions, ContainerState, DockerHost, ErrorKind, LABEL_MANAGED, LABEL_TARGET,
-    connect,
+    Call, ConnectOptions, ContainerState, ErrorKind, LABEL_MANAGED, LABEL_TARGET, connect,
 };
-
-async fn host(
-    pair: (
-        stevedore::api::DockerTargetSpec,
-        stevedore::docker::ConnectionMaterial,
-    ),
-) -> DockerHost {
-    connect(&pair.0, &pair.1, ConnectOptions::default())
-        .await
-        .expect("connect")
-}
 
 fn no_env() -> ResolvedEnv {
     ResolvedEnv::new()
@@ -63,7 +52,7 @@ fn running_names(containers: &[stevedore::docker::HostContainer]) -> Vec<String>
 #[tokio::test]
 async fn from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_change() {
     let env = TestEnv::load();
-    let mut target = Target::new(host(hosts::main(&env)).await);
+    let mut target = Target::new(connected(hosts::main(&env)).await);
     let web = spec(json!({"image": env.get("IMAGE_V1")}));
     let instances = target
         .instances("web", &web, &no_env(), &[0, 1, 2, 3, 4])
@@ -98,7 +87,7 @@ async fn from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_cha
 #[tokio::test]
 async fn each_changed_field_replaces_only_its_container_and_says_what_changed() {
     let env = TestEnv::load();
-    let mut target = Target::new(host(hosts::main(&env)).await);
+    let mut target = Target::new(connected(hosts::main(&env)).await);
     let image = env.get("IMAGE_V1");
     let (port_a, port_b) = (free_port(), free_port());
     let base = |extra: serde_json::Value| {
@@ -254,7 +243,7 @@ async fn http_get(port: i32) -> String {
 async fn containers_removed_stopped_or_killed_by_hand_are_repaired_from_events() {
     let env = TestEnv::load();
     let daemon = env.get("SECOND_HOST");
-    let target = Target::new(host(hosts::second(&env)).await);
+    let target = Target::new(connected(hosts::second(&env)).await);
     let sleeper = spec(json!({"image": env.get("IMAGE_V1")}));
     let instances = target.instances("drift", &sleeper, &no_env(), &[0]).await;
     let name = instances[0].name.clone();
@@ -327,7 +316,7 @@ async fn running_id(target: &Target, name: &str) -> Option<String> {
 async fn unmanaged_containers_are_never_touched_and_orphans_are_removed() {
     let env = TestEnv::load();
     let daemon = env.get("MAIN_HOST");
-    let mut target = Target::new(host(hosts::main(&env)).await);
+    let mut target = Target::new(connected(hosts::main(&env)).await);
     let hand_made = unique("hand-made");
     docker_cli(
         &daemon,
@@ -388,8 +377,8 @@ async fn unmanaged_containers_are_never_touched_and_orphans_are_removed() {
 #[tokio::test]
 async fn two_targets_on_one_daemon_converge_independently() {
     let env = TestEnv::load();
-    let mut one = Target::new(host(hosts::main(&env)).await);
-    let mut two = Target::new(host(hosts::main(&env)).await);
+    let mut one = Target::new(connected(hosts::main(&env)).await);
+    let mut two = Target::new(connected(hosts::main(&env)).await);
     let s = spec(json!({"image": env.get("IMAGE_V1")}));
     let a = one.instances("a", &s, &no_env(), &[0]).await;
     let b = two.instances("b", &s, &no_env(), &[0]).await;
@@ -410,7 +399,7 @@ async fn two_targets_on_one_daemon_converge_independently() {
 #[tokio::test]
 async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges() {
     let env = TestEnv::load();
-    let mut target = Target::new(host(hosts::main(&env)).await);
+    let mut target = Target::new(connected(hosts::main(&env)).await);
     let port = free_port();
     let good = spec(json!({"image": env.get("IMAGE_V1")}));
     // In the harness's registry (loopback): nothing leaves the machine.
@@ -500,7 +489,7 @@ async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges() {
 #[tokio::test]
 async fn a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_running() {
     let env = TestEnv::load();
-    let mut target = Target::new(host(hosts::main(&env)).await);
+    let mut target = Target::new(connected(hosts::main(&env)).await);
     let v1 = spec(json!({"image": env.get("IMAGE_V1")}));
     target
         .converge(target.instances("web", &v1, &no_env(), &[0]).await)
@@ -535,7 +524,7 @@ async fn a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_run
 #[tokio::test]
 async fn an_unhealthy_replacement_is_rolled_back_and_the_old_container_keeps_serving() {
     let env = TestEnv::load();
-    let mut target = Target::new(host(hosts::main(&env)).await);
+    let mut target = Target::new(connected(hosts::main(&env)).await);
     let port = free_port();
     let check = |command: serde_json::Value| {
         spec(json!({
@@ -594,7 +583,7 @@ async fn converges_over_unix_second_daemon_tls_and_ssh() {
         ("tls", hosts::tls(&env)),
         ("ssh", hosts::ssh(&env)),
     ] {
-        let mut target = Target::new(host(pair).await);
+        let mut target = Target::new(connected(pair).await);
         let s = spec(json!({"image": env.get("IMAGE_V1"),
             "env": [{"name": "TRANSPORT", "value": transport}]}));
         let env_values = ResolvedEnv::from([(
@@ -625,7 +614,7 @@ async fn converges_over_unix_second_daemon_tls_and_ssh() {
 #[tokio::test]
 async fn private_images_are_pulled_with_credentials_and_progress_is_reported() {
     let env = TestEnv::load();
-    let host = host(hosts::tls(&env)).await;
+    let host = connected(hosts::tls(&env)).await;
     let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
     let mut target = Target::new(host.clone());
     target.executor =
@@ -668,7 +657,7 @@ async fn private_images_are_pulled_with_credentials_and_progress_is_reported() {
 #[tokio::test]
 async fn instance_status_shows_addresses_ports_and_the_log_of_an_exited_container() {
     let env = TestEnv::load();
-    let mut target = Target::new(host(hosts::main(&env)).await);
+    let mut target = Target::new(connected(hosts::main(&env)).await);
     let port = free_port();
     let web = spec(json!({"image": env.get("IMAGE_V1"),
         "ports": [{"containerPort": 8080, "hostPort": port, "hostIP": "127.0.0.1"}]}));

@@ -9,9 +9,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fixture::{free_port, unique};
+use common::wait::connected;
 use common::{TestEnv, hosts};
 use stevedore::converge::model::LABEL_NAMESPACE;
-use stevedore::docker::{ConnectOptions, ContainerState, DockerHost, HostContainer, connect};
+use stevedore::docker::{ContainerState, DockerHost, HostContainer};
 
 /// One test's manifests directory, namespace and manager.
 struct Workspace {
@@ -72,17 +73,6 @@ fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-async fn docker(
-    pair: (
-        stevedore::api::DockerTargetSpec,
-        stevedore::docker::ConnectionMaterial,
-    ),
-) -> DockerHost {
-    connect(&pair.0, &pair.1, ConnectOptions::default())
-        .await
-        .expect("connect")
 }
 
 /// The test's containers on `host`.
@@ -171,13 +161,13 @@ async fn run_once_serves_http_then_plan_reports_no_changes() {
     let plan = ws.run(&["plan"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     assert!(String::from_utf8_lossy(&plan.stdout).contains("no changes"));
-    remove_all(&docker(hosts::main(&env)).await, &ws.namespace).await;
+    remove_all(&connected(hosts::main(&env)).await, &ws.namespace).await;
 }
 
 #[tokio::test]
 async fn an_edit_is_planned_with_its_field_then_replaces_only_that_container() {
     let env = TestEnv::load();
-    let host = docker(hosts::main(&env)).await;
+    let host = connected(hosts::main(&env)).await;
     let ws = Workspace::new();
     ws.write(
         "target.yaml",
@@ -247,8 +237,8 @@ spec:
 #[tokio::test]
 async fn replicas_spread_two_and_one_stay_put_across_restarts_and_move_when_a_target_goes() {
     let env = TestEnv::load();
-    let main = docker(hosts::main(&env)).await;
-    let second = docker(hosts::second(&env)).await;
+    let main = connected(hosts::main(&env)).await;
+    let second = connected(hosts::second(&env)).await;
     let ws = Workspace::new();
     ws.write(
         "edge-1.yaml",
@@ -297,7 +287,7 @@ async fn replicas_spread_two_and_one_stay_put_across_restarts_and_move_when_a_ta
 #[tokio::test]
 async fn corrupt_files_are_reported_with_file_line_and_field_and_nothing_is_stopped() {
     let env = TestEnv::load();
-    let host = docker(hosts::main(&env)).await;
+    let host = connected(hosts::main(&env)).await;
     let ws = Workspace::new();
     ws.write(
         "target.yaml",
@@ -407,7 +397,7 @@ async fn wait_for<T>(
 #[tokio::test]
 async fn watching_repairs_removed_containers_and_applies_edits_within_two_seconds() {
     let env = TestEnv::load();
-    let host = docker(hosts::main(&env)).await;
+    let host = connected(hosts::main(&env)).await;
     let ws = Workspace::new();
     ws.write(
         "target.yaml",
@@ -538,7 +528,7 @@ async fn status_json_is_a_stable_list_in_the_crd_status_shape() {
         value
     };
     assert_eq!(strip(first), strip(second));
-    remove_all(&docker(hosts::main(&env)).await, &ws.namespace).await;
+    remove_all(&connected(hosts::main(&env)).await, &ws.namespace).await;
 }
 
 #[tokio::test]
@@ -564,5 +554,5 @@ async fn the_quickstart_runs_as_the_readme_says() {
     let plan = run(&["plan"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     assert!(String::from_utf8_lossy(&plan.stdout).contains("no changes"));
-    remove_all(&docker(hosts::main(&env)).await, &namespace).await;
+    remove_all(&connected(hosts::main(&env)).await, &namespace).await;
 }

@@ -189,6 +189,18 @@ fn as_strict_json_schema(schema: &Value) -> Value {
         };
         out.insert(key.clone(), converted);
     }
+    // The CRD types hold bounds as floats (`65535.0`); on integer fields say them as integers,
+    // so rejections read "maximum of 65535".
+    if map.get("type").and_then(Value::as_str) == Some("integer") {
+        for bound in ["minimum", "maximum"] {
+            if let Some(value) = map.get(bound).and_then(Value::as_f64)
+                && value.fract() == 0.0
+                && value.abs() < 9.0e15
+            {
+                out.insert(bound.into(), Value::from(value as i64));
+            }
+        }
+    }
     let flag = |name: &str| map.get(name) == Some(&Value::Bool(true));
     if flag("x-kubernetes-int-or-string") {
         out.remove("type");

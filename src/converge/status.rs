@@ -52,9 +52,11 @@ pub async fn instance_statuses(
                     .health
                     .map(|h| h.as_str().to_string())
                     .or(status.health);
+                // A crash loop shows as `restarting` between runs: its last exit and log
+                // are what a person needs to see there too.
                 if matches!(
                     container.state,
-                    ContainerState::Exited | ContainerState::Dead
+                    ContainerState::Exited | ContainerState::Dead | ContainerState::Restarting
                 ) {
                     status.exit_code = details.exit_code.or(status.exit_code);
                     status.message = match host.log_tail(&container.id, LOG_TAIL_LINES).await {

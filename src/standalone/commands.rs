@@ -299,12 +299,8 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
     let mut connections = Connections::new();
     let mut memories: HashMap<ObjectKey, TargetMemory> = HashMap::new();
     let deadline = Instant::now() + timeout;
-    let mut converged_once = false;
     loop {
         let round = round(&manifests, &mut connections, &source.options).await;
-        if converged_once && round_ready(&round) {
-            break;
-        }
         let runs = round.targets.iter().filter_map(|(key, target)| {
             let host = target.host.clone()?;
             let executor = Executor::new(host.clone(), concurrency).with_progress(progress.clone());
@@ -321,11 +317,17 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
                 (key.clone(), memory, result)
             })
         });
+        // Done when a converge had nothing left to do (no leftovers, no orphans) and every
+        // instance was ready in what it observed.
+        let mut settled = true;
         for (key, memory, result) in join_all(runs).await {
             print_converge(&key, &result);
+            settled &= result.as_ref().is_ok_and(|r| r.plan.is_empty());
             memories.insert(key, memory);
         }
-        converged_once = true;
+        if settled && round_ready(&round) {
+            break;
+        }
         if Instant::now() >= deadline {
             break;
         }

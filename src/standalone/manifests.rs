@@ -202,12 +202,21 @@ fn segments(text: &str) -> Vec<Segment<'_>> {
         text: &text[start_byte..],
         line: start_line,
     });
-    out.retain(|s| {
-        s.text
-            .lines()
-            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-    });
-    out
+    // Documents of nothing but comments are no documents; the others start at their first
+    // line of content (comments above it are not the object).
+    out.into_iter()
+        .filter_map(|s| {
+            let skip = s
+                .text
+                .lines()
+                .position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?;
+            let offset: usize = s.text.split_inclusive('\n').take(skip).map(str::len).sum();
+            Some(Segment {
+                text: &s.text[offset..],
+                line: s.line + skip,
+            })
+        })
+        .collect()
 }
 
 /// The line of `field` (e.g. `spec.ports[0].hostPort`) in a document, found by walking the
@@ -357,7 +366,7 @@ fn read_document(
     }
     if let Some((first_file, first_line)) = seen.get(&key) {
         manifests.errors.push(error(
-            segment.line,
+            field_line(segment, "metadata.name"),
             Some(&key),
             "metadata.name",
             format!(
@@ -504,10 +513,11 @@ mod tests {
 
     #[test]
     fn segments_keep_their_first_line() {
-        let text = "a: 1\n---\n# comment only\n---\nb: 2\nc: 3\n";
+        let text = "a: 1\n---\n# comment only\n---\n# about b\nb: 2\nc: 3\n";
         let parts = segments(text);
         assert_eq!(parts.len(), 2);
-        assert_eq!((parts[0].line, parts[1].line), (1, 5));
+        assert_eq!((parts[0].line, parts[1].line), (1, 6));
+        assert!(parts[1].text.starts_with("b: 2"));
     }
 
     #[test]

@@ -317,3 +317,51 @@ pub mod fixture {
         }
     }
 }
+
+/// Waiting for the daemons, and connecting to them.
+pub mod wait {
+    use std::collections::HashSet;
+    use std::time::{Duration, Instant};
+
+    use stevedore::api::DockerTargetSpec;
+    use stevedore::docker::{
+        ConnectOptions, ConnectionMaterial, DockerHost, HostContainer, connect,
+    };
+
+    /// Connects to one of the harness's transports (see [`super::hosts`]).
+    pub async fn connected(pair: (DockerTargetSpec, ConnectionMaterial)) -> DockerHost {
+        connect(&pair.0, &pair.1, ConnectOptions::default())
+            .await
+            .expect("connect")
+    }
+
+    /// Polls (every 100 ms, at most `limit`) until `check` holds for the containers
+    /// carrying `label`; panics naming `what` otherwise.
+    pub async fn until(
+        host: &DockerHost,
+        label: (&str, &str),
+        limit: Duration,
+        what: &str,
+        check: impl Fn(&[HostContainer]) -> bool,
+    ) -> Vec<HostContainer> {
+        let started = Instant::now();
+        loop {
+            if let Ok(list) = host.list_labelled(label.0, label.1).await
+                && check(&list)
+            {
+                return list;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{what} did not happen within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether no two containers share a name.
+    pub fn no_duplicate_names(list: &[HostContainer]) -> bool {
+        let names: HashSet<&str> = list.iter().map(|c| c.name.as_str()).collect();
+        names.len() == list.len()
+    }
+}

@@ -1,0 +1,87 @@
+//! A daemon restarting in the middle of a converge. Alone in its test binary: the second
+//! daemon is down for a moment, and no other test may be using it then.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fixture::{Target, spec};
+use common::wait::{connected, no_duplicate_names, until};
+use common::{TestEnv, hosts};
+use serde_json::json;
+use stevedore::converge::engine::{DesiredSet, LoopOptions, run_target};
+use stevedore::converge::env::ResolvedEnv;
+use stevedore::docker::ContainerState;
+
+#[tokio::test]
+async fn a_daemon_restart_mid_converge_loses_nothing_and_duplicates_nothing() {
+    let env = TestEnv::load();
+    let target = Target::new(connected(hosts::second(&env)).await);
+    let s = spec(json!({"image": env.get("IMAGE_V1"), "stopTimeoutSeconds": 1}));
+    let replicas: Vec<u32> = (0..50).collect();
+    let instances = target
+        .instances("fleet", &s, &ResolvedEnv::new(), &replicas)
+        .await;
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(Arc::new(DesiredSet {
+        instances,
+        protected_owners: Default::default(),
+    }));
+    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let options = LoopOptions {
+        retry_after_error: Duration::from_millis(500),
+        ..LoopOptions::default()
+    };
+    let runner = tokio::spawn(run_target(
+        target.host.clone(),
+        target.executor.clone(),
+        target.identity.clone(),
+        desired_rx,
+        reports_tx,
+        options,
+    ));
+    let drain = tokio::spawn(async move { while reports.recv().await.is_some() {} });
+    let uid = ("stevedore.dev/target", target.identity.uid.as_str());
+
+    // Restart the daemon once some, not all, containers exist.
+    let before = until(
+        &target.host,
+        uid,
+        Duration::from_secs(60),
+        "a first container",
+        |l| !l.is_empty(),
+    )
+    .await;
+    let status = Command::new(common::repo_root().join("hack/test-env.sh"))
+        .arg("restart-second")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("restart the second daemon");
+    assert!(status.success());
+
+    let after = until(
+        &target.host,
+        uid,
+        Duration::from_secs(120),
+        "convergence after the restart",
+        |l| l.len() == 50 && l.iter().all(|c| c.state == ContainerState::Running),
+    )
+    .await;
+    assert!(no_duplicate_names(&after));
+    // Containers made before the restart came back with the daemon: none was replaced.
+    let ids: HashSet<&str> = after.iter().map(|c| c.id.as_str()).collect();
+    for c in &before {
+        assert!(
+            ids.contains(c.id.as_str()),
+            "{} was lost or replaced",
+            c.name
+        );
+    }
+    drop(desired_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(10), runner).await;
+    drain.abort();
+    target.cleanup().await;
+}
