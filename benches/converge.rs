@@ -10,7 +10,6 @@ mod common;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fixture::{Target, spec, unique};
@@ -18,7 +17,7 @@ use common::wait::connected;
 use common::{TestEnv, hosts};
 use futures::{StreamExt, stream};
 use serde_json::json;
-use stevedore::converge::engine::{DesiredSet, LoopOptions, run_target};
+use stevedore::converge::engine::LoopOptions;
 use stevedore::converge::env::{EnvOrigin, EnvValue, ResolvedEnv};
 use stevedore::converge::model::{DesiredInstance, LABEL_MANAGER};
 use stevedore::docker::{CallCounts, ContainerState, DockerHost};
@@ -134,10 +133,16 @@ async fn floor_instances(target: &Target, env: &TestEnv, n: usize) -> Vec<Desire
         },
     )]);
     for i in 0..n {
-        let s = spec(json!({"image": env.get("IMAGE_V1"), "env": [{"name": "MODE", "value": "a"}],
+        let s = spec(
+            json!({"image": env.get("IMAGE_V1"), "env": [{"name": "MODE", "value": "a"}],
             "ports": [{"containerPort": 8080, "hostPort": PORT_BASE + i as i32, "hostIP": "127.0.0.1"}],
-            "stopTimeoutSeconds": 1}));
-        all.extend(target.instances(&format!("web-{i}"), &s, &values, &[0]).await);
+            "stopTimeoutSeconds": 1}),
+        );
+        all.extend(
+            target
+                .instances(&format!("web-{i}"), &s, &values, &[0])
+                .await,
+        );
     }
     all
 }
@@ -168,7 +173,11 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
 async fn main() {
     let env = TestEnv::load();
     let sizes = env_list("BENCH_SIZES", "10,50,100");
-    let reps = env_list("BENCH_REPS", "3").first().copied().unwrap_or(3).max(1);
+    let reps = env_list("BENCH_REPS", "3")
+        .first()
+        .copied()
+        .unwrap_or(3)
+        .max(1);
     let main_host = connected(hosts::main(&env)).await;
     let info = main_host.server_info().await.expect("server info");
     let work = std::env::temp_dir().join(unique("stevedore-bench"));
@@ -197,7 +206,12 @@ async fn main() {
         let compose_file = write_compose(&compose_dir, &env, n);
         for _ in 0..reps {
             floors.push(floor(&main_host, &instances).await);
-            clean(&main_host, "stevedore.dev/target", &floor_target.identity.uid).await;
+            clean(
+                &main_host,
+                "stevedore.dev/target",
+                &floor_target.identity.uid,
+            )
+            .await;
 
             runs.push(timed(
                 stevedore()
@@ -235,9 +249,11 @@ async fn main() {
     let noop_time = started.elapsed().as_secs_f64();
     let noop_calls = target.host.calls().since(&before);
     let mut changed = instances.clone();
-    let one = spec(json!({"image": env.get("IMAGE_V1"), "env": [{"name": "MODE", "value": "b"}],
+    let one = spec(
+        json!({"image": env.get("IMAGE_V1"), "env": [{"name": "MODE", "value": "b"}],
         "ports": [{"containerPort": 8080, "hostPort": PORT_BASE + 7, "hostIP": "127.0.0.1"}],
-        "stopTimeoutSeconds": 1}));
+        "stopTimeoutSeconds": 1}),
+    );
     let values = ResolvedEnv::from([(
         "MODE".to_string(),
         EnvValue {
@@ -245,7 +261,10 @@ async fn main() {
             origin: EnvOrigin::Literal,
         },
     )]);
-    changed[7] = target.instances("web-7", &one, &values, &[0]).await.remove(0);
+    changed[7] = target
+        .instances("web-7", &one, &values, &[0])
+        .await
+        .remove(0);
     let before = target.host.calls();
     let started = Instant::now();
     let change = target.converge(changed.clone()).await;
@@ -260,29 +279,24 @@ async fn main() {
         calls_line(&noop_calls),
         noop_calls.mutating(),
         noop.plan.actions.len(),
-        change.plan.actions.first().map(|a| a.reason().to_string()).unwrap_or_default(),
+        change
+            .plan
+            .actions
+            .first()
+            .map(|a| a.reason().to_string())
+            .unwrap_or_default(),
         calls_line(&change_calls)
     );
 
     // 4. Drift repair latency in watching mode.
-    let (desired_tx, desired_rx) = tokio::sync::watch::channel(Arc::new(DesiredSet {
-        instances: changed.clone(),
-        protected_owners: Default::default(),
-    }));
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let runner = tokio::spawn(run_target(
-        target.host.clone(),
-        target.executor.clone(),
-        target.identity.clone(),
-        desired_rx,
-        reports_tx,
+    let mut converging = target.spawn_loop(
+        changed.clone(),
         LoopOptions {
             resync_interval: Duration::from_secs(3600),
             ..LoopOptions::default()
         },
-    ));
-    let _ = reports.recv().await;
-    let drain = tokio::spawn(async move { while reports.recv().await.is_some() {} });
+    );
+    let _ = converging.reports.recv().await;
     let latency = |how: &'static str| {
         let host = target.host.clone();
         let uid = target.identity.uid.clone();
@@ -290,8 +304,14 @@ async fn main() {
         async move {
             let mut samples = Vec::new();
             for _ in 0..20 {
-                let list = host.list_labelled("stevedore.dev/target", &uid).await.unwrap_or_default();
-                let Some(c) = list.iter().find(|c| c.name == name && c.state == ContainerState::Running) else {
+                let list = host
+                    .list_labelled("stevedore.dev/target", &uid)
+                    .await
+                    .unwrap_or_default();
+                let Some(c) = list
+                    .iter()
+                    .find(|c| c.name == name && c.state == ContainerState::Running)
+                else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
@@ -303,9 +323,15 @@ async fn main() {
                     .stdout(Stdio::null())
                     .status();
                 loop {
-                    let list = host.list_labelled("stevedore.dev/target", &uid).await.unwrap_or_default();
-                    if list.iter().any(|x| x.name == name && x.state == ContainerState::Running && (how != "rm" || x.id != c.id))
-                        && started.elapsed() > Duration::from_millis(20)
+                    let list = host
+                        .list_labelled("stevedore.dev/target", &uid)
+                        .await
+                        .unwrap_or_default();
+                    if list.iter().any(|x| {
+                        x.name == name
+                            && x.state == ContainerState::Running
+                            && (how != "rm" || x.id != c.id)
+                    }) && started.elapsed() > Duration::from_millis(20)
                     {
                         break;
                     }
@@ -321,9 +347,7 @@ async fn main() {
     };
     let removed = latency("rm").await;
     let killed = latency("kill").await;
-    drop(desired_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(5), runner).await;
-    drain.abort();
+    converging.stop().await;
     let _ = writeln!(
         report,
         "\n## 4. Drift repair latency (watching, {} trials each, until running again)\n\n\
@@ -372,8 +396,14 @@ async fn main() {
             .expect("start stevedore run");
         let started = Instant::now();
         loop {
-            let list = main_host.list_labelled(LABEL_MANAGER, "bench-memory").await.unwrap_or_default();
-            let running = list.iter().filter(|c| c.state == ContainerState::Running).count();
+            let list = main_host
+                .list_labelled(LABEL_MANAGER, "bench-memory")
+                .await
+                .unwrap_or_default();
+            let running = list
+                .iter()
+                .filter(|c| c.state == ContainerState::Running)
+                .count();
             if running >= count || started.elapsed() > Duration::from_secs(600) {
                 break;
             }
@@ -382,7 +412,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let steady = rss_kb(child.id(), "VmRSS:");
         let peak = rss_kb(child.id(), "VmHWM:");
-        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
         let _ = child.wait();
         clean(&main_host, LABEL_MANAGER, "bench-memory").await;
         let per = match (count, base) {
@@ -403,7 +435,11 @@ async fn main() {
     std::fs::create_dir_all(&dir).expect("dir");
     let mut text = String::new();
     for t in 0..50 {
-        let endpoint = if t % 2 == 0 { env.get("MAIN_HOST") } else { env.get("SECOND_HOST") };
+        let endpoint = if t % 2 == 0 {
+            env.get("MAIN_HOST")
+        } else {
+            env.get("SECOND_HOST")
+        };
         let _ = write!(
             text,
             "---\napiVersion: stevedore.dev/v1alpha1\nkind: DockerTarget\nmetadata:\n  name: t{t}\nspec:\n  endpoint: {endpoint}\n"
@@ -423,12 +459,28 @@ async fn main() {
     let second_host = connected(hosts::second(&env)).await;
     let cold = timed(
         stevedore()
-            .args(["run", "--once", "--no-progress", "--timeout", "600s", "--manager", "bench-many", "-f"])
+            .args([
+                "run",
+                "--once",
+                "--no-progress",
+                "--timeout",
+                "600s",
+                "--manager",
+                "bench-many",
+                "-f",
+            ])
             .arg(&dir),
     );
     let noop = timed(
         stevedore()
-            .args(["run", "--once", "--no-progress", "--manager", "bench-many", "-f"])
+            .args([
+                "run",
+                "--once",
+                "--no-progress",
+                "--manager",
+                "bench-many",
+                "-f",
+            ])
             .arg(&dir),
     );
     clean(&main_host, LABEL_MANAGER, "bench-many").await;

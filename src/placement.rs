@@ -145,16 +145,7 @@ pub fn place(
                     }
             });
             match allowed {
-                Some(target) => {
-                    let entry = load.entry(target.name.as_str()).or_default();
-                    entry.containers += 1;
-                    entry.ports.extend(workload.host_ports.iter());
-                    result.assignments.push(Assignment {
-                        owner_uid: workload.owner_uid.clone(),
-                        replica,
-                        target: target.name.clone(),
-                    });
-                }
+                Some(target) => assign(&mut load, &mut result, workload, replica, target),
                 None => pending.push((workload, replica)),
             }
         }
@@ -175,18 +166,9 @@ pub fn place(
                 Some(target) if !holds(target) => result.unplaced.push(unplaced(format!(
                     "DockerTarget {pinned} has been unreachable for longer than {grace_secs} s"
                 ))),
-                Some(target) => {
-                    // A pinned replica goes to its target even when cordoned or full: the
-                    // user named it. Port clashes are left to the plan, which reports them.
-                    let entry = load.entry(target.name.as_str()).or_default();
-                    entry.containers += 1;
-                    entry.ports.extend(workload.host_ports.iter());
-                    result.assignments.push(Assignment {
-                        owner_uid: workload.owner_uid.clone(),
-                        replica,
-                        target: target.name.clone(),
-                    });
-                }
+                // A pinned replica goes to its target even when cordoned or full: the user
+                // named it. Port clashes are left to the plan, which reports them.
+                Some(target) => assign(&mut load, &mut result, workload, replica, target),
             }
             continue;
         }
@@ -224,16 +206,7 @@ pub fn place(
             count(a).cmp(&count(b)).then_with(|| a.name.cmp(&b.name))
         });
         match chosen {
-            Some(target) => {
-                let entry = load.entry(target.name.as_str()).or_default();
-                entry.containers += 1;
-                entry.ports.extend(workload.host_ports.iter());
-                result.assignments.push(Assignment {
-                    owner_uid: workload.owner_uid.clone(),
-                    replica,
-                    target: target.name.clone(),
-                });
-            }
+            Some(target) => assign(&mut load, &mut result, workload, replica, target),
             None if why_not.is_empty() => result
                 .unplaced
                 .push(unplaced("no DockerTarget matches targetSelector".into())),
@@ -245,6 +218,24 @@ pub fn place(
     }
     result.assignments.sort();
     result
+}
+
+/// Puts `replica` of `workload` on `target`, counting it towards the target's load.
+fn assign<'a>(
+    load: &mut HashMap<&'a str, Load<'a>>,
+    result: &mut Placements,
+    workload: &'a Workload,
+    replica: u32,
+    target: &'a TargetInfo,
+) {
+    let entry = load.entry(target.name.as_str()).or_default();
+    entry.containers += 1;
+    entry.ports.extend(workload.host_ports.iter());
+    result.assignments.push(Assignment {
+        owner_uid: workload.owner_uid.clone(),
+        replica,
+        target: target.name.clone(),
+    });
 }
 
 fn wanted_replicas(placement: &PlacementSpec) -> u32 {

@@ -5,14 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fixture::{Target, free_port, spec, unique};
 use common::wait::connected;
 use common::{TestEnv, hosts};
 use serde_json::json;
-use stevedore::converge::engine::{DesiredSet, LoopOptions, run_target};
+use stevedore::converge::engine::LoopOptions;
 use stevedore::converge::env::{EnvOrigin, EnvValue, ResolvedEnv, StaticSources, resolve_env};
 use stevedore::converge::plan::Action;
 use stevedore::docker::{
@@ -247,25 +246,18 @@ async fn containers_removed_stopped_or_killed_by_hand_are_repaired_from_events()
     let sleeper = spec(json!({"image": env.get("IMAGE_V1")}));
     let instances = target.instances("drift", &sleeper, &no_env(), &[0]).await;
     let name = instances[0].name.clone();
-    let (desired_tx, desired_rx) = tokio::sync::watch::channel(Arc::new(DesiredSet {
-        instances,
-        protected_owners: Default::default(),
-    }));
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let options = LoopOptions {
         // Only events can repair within the test's bounds.
         resync_interval: Duration::from_secs(3600),
         ..LoopOptions::default()
     };
-    let runner = tokio::spawn(run_target(
-        target.host.clone(),
-        target.executor.clone(),
-        target.identity.clone(),
-        desired_rx,
-        reports_tx,
-        options,
-    ));
-    let first = reports.recv().await.expect("report").expect("converge");
+    let mut converging = target.spawn_loop(instances, options);
+    let first = converging
+        .reports
+        .recv()
+        .await
+        .expect("report")
+        .expect("converge");
     assert!(
         first.outcomes.iter().all(|o| o.result.is_ok()),
         "{:?}",
@@ -298,8 +290,7 @@ async fn containers_removed_stopped_or_killed_by_hand_are_repaired_from_events()
             how[0]
         );
     }
-    drop(desired_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(10), runner).await;
+    converging.stop().await;
     target.cleanup().await;
 }
 

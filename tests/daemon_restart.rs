@@ -5,14 +5,13 @@ mod common;
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::fixture::{Target, spec};
 use common::wait::{connected, no_duplicate_names, until};
 use common::{TestEnv, hosts};
 use serde_json::json;
-use stevedore::converge::engine::{DesiredSet, LoopOptions, run_target};
+use stevedore::converge::engine::LoopOptions;
 use stevedore::converge::env::ResolvedEnv;
 use stevedore::docker::ContainerState;
 
@@ -25,24 +24,11 @@ async fn a_daemon_restart_mid_converge_loses_nothing_and_duplicates_nothing() {
     let instances = target
         .instances("fleet", &s, &ResolvedEnv::new(), &replicas)
         .await;
-    let (desired_tx, desired_rx) = tokio::sync::watch::channel(Arc::new(DesiredSet {
-        instances,
-        protected_owners: Default::default(),
-    }));
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let options = LoopOptions {
         retry_after_error: Duration::from_millis(500),
         ..LoopOptions::default()
     };
-    let runner = tokio::spawn(run_target(
-        target.host.clone(),
-        target.executor.clone(),
-        target.identity.clone(),
-        desired_rx,
-        reports_tx,
-        options,
-    ));
-    let drain = tokio::spawn(async move { while reports.recv().await.is_some() {} });
+    let converging = target.spawn_loop(instances, options);
     let uid = ("stevedore.dev/target", target.identity.uid.as_str());
 
     // Restart the daemon once some, not all, containers exist.
@@ -80,8 +66,6 @@ async fn a_daemon_restart_mid_converge_loses_nothing_and_duplicates_nothing() {
             c.name
         );
     }
-    drop(desired_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(10), runner).await;
-    drain.abort();
+    converging.stop().await;
     target.cleanup().await;
 }

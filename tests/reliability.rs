@@ -6,14 +6,13 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fixture::{Target, spec, unique};
 use common::wait::{connected, no_duplicate_names, until};
 use common::{TestEnv, hosts};
 use serde_json::json;
-use stevedore::converge::engine::{DesiredSet, LoopOptions, run_target};
+use stevedore::converge::engine::LoopOptions;
 use stevedore::converge::env::ResolvedEnv;
 use stevedore::converge::model::{LABEL_NAMESPACE, LABEL_SPEC_HASH};
 use stevedore::docker::{Call, ContainerState};
@@ -28,20 +27,9 @@ async fn a_crash_looping_container_is_reported_and_backed_off_while_others_conve
         .instances("crasher", &crasher, &ResolvedEnv::new(), &[0])
         .await;
     let calm = spec(json!({"image": env.get("IMAGE_V1")}));
-    let (desired_tx, desired_rx) = tokio::sync::watch::channel(Arc::new(DesiredSet {
-        instances: instances.clone(),
-        protected_owners: Default::default(),
-    }));
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let runner = tokio::spawn(run_target(
-        target.host.clone(),
-        target.executor.clone(),
-        target.identity.clone(),
-        desired_rx,
-        reports_tx,
-        LoopOptions::default(),
-    ));
-    reports
+    let mut converging = target.spawn_loop(instances.clone(), LoopOptions::default());
+    converging
+        .reports
         .recv()
         .await
         .expect("first report")
@@ -55,12 +43,7 @@ async fn a_crash_looping_container_is_reported_and_backed_off_while_others_conve
             .await,
     );
     let asked = Instant::now();
-    desired_tx
-        .send(Arc::new(DesiredSet {
-            instances: instances.clone(),
-            protected_owners: Default::default(),
-        }))
-        .expect("send desired");
+    converging.want(instances.clone());
     let uid = ("stevedore.dev/target", target.identity.uid.as_str());
     until(
         &target.host,
@@ -109,8 +92,7 @@ async fn a_crash_looping_container_is_reported_and_backed_off_while_others_conve
             "{crasher:?}"
         );
     }
-    drop(desired_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(10), runner).await;
+    converging.stop().await;
     target.cleanup().await;
 }
 

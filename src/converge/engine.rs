@@ -236,6 +236,9 @@ pub async fn watch_events(
     }
 }
 
+/// How soon an event-triggered converge that found nothing to do looks once more.
+const EVENT_RECHECK: Duration = Duration::from_millis(200);
+
 /// How a continuously converging target behaves.
 #[derive(Clone, Copy, Debug)]
 pub struct LoopOptions {
@@ -277,13 +280,16 @@ pub async fn run_target(
         manual_stops.clone(),
     ));
     let mut memory = TargetMemory::default();
+    // Set after a wake-up by an event: the daemon may report a container's death a moment
+    // before its list shows it, so a converge that found nothing looks once more, shortly.
+    let mut look_again = false;
     loop {
         let current = desired.borrow_and_update().clone();
         if let Ok(mut stops) = manual_stops.lock() {
             memory.manual_stops.extend(stops.drain());
         }
         let result = converge_once(&host, &executor, &identity, &current, &mut memory).await;
-        let wait = match &result {
+        let mut wait = match &result {
             Ok(report) => report
                 .plan
                 .retry_at
@@ -291,11 +297,17 @@ pub async fn run_target(
                 .map_or(options.resync_interval, |d| d.min(options.resync_interval)),
             Err(_) => options.retry_after_error.min(options.resync_interval),
         };
+        if std::mem::take(&mut look_again) && result.as_ref().is_ok_and(|r| r.plan.is_empty()) {
+            wait = wait.min(EVENT_RECHECK);
+        }
         if reports.send(result).is_err() {
             break;
         }
         tokio::select! {
-            _ = wake.notified() => tokio::time::sleep(options.debounce).await,
+            _ = wake.notified() => {
+                tokio::time::sleep(options.debounce).await;
+                look_again = true;
+            }
             changed = desired.changed() => if changed.is_err() { break },
             _ = tokio::time::sleep(wait) => {}
         }

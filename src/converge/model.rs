@@ -85,6 +85,20 @@ impl std::fmt::Display for HostPort {
     }
 }
 
+/// The host ports a spec publishes.
+pub fn host_ports(spec: &DockerContainerSpec) -> Vec<HostPort> {
+    spec.ports
+        .iter()
+        .filter_map(|p| {
+            p.host_port.map(|port| HostPort {
+                ip: p.host_ip.clone(),
+                port,
+                protocol: p.protocol,
+            })
+        })
+        .collect()
+}
+
 /// One container that should exist on the target.
 #[derive(Clone, Debug)]
 pub struct DesiredInstance {
@@ -167,17 +181,7 @@ pub fn desired_instances(
 ) -> Result<Vec<DesiredInstance>, ConfigError> {
     let field_digests = field_digests(spec, env, ctx.image, ctx.image_identity);
     let spec_hash = spec_hash(&field_digests);
-    let host_ports = spec
-        .ports
-        .iter()
-        .filter_map(|p| {
-            p.host_port.map(|port| HostPort {
-                ip: p.host_ip.clone(),
-                port,
-                protocol: p.protocol,
-            })
-        })
-        .collect::<Vec<_>>();
+    let host_ports = host_ports(spec);
     let health_check = spec.health_check.as_ref().map(|h| HealthTiming {
         start_period_seconds: h.start_period_seconds,
         interval_seconds: h.interval_seconds,

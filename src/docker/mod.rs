@@ -46,6 +46,33 @@ impl<B> HasBody for http::Request<B> {
 
 type RequestBody = <BollardRequest as HasBody>::Body;
 
+/// A bollard client whose connections come from `connector` (TLS with the target's own CA,
+/// or ssh dial-stdio); `address` only shapes the request URIs.
+fn client_through<C>(connector: C, address: &str, timeout_secs: u64) -> Result<Docker, DockerError>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let client: hyper_util::client::legacy::Client<C, RequestBody> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let transport = move |request: BollardRequest| {
+        let client = client.clone();
+        async move {
+            client
+                .request(request)
+                .await
+                .map_err(|err| bollard::errors::Error::HyperLegacyError { err })
+        }
+    };
+    Docker::connect_with_custom_transport(
+        transport,
+        Some(address),
+        timeout_secs,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .map_err(|e| DockerError::from_bollard(&format!("failed to set up a client for {address}"), e))
+}
+
 /// The label every managed container carries; its value is `"true"`.
 pub const LABEL_MANAGED: &str = "stevedore.dev/managed";
 /// The label with the UID of the DockerTarget a container was placed through.

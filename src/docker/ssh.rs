@@ -14,14 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bollard::{BollardRequest, Docker};
-use hyper_util::client::legacy::Client;
+use bollard::Docker;
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::Join;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use super::RequestBody;
 use super::connect::SshMaterial;
 use super::error::{DockerError, ErrorKind};
 
@@ -259,22 +257,6 @@ pub async fn connect(
         connect_timeout: timeout,
     };
     command.preflight().await?;
-    let client: Client<_, RequestBody> = Client::builder(TokioExecutor::new()).build(command);
-    let transport = move |request: BollardRequest| {
-        let client = client.clone();
-        async move {
-            client
-                .request(request)
-                .await
-                .map_err(|err| bollard::errors::Error::HyperLegacyError { err })
-        }
-    };
     // The host part is only used to build request URIs; the connector ignores it.
-    Docker::connect_with_custom_transport(
-        transport,
-        Some("http://docker.ssh"),
-        timeout.as_secs().max(1),
-        bollard::API_DEFAULT_VERSION,
-    )
-    .map_err(|e| DockerError::from_bollard("failed to set up ssh", e))
+    super::client_through(command, "http://docker.ssh", timeout.as_secs().max(1))
 }

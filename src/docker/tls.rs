@@ -3,14 +3,11 @@
 
 use std::sync::Arc;
 
-use bollard::{BollardRequest, Docker};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use bollard::Docker;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::RequestBody;
 use super::connect::TlsMaterial;
 use super::error::{DockerError, ErrorKind};
 
@@ -62,26 +59,10 @@ pub fn connect(
         .https_only()
         .enable_http1()
         .build();
-    let client: Client<_, RequestBody> = Client::builder(TokioExecutor::new()).build(connector);
-    let transport = move |request: BollardRequest| {
-        let client = client.clone();
-        async move {
-            client
-                .request(request)
-                .await
-                .map_err(|err| bollard::errors::Error::HyperLegacyError { err })
-        }
-    };
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
         host.to_string()
     };
-    Docker::connect_with_custom_transport(
-        transport,
-        Some(format!("https://{host}:{port}")),
-        timeout_secs,
-        bollard::API_DEFAULT_VERSION,
-    )
-    .map_err(|e| DockerError::from_bollard("failed to set up TLS", e))
+    super::client_through(connector, &format!("https://{host}:{port}"), timeout_secs)
 }

@@ -73,34 +73,23 @@ fn load(source: &Source, admission: &Admission, last_good: Option<&Manifests>) -
 
 /// A broken object stands as it last was: never read as deleted.
 fn keep_last_good(manifests: &mut Manifests, good: &Manifests) {
+    fn restore<T: Clone>(
+        now: &mut BTreeMap<ObjectKey, T>,
+        good: &BTreeMap<ObjectKey, T>,
+        key: &ObjectKey,
+    ) -> bool {
+        good.get(key)
+            .map(|value| now.insert(key.clone(), value.clone()))
+            .is_some()
+    }
     let broken: Vec<ObjectKey> = manifests.broken.iter().cloned().collect();
     for key in broken {
         let restored = match key.kind.as_str() {
-            "DockerTarget" => good
-                .targets
-                .get(&key)
-                .map(|v| manifests.targets.insert(key.clone(), v.clone()))
-                .is_some(),
-            "Registry" => good
-                .registries
-                .get(&key)
-                .map(|v| manifests.registries.insert(key.clone(), v.clone()))
-                .is_some(),
-            "DockerContainer" => good
-                .containers
-                .get(&key)
-                .map(|v| manifests.containers.insert(key.clone(), v.clone()))
-                .is_some(),
-            "Secret" => good
-                .secrets
-                .get(&key)
-                .map(|v| manifests.secrets.insert(key.clone(), v.clone()))
-                .is_some(),
-            "ConfigMap" => good
-                .config_maps
-                .get(&key)
-                .map(|v| manifests.config_maps.insert(key.clone(), v.clone()))
-                .is_some(),
+            "DockerTarget" => restore(&mut manifests.targets, &good.targets, &key),
+            "Registry" => restore(&mut manifests.registries, &good.registries, &key),
+            "DockerContainer" => restore(&mut manifests.containers, &good.containers, &key),
+            "Secret" => restore(&mut manifests.secrets, &good.secrets, &key),
+            "ConfigMap" => restore(&mut manifests.config_maps, &good.config_maps, &key),
             _ => false,
         };
         if restored {
@@ -228,7 +217,7 @@ pub async fn status(source: &Source, format: Format, out: &mut impl Write) -> i3
     print_errors(&manifests);
     let mut connections = Connections::new();
     let round = round(&manifests, &mut connections, &source.options).await;
-    let report = report::status_report(&manifests, &round).await;
+    let report = report::status_report(&manifests, &round, report::Detail::Full).await;
     print_report(&report, format, out);
     i32::from(!manifests.errors.is_empty())
 }
@@ -299,7 +288,7 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
     let mut connections = Connections::new();
     let mut memories: HashMap<ObjectKey, TargetMemory> = HashMap::new();
     let deadline = Instant::now() + timeout;
-    loop {
+    let settled_round = loop {
         let round = round(&manifests, &mut connections, &source.options).await;
         let runs = round.targets.iter().filter_map(|(key, target)| {
             let host = target.host.clone()?;
@@ -320,21 +309,34 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
         // Done when a converge had nothing left to do (no leftovers, no orphans) and every
         // instance was ready in what it observed.
         let mut settled = true;
+        let mut all_succeeded = true;
         for (key, memory, result) in join_all(runs).await {
             print_converge(&key, &result);
             settled &= result.as_ref().is_ok_and(|r| r.plan.is_empty());
+            all_succeeded &= result
+                .as_ref()
+                .is_ok_and(|r| r.outcomes.iter().all(|o| o.result.is_ok()));
             memories.insert(key, memory);
         }
         if settled && round_ready(&round) {
-            break;
+            // Nothing was done in this round: what it observed is how things are.
+            break Some(round);
         }
         if Instant::now() >= deadline {
-            break;
+            break None;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let round = round(&manifests, &mut connections, &source.options).await;
-    let report = report::status_report(&manifests, &round).await;
+        // After successful actions, look again at once; otherwise (waiting for health, or
+        // something failed) give the daemons a moment.
+        if settled || !all_succeeded {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let round = match settled_round {
+        Some(round) => round,
+        None => round(&manifests, &mut connections, &source.options).await,
+    };
+    // The table needs readiness only: what the last round listed, no inspect per container.
+    let report = report::status_report(&manifests, &round, report::Detail::Summary).await;
     print_report(&report, Format::Table, &mut std::io::stdout());
     if report::all_ready(&report) && manifests.errors.is_empty() && round.unplaced.is_empty() {
         0

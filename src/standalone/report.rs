@@ -73,9 +73,18 @@ fn now_time() -> Time {
     Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
-/// Computes every object's status from the round (one inspect per container, plus the
-/// daemon's info and images per target).
-pub async fn status_report(manifests: &Manifests, round: &Round) -> StatusReport {
+/// How much a status report asks the daemons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Everything: the daemon's info and images per target, one inspect per container
+    /// (addresses, ports, start time, exit code and log of exited containers).
+    Full,
+    /// Only what the round's list calls already showed: enough for readiness and the table.
+    Summary,
+}
+
+/// Computes every object's status from the round.
+pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail) -> StatusReport {
     let now = now_time();
     let mut targets = Vec::new();
     for (key, target) in &round.targets {
@@ -88,7 +97,7 @@ pub async fn status_report(manifests: &Manifests, round: &Round) -> StatusReport
             (_, Some(e)) => Err((e.kind.reason().to_string(), e.message.clone())),
             (None, None) => Err(("Unreachable".to_string(), "not connected".to_string())),
         };
-        if let (Some(host), Ok(())) = (&target.host, &ready) {
+        if let (Some(host), Ok(()), Detail::Full) = (&target.host, &ready, detail) {
             match host.server_info().await {
                 Ok(info) => status.server = Some(info),
                 Err(e) => ready = Err((e.kind.reason().to_string(), e.message)),
@@ -145,9 +154,14 @@ pub async fn status_report(manifests: &Manifests, round: &Round) -> StatusReport
                 })
                 .count();
             match &target.host {
-                Some(host) => instances.extend(
+                Some(host) if detail == Detail::Full => instances.extend(
                     instance_statuses(host, &target_key.name, &desired, &target.observed).await,
                 ),
+                Some(_) => instances.extend(listed_statuses(
+                    &target_key.name,
+                    &desired,
+                    &target.observed,
+                )),
                 None => {
                     let why = target
                         .error
@@ -268,6 +282,35 @@ pub async fn status_report(manifests: &Manifests, round: &Round) -> StatusReport
         targets,
         containers,
     }
+}
+
+/// Instance statuses from list data alone (no inspect).
+fn listed_statuses(
+    target: &str,
+    desired: &[crate::converge::model::DesiredInstance],
+    observed: &[crate::docker::HostContainer],
+) -> Vec<InstanceStatus> {
+    desired
+        .iter()
+        .map(|d| match observed.iter().find(|c| c.name == d.name) {
+            Some(c) => InstanceStatus {
+                target: target.to_string(),
+                container_name: c.name.clone(),
+                container_id: Some(c.id.clone()),
+                state: c.state.as_str().to_string(),
+                health: c.health.map(|h| h.as_str().to_string()),
+                image_digest: Some(c.image_id.clone()).filter(|id| !id.is_empty()),
+                exit_code: c.exit_code,
+                ..Default::default()
+            },
+            None => InstanceStatus {
+                target: target.to_string(),
+                container_name: d.name.clone(),
+                state: "missing".into(),
+                ..Default::default()
+            },
+        })
+        .collect()
 }
 
 /// Running, and healthy when it has a health check.

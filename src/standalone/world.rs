@@ -12,7 +12,7 @@ use crate::api::{DockerContainer, DockerTarget};
 use crate::converge::engine::{DesiredSet, TargetIdentity};
 use crate::converge::env::{StaticSources, resolve_env};
 use crate::converge::model::{
-    HostPort, InstanceContext, LABEL_REPLICA, LABEL_UID, Owner, desired_instances,
+    InstanceContext, LABEL_REPLICA, LABEL_UID, Owner, desired_instances, host_ports,
 };
 use crate::docker::{
     ConnectOptions, ConnectionMaterial, DockerError, DockerHost, ErrorKind, HostContainer,
@@ -223,22 +223,6 @@ pub async fn connect_targets(
     }
 }
 
-/// Host ports a container publishes.
-fn host_ports(container: &DockerContainer) -> Vec<HostPort> {
-    container
-        .spec
-        .ports
-        .iter()
-        .filter_map(|p| {
-            p.host_port.map(|port| HostPort {
-                ip: p.host_ip.clone(),
-                port,
-                protocol: p.protocol,
-            })
-        })
-        .collect()
-}
-
 /// Credentials for a container's image: the Registry it names, or the one whose server
 /// is the image's host; from a dockerconfigjson or basic-auth Secret.
 fn pull_credentials(
@@ -399,7 +383,7 @@ fn place_namespace(
         .map(|(key, container)| Workload {
             owner_uid: uid_of(key),
             placement: container.spec.placement.clone(),
-            host_ports: host_ports(container),
+            host_ports: host_ports(&container.spec),
         })
         .collect();
     let placements = place(&infos, &workloads, &existing, now, options.grace_secs);

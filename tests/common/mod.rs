@@ -216,6 +216,35 @@ pub mod fixture {
         serde_json::from_value(json).expect("container spec")
     }
 
+    /// A running converge loop: send new desired sets, read its reports.
+    pub struct ConvergeLoop {
+        /// The desired set it converges to.
+        pub desired: tokio::sync::watch::Sender<std::sync::Arc<DesiredSet>>,
+        /// One report per converge.
+        pub reports: tokio::sync::mpsc::UnboundedReceiver<
+            Result<stevedore::converge::engine::ConvergeReport, stevedore::docker::DockerError>,
+        >,
+        /// The loop's task.
+        pub task: tokio::task::JoinHandle<()>,
+    }
+
+    impl ConvergeLoop {
+        /// Asks for `instances` from now on.
+        pub fn want(&self, instances: Vec<DesiredInstance>) {
+            let _ = self.desired.send(std::sync::Arc::new(DesiredSet {
+                instances,
+                protected_owners: Default::default(),
+            }));
+        }
+
+        /// Ends the loop (closing its desired set) and waits for it, briefly.
+        pub async fn stop(self) {
+            drop(self.desired);
+            drop(self.reports);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.task).await;
+        }
+    }
+
     /// One test's view of one target: its own target UID, so tests sharing a daemon never
     /// see each other's containers.
     pub struct Target {
@@ -306,6 +335,33 @@ pub mod fixture {
                 .list_labelled(LABEL_TARGET, &self.identity.uid)
                 .await
                 .expect("list")
+        }
+
+        /// Starts the continuous converge loop (`run_target`) for `instances`.
+        pub fn spawn_loop(
+            &self,
+            instances: Vec<DesiredInstance>,
+            options: stevedore::converge::engine::LoopOptions,
+        ) -> ConvergeLoop {
+            let (desired, desired_rx) =
+                tokio::sync::watch::channel(std::sync::Arc::new(DesiredSet {
+                    instances,
+                    protected_owners: Default::default(),
+                }));
+            let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
+            let task = tokio::spawn(stevedore::converge::engine::run_target(
+                self.host.clone(),
+                self.executor.clone(),
+                self.identity.clone(),
+                desired_rx,
+                reports_tx,
+                options,
+            ));
+            ConvergeLoop {
+                desired,
+                reports,
+                task,
+            }
         }
 
         /// Removes every container this test made.
