@@ -222,6 +222,10 @@ async fn main() {
 
             composes.push(timed(
                 Command::new("docker-compose")
+                    // The same concurrency as the floor and Stevedore. (Compose's default of
+                    // 64 parallel calls stalls for minutes on this 2-core machine at N=100.)
+                    .env("COMPOSE_PARALLEL_LIMIT", CONCURRENCY.to_string())
+                    .env("COMPOSE_HTTP_TIMEOUT", "300")
                     .arg("-f")
                     .arg(&compose_file)
                     .args(["-p", "stevedorebench", "up", "-d"]),

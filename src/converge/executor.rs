@@ -193,12 +193,7 @@ impl Executor {
         desired: &DesiredInstance,
         failed_pulls: &HashMap<String, String>,
     ) -> Result<String, DockerError> {
-        if let Some(error) = failed_pulls.get(&desired.image) {
-            return Err(DockerError::new(
-                ErrorKind::ServerError,
-                format!("not created: {error}"),
-            ));
-        }
+        image_pulled(failed_pulls, desired, "not created")?;
         let id = self
             .host
             .create(&desired.name, desired.body.clone())
@@ -231,12 +226,7 @@ impl Executor {
         desired: &DesiredInstance,
         failed_pulls: &HashMap<String, String>,
     ) -> Result<String, DockerError> {
-        if let Some(error) = failed_pulls.get(&desired.image) {
-            return Err(DockerError::new(
-                ErrorKind::ServerError,
-                format!("kept the old container running: {error}"),
-            ));
-        }
+        image_pulled(failed_pulls, desired, "kept the old container running")?;
         let aside = format!("{}-replaced-{}", desired.name, short_id(&old.id));
         let renamed = old.name == desired.name;
         if renamed {
@@ -342,6 +332,21 @@ impl Executor {
         if stopped && let Err(e) = self.host.start(&old.id, name).await {
             tracing::warn!(container = %old.name, error = %e, "failed to restart the old container");
         }
+    }
+}
+
+/// Fails with `consequence` and the pull's error when the image of `desired` failed to pull.
+fn image_pulled(
+    failed_pulls: &HashMap<String, String>,
+    desired: &DesiredInstance,
+    consequence: &str,
+) -> Result<(), DockerError> {
+    match failed_pulls.get(&desired.image) {
+        Some(error) => Err(DockerError::new(
+            ErrorKind::ServerError,
+            format!("{consequence}: {error}"),
+        )),
+        None => Ok(()),
     }
 }
 

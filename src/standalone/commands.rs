@@ -52,8 +52,19 @@ pub enum Format {
     Yaml,
 }
 
-fn admission() -> Result<Admission, String> {
-    Admission::stevedore().map_err(|e| e.to_string())
+fn admission() -> Option<Admission> {
+    Admission::stevedore()
+        .map_err(|e| eprintln!("error: {e}"))
+        .ok()
+}
+
+/// The admission checks and a first load of the manifests, its problems printed; `None`
+/// (after saying why) when the checks themselves cannot be built.
+fn first_load(source: &Source) -> Option<(Admission, Manifests)> {
+    let admission = admission()?;
+    let manifests = load(source, &admission, None);
+    print_errors(&manifests);
+    Some((admission, manifests))
 }
 
 fn print_errors(manifests: &Manifests) {
@@ -112,15 +123,9 @@ async fn round(
 /// `stevedore plan`: what would change on each target, nothing done. Exit 0 when nothing
 /// would change, 2 when something would, 1 on error.
 pub async fn plan(source: &Source, out: &mut impl Write) -> i32 {
-    let admission = match admission() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+    let Some((_, manifests)) = first_load(source) else {
+        return 1;
     };
-    let manifests = load(source, &admission, None);
-    print_errors(&manifests);
     let mut connections = Connections::new();
     let round = round(&manifests, &mut connections, &source.options).await;
     let mut changes = 0;
@@ -206,15 +211,9 @@ fn subject(action: &crate::converge::plan::Action, desired: &DesiredSet) -> Stri
 
 /// `stevedore status`: every object's status, from the daemons.
 pub async fn status(source: &Source, format: Format, out: &mut impl Write) -> i32 {
-    let admission = match admission() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+    let Some((_, manifests)) = first_load(source) else {
+        return 1;
     };
-    let manifests = load(source, &admission, None);
-    print_errors(&manifests);
     let mut connections = Connections::new();
     let round = round(&manifests, &mut connections, &source.options).await;
     let report = report::status_report(&manifests, &round, report::Detail::Full).await;
@@ -275,15 +274,9 @@ fn print_converge(key: &ObjectKey, result: &Result<ConvergeReport, DockerError>)
 /// `stevedore run --once`: converge, wait until every container is ready or `timeout`
 /// passes, print the status table. Exit 0 when all are ready, 1 otherwise.
 pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurrency: usize) -> i32 {
-    let admission = match admission() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+    let Some((_, manifests)) = first_load(source) else {
+        return 1;
     };
-    let manifests = load(source, &admission, None);
-    print_errors(&manifests);
     let progress = spawn_progress_printer(quiet);
     let mut connections = Connections::new();
     let mut memories: HashMap<ObjectKey, TargetMemory> = HashMap::new();
@@ -390,12 +383,8 @@ struct TargetTask {
 /// `stevedore run`: converge, then keep converging on file changes (polled every 300 ms),
 /// daemon events and resyncs until interrupted. Interrupting leaves containers running.
 pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync: Duration) -> i32 {
-    let admission = match admission() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 1;
-        }
+    let Some(admission) = admission() else {
+        return 1;
     };
     let progress = spawn_progress_printer(quiet);
     let (reports_tx, mut reports) =
