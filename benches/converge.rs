@@ -222,9 +222,10 @@ async fn main() {
 
             composes.push(timed(
                 Command::new("docker-compose")
-                    // The same concurrency as the floor and Stevedore. (Compose's default of
-                    // 64 parallel calls stalls for minutes on this 2-core machine at N=100.)
-                    .env("COMPOSE_PARALLEL_LIMIT", CONCURRENCY.to_string())
+                    // docker-compose 1.29 nests its parallel calls (a slot per service, and
+                    // more inside); a limit below about 2×N deadlocks it. Give it room: its
+                    // own parallelism, without the deadlock.
+                    .env("COMPOSE_PARALLEL_LIMIT", (2 * n + 16).max(64).to_string())
                     .env("COMPOSE_HTTP_TIMEOUT", "300")
                     .arg("-f")
                     .arg(&compose_file)
