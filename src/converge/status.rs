@@ -58,7 +58,9 @@ pub async fn instance_statuses(
                     container.state,
                     ContainerState::Exited | ContainerState::Dead | ContainerState::Restarting
                 ) {
-                    status.exit_code = details.exit_code.or(status.exit_code);
+                    // The list's status text names the exit that made it so; the inspect, a
+                    // moment later, may already see the next run (exit code 0).
+                    status.exit_code = status.exit_code.or(details.exit_code);
                     status.message = match host.log_tail(&container.id, LOG_TAIL_LINES).await {
                         Ok(log) if !log.trim().is_empty() => Some(log.trim_end().to_string()),
                         Ok(_) => None,

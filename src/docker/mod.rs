@@ -303,9 +303,11 @@ fn health_from_status(status: &str) -> Option<Health> {
     }
 }
 
-/// `Exited (137) 5 seconds ago` → 137.
+/// `Exited (137) 5 seconds ago` or `Restarting (7) 1 second ago` → the last exit code.
 fn exit_code_from_status(status: &str) -> Option<i64> {
-    let rest = status.strip_prefix("Exited (")?;
+    let rest = status
+        .strip_prefix("Exited (")
+        .or_else(|| status.strip_prefix("Restarting ("))?;
     rest.split_once(')')?.0.parse().ok()
 }
 
