@@ -197,6 +197,7 @@ async fn main() {
          | N | floor (create+start, {CONCURRENCY} at a time) | `stevedore run --once` | `docker-compose up -d` | stevedore / floor | stevedore / compose |\n|---|---|---|---|---|---|"
     );
     let floor_target = Target::new(main_host.clone());
+    let mut targets = Vec::new();
     let manifests = work.join("manifests");
     let compose_dir = work.join("compose");
     for &n in &sizes {
@@ -241,6 +242,16 @@ async fn main() {
             r / c
         );
         eprintln!("cold converge n={n}: floor {f:.2}s stevedore {r:.2}s compose {c:.2}s");
+        targets.push((n, r / f, r / c));
+    }
+    for (n, floor_ratio, compose_ratio) in &targets {
+        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+        let _ = writeln!(
+            report,
+            "\nTargets at N = {n}: within 1.10× of the floor — {} ({floor_ratio:.2}×); no slower than docker-compose — {} ({compose_ratio:.2}×).",
+            verdict(*floor_ratio <= 1.10),
+            verdict(*compose_ratio <= 1.0)
+        );
     }
 
     // 2 and 3. No-op converge and one change, through the engine with counted calls.
