@@ -104,7 +104,7 @@ fn main() -> ExitCode {
         Command::Crds { output_dir } => match print_crds(output_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("error: {}", error_chain(&error));
+                eprintln!("error: {}", stevedore::docker::error::error_chain(&error));
                 ExitCode::FAILURE
             }
         },
@@ -161,9 +161,4 @@ fn print_crds(output_dir: Option<PathBuf>) -> stevedore::Result<()> {
             Ok(())
         }
     }
-}
-
-/// The error and its causes, joined by ": ".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    stevedore::docker::error::error_chain(error)
 }

@@ -36,6 +36,14 @@ impl Workspace {
         std::fs::write(self.dir.join(file), text).expect("write manifest");
     }
 
+    /// `target.yaml`: a DockerTarget `main` for the machine's own daemon.
+    fn write_main_target(&self, env: &TestEnv) {
+        self.write(
+            "target.yaml",
+            &target("main", &env.get("MAIN_HOST"), "here"),
+        );
+    }
+
     fn remove(&self, file: &str) {
         std::fs::remove_file(self.dir.join(file)).expect("remove manifest");
     }
@@ -144,10 +152,7 @@ async fn run_once_serves_http_then_plan_reports_no_changes() {
     let env = TestEnv::load();
     let ws = Workspace::new();
     let port = free_port();
-    ws.write(
-        "target.yaml",
-        &target("main", &env.get("MAIN_HOST"), "here"),
-    );
+    ws.write_main_target(&env);
     ws.write("web.yaml", &web("web", &env.get("IMAGE_V1"), port, "a"));
     let output = ws.run_once();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
@@ -169,10 +174,7 @@ async fn an_edit_is_planned_with_its_field_then_replaces_only_that_container() {
     let env = TestEnv::load();
     let host = connected(hosts::main(&env)).await;
     let ws = Workspace::new();
-    ws.write(
-        "target.yaml",
-        &target("main", &env.get("MAIN_HOST"), "here"),
-    );
+    ws.write_main_target(&env);
     ws.write(
         "a.yaml",
         &web("a", &env.get("IMAGE_V1"), free_port(), "one"),
@@ -289,10 +291,7 @@ async fn corrupt_files_are_reported_with_file_line_and_field_and_nothing_is_stop
     let env = TestEnv::load();
     let host = connected(hosts::main(&env)).await;
     let ws = Workspace::new();
-    ws.write(
-        "target.yaml",
-        &target("main", &env.get("MAIN_HOST"), "here"),
-    );
+    ws.write_main_target(&env);
     let a = web("a", &env.get("IMAGE_V1"), free_port(), "one");
     ws.write("a.yaml", &a);
     let first = ws.run_once();
@@ -399,10 +398,7 @@ async fn watching_repairs_removed_containers_and_applies_edits_within_two_second
     let env = TestEnv::load();
     let host = connected(hosts::main(&env)).await;
     let ws = Workspace::new();
-    ws.write(
-        "target.yaml",
-        &target("main", &env.get("MAIN_HOST"), "here"),
-    );
+    ws.write_main_target(&env);
     let port = free_port();
     ws.write("web.yaml", &web("web", &env.get("IMAGE_V1"), port, "one"));
     let child = ws
@@ -472,10 +468,7 @@ async fn watching_repairs_removed_containers_and_applies_edits_within_two_second
 async fn status_json_is_a_stable_list_in_the_crd_status_shape() {
     let env = TestEnv::load();
     let ws = Workspace::new();
-    ws.write(
-        "target.yaml",
-        &target("main", &env.get("MAIN_HOST"), "here"),
-    );
+    ws.write_main_target(&env);
     ws.write(
         "web.yaml",
         &web("web", &env.get("IMAGE_V1"), free_port(), "one"),
