@@ -619,6 +619,13 @@ pub struct DockerContainerStatus {
     /// The image reference with the digest every target runs, e.g. `app@sha256:…`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_image: Option<String>,
+    /// The `spec.image` that `resolvedImage` was resolved from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_from: Option<String>,
+    /// When the tag was last resolved; with `imageUpdatePolicy: FollowTag` it is resolved
+    /// again every `catalog.refreshInterval` of its Registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Time>,
     /// One entry per container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceStatus>,

@@ -9,7 +9,7 @@
 //!   resync timer, back-off timer ───────────────────────────┘  resync after reconnect
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::executor::{Executor, Outcome};
-use super::model::{DesiredInstance, LABEL_SPEC_HASH};
+use super::model::{DesiredInstance, LABEL_SPEC_HASH, LABEL_UID};
 use super::plan::{Action, Plan, PlanInput, RestartBook, plan};
 use crate::docker::{DockerError, DockerHost, HostContainer, LABEL_TARGET};
 
@@ -30,7 +30,14 @@ pub struct TargetMemory {
     pub known: HashSet<String>,
     /// Containers stopped or killed from outside since the last converge.
     pub manual_stops: HashSet<String>,
+    /// Spec hashes whose replacement failed its health check, with the time (unix
+    /// seconds) until which the rollout stays stopped and the old containers serve.
+    pub failed_rollouts: HashMap<String, u64>,
 }
+
+/// How long a rollout whose new container failed its health check stays stopped before
+/// it is tried again (a spec change tries at once: it has another hash).
+pub const FAILED_ROLLOUT_HOLD_SECS: u64 = 300;
 
 /// Who converges which target.
 #[derive(Clone, Debug)]
@@ -48,6 +55,10 @@ pub struct DesiredSet {
     pub instances: Vec<DesiredInstance>,
     /// Owners whose containers must be left alone (their manifests are broken).
     pub protected_owners: HashSet<String>,
+    /// When set, only containers of this owner UID are looked at: the controller
+    /// converges one DockerContainer at a time, and the others' containers on the same
+    /// target are neither its business nor orphans.
+    pub owner_scope: Option<String>,
 }
 
 /// The result of one converge.
@@ -77,7 +88,23 @@ pub async fn observe_and_plan(
     memory: &TargetMemory,
     now: u64,
 ) -> Result<(Vec<HostContainer>, Plan), DockerError> {
-    let observed = host.list_labelled(LABEL_TARGET, &identity.uid).await?;
+    let listed = host.list_labelled(LABEL_TARGET, &identity.uid).await?;
+    Ok(plan_listed(host, identity, desired, memory, listed, now).await)
+}
+
+/// Plans one target from what a list call of its managed containers (`listed`) returned:
+/// the owner scope applied, images inspected only where a new container needs one.
+async fn plan_listed(
+    host: &DockerHost,
+    identity: &TargetIdentity,
+    desired: &DesiredSet,
+    memory: &TargetMemory,
+    mut observed: Vec<HostContainer>,
+    now: u64,
+) -> (Vec<HostContainer>, Plan) {
+    if let Some(owner) = &desired.owner_scope {
+        observed.retain(|c| c.labels.get(LABEL_UID) == Some(owner));
+    }
     // Only instances without an up-to-date container may need their image; inspect those
     // images alone (a converged host needs no image call at all).
     let mut needed: Vec<&str> = desired
@@ -113,7 +140,7 @@ pub async fn observe_and_plan(
         manual_stops: &memory.manual_stops,
         now,
     });
-    Ok((observed, plan))
+    (observed, plan)
 }
 
 /// Converges one target once. A host that needs nothing costs exactly one list call.
@@ -124,19 +151,69 @@ pub async fn converge_once(
     desired: &DesiredSet,
     memory: &mut TargetMemory,
 ) -> Result<ConvergeReport, DockerError> {
+    let listed = host.list_labelled(LABEL_TARGET, &identity.uid).await?;
+    Ok(converge_listed(host, executor, identity, desired, memory, listed).await)
+}
+
+/// Converges one target once from a list call the caller already made (`listed`: every
+/// container labelled for the target): no second list.
+pub async fn converge_listed(
+    host: &DockerHost,
+    executor: &Executor,
+    identity: &TargetIdentity,
+    desired: &DesiredSet,
+    memory: &mut TargetMemory,
+    listed: Vec<HostContainer>,
+) -> ConvergeReport {
     let now = unix_now();
-    let (observed, plan) = observe_and_plan(host, identity, desired, memory, now).await?;
+    memory.failed_rollouts.retain(|_, until| *until > now);
+    // A rollout that failed its health check stays stopped: its owner's containers are
+    // left as they are (the old ones serve) until the hold ends or the spec changes.
+    let held: Vec<&DesiredInstance> = desired
+        .instances
+        .iter()
+        .filter(|d| memory.failed_rollouts.contains_key(&d.spec_hash))
+        .collect();
+    let holding;
+    let desired = if held.is_empty() {
+        desired
+    } else {
+        let owners: HashSet<&str> = held.iter().map(|d| d.owner.uid.as_str()).collect();
+        let mut set = desired.clone();
+        set.instances
+            .retain(|d| !owners.contains(d.owner.uid.as_str()));
+        set.protected_owners
+            .extend(owners.iter().map(|o| o.to_string()));
+        holding = set;
+        &holding
+    };
+    let (observed, mut plan) = plan_listed(host, identity, desired, memory, listed, now).await;
+    for instance in held {
+        let until = memory
+            .failed_rollouts
+            .get(&instance.spec_hash)
+            .copied()
+            .unwrap_or(now);
+        plan.blocked.push(super::plan::Finding {
+            container: instance.name.clone(),
+            reason: format!(
+                "the rollout stopped: the new container failed its health check, so the old \
+                 one keeps serving; it is tried again in {} s or on the next spec change",
+                until.saturating_sub(now)
+            ),
+        });
+    }
     let outcomes = if plan.is_empty() {
         Vec::new()
     } else {
         executor.run(&plan, &desired.instances).await
     };
     remember(memory, &plan, &outcomes, &observed, &desired.instances, now);
-    Ok(ConvergeReport {
+    ConvergeReport {
         plan,
         outcomes,
         observed,
-    })
+    }
 }
 
 fn remember(
@@ -168,6 +245,19 @@ fn remember(
             memory.known.insert(instance.name.clone());
         }
     }
+    for action in &plan.actions {
+        if let Action::Replace { desired: index, .. } = action
+            && let Some(instance) = desired.get(*index)
+            && outcomes.iter().any(|o| {
+                o.subject == instance.name
+                    && matches!(&o.result, Err(e) if e.kind == crate::docker::ErrorKind::Unhealthy)
+            })
+        {
+            memory
+                .failed_rollouts
+                .insert(instance.spec_hash.clone(), now + FAILED_ROLLOUT_HOLD_SECS);
+        }
+    }
     let live: HashSet<&str> = observed.iter().map(|c| c.id.as_str()).collect();
     memory.restarts.retain(&live);
     memory.manual_stops.retain(|id| {
@@ -180,7 +270,7 @@ fn remember(
 }
 
 /// Docker event actions that mean a managed container may need repair.
-fn is_disruptive(action: &str) -> bool {
+pub fn is_disruptive(action: &str) -> bool {
     matches!(
         action,
         "die" | "stop" | "kill" | "destroy" | "oom" | "pause" | "rename"
@@ -189,7 +279,7 @@ fn is_disruptive(action: &str) -> bool {
 
 /// Whether an event means someone stopped the container from outside (`docker stop` and
 /// `docker kill` send these before `die`; a crash only dies).
-fn is_manual_stop(action: &str) -> bool {
+pub fn is_manual_stop(action: &str) -> bool {
     matches!(action, "kill" | "stop")
 }
 

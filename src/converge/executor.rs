@@ -127,14 +127,19 @@ impl Executor {
             Action::Pull {
                 image, desired: i, ..
             } => {
-                let credentials = instance(i).and_then(|d| d.pull_credentials.as_ref());
-                let pulled = self
-                    .host
-                    .pull(image, credentials, |line| {
-                        self.report(image, format!("Pull: {line}"))
-                    })
-                    .await;
-                (image.clone(), pulled.map(|()| None))
+                let fetched = match instance(i).and_then(|d| d.image_source.as_ref()) {
+                    // An imported or built image is made on the host, not pulled.
+                    Some(source) => self.make_image(image, source).await,
+                    None => {
+                        let credentials = instance(i).and_then(|d| d.pull_credentials.as_ref());
+                        self.host
+                            .pull(image, credentials, |line| {
+                                self.report(image, format!("Pull: {line}"))
+                            })
+                            .await
+                    }
+                };
+                (image.clone(), fetched.map(|()| None))
             }
             Action::Create { desired: i, .. } => match instance(i) {
                 Some(d) => (d.name.clone(), self.create(d, failed_pulls).await.map(Some)),
@@ -185,6 +190,33 @@ impl Executor {
             verb,
             reason: action.reason().to_string(),
             result,
+        }
+    }
+
+    /// Imports or builds `image` on the host from its fetched source.
+    async fn make_image(
+        &self,
+        image: &str,
+        source: &crate::registry::source::LocalSource,
+    ) -> Result<(), DockerError> {
+        use crate::registry::source::SourceKind;
+        match &source.kind {
+            SourceKind::Import => {
+                let (repository, tag) = crate::docker::split_reference(image);
+                self.report(image, "Import: importing the root filesystem".into());
+                self.host
+                    .import(source.content.clone(), repository, tag)
+                    .await
+            }
+            SourceKind::Build {
+                dockerfile,
+                build_args,
+            } => {
+                self.report(image, "Build: building the context".into());
+                self.host
+                    .build(source.content.clone(), dockerfile, build_args, image)
+                    .await
+            }
         }
     }
 
@@ -299,7 +331,7 @@ impl Executor {
                         return Err((
                             Some(id),
                             DockerError::new(
-                                ErrorKind::ServerError,
+                                ErrorKind::Unhealthy,
                                 format!("the new container {} is unhealthy", desired.name),
                             ),
                         ));
@@ -308,7 +340,7 @@ impl Executor {
                         return Err((
                             Some(id),
                             DockerError::new(
-                                ErrorKind::ServerError,
+                                ErrorKind::Unhealthy,
                                 format!(
                                     "the new container {} was not healthy within {} s",
                                     desired.name,

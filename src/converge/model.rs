@@ -130,6 +130,8 @@ pub struct DesiredInstance {
     pub env_origins: BTreeMap<String, EnvOrigin>,
     /// Credentials to pull `image` with.
     pub pull_credentials: Option<PullCredentials>,
+    /// Where `image` comes from instead of a pull: a fetched tarball to import or build.
+    pub image_source: Option<crate::registry::source::LocalSource>,
     /// The create body, labels included.
     pub body: ContainerCreateBody,
 }
@@ -169,6 +171,8 @@ pub struct InstanceContext<'a> {
     pub image_identity: &'a str,
     /// Credentials for the pull, when a Registry supplies them.
     pub pull_credentials: Option<&'a PullCredentials>,
+    /// The fetched `imageSource`, when the image is imported or built instead of pulled.
+    pub image_source: Option<&'a crate::registry::source::LocalSource>,
 }
 
 /// The instances `spec` wants on one target: one per replica index in `replicas`.
@@ -212,7 +216,12 @@ pub fn desired_instances(
                 replica,
                 name,
                 image: ctx.image.to_string(),
-                pull_policy: spec.image_pull_policy,
+                // A source image's tag names its content: present means up to date.
+                pull_policy: if ctx.image_source.is_some() {
+                    ImagePullPolicy::IfNotPresent
+                } else {
+                    spec.image_pull_policy
+                },
                 drift_policy: spec.drift_policy,
                 restart_policy: spec.restart_policy,
                 health_check,
@@ -225,6 +234,7 @@ pub fn desired_instances(
                     .map(|(k, v)| (k.clone(), v.origin.clone()))
                     .collect(),
                 pull_credentials: ctx.pull_credentials.cloned(),
+                image_source: ctx.image_source.cloned(),
                 body: create_body(spec, ctx.image, env, labels)?,
             })
         })
@@ -381,6 +391,7 @@ mod tests {
             image: "app:1",
             image_identity: "sha256:aaa",
             pull_credentials: None,
+            image_source: None,
         }
     }
 

@@ -572,6 +572,7 @@ mod tests {
             image: "app:1",
             image_identity: "app:1",
             pull_credentials: None,
+            image_source: None,
         };
         owners
             .iter()
@@ -1011,6 +1012,7 @@ mod tests {
             image: "app:1",
             image_identity: "app:1",
             pull_credentials: None,
+            image_source: None,
         };
         let with_port: crate::api::DockerContainerSpec =
             serde_json::from_value(serde_json::json!({

@@ -1,9 +1,10 @@
 //! What each desired instance looks like on its target, in the shape of
 //! `DockerContainer.status.instances[]`.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::model::DesiredInstance;
+use crate::api::CONDITION_READY;
 use crate::api::container::InstanceStatus;
 use crate::docker::{ContainerState, DockerHost, HostContainer};
 
@@ -73,4 +74,109 @@ pub async fn instance_statuses(
         statuses.push(status);
     }
     statuses
+}
+
+/// Running, and healthy when it has a health check.
+pub fn is_ready(instance: &InstanceStatus) -> bool {
+    instance.state == "running" && instance.health.as_deref().is_none_or(|h| h == "healthy")
+}
+
+/// One condition; `ok` makes its status `True`.
+pub fn condition(kind: &str, ok: bool, reason: &str, message: String, now: &Time) -> Condition {
+    Condition {
+        type_: kind.to_string(),
+        status: if ok { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: now.clone(),
+        observed_generation: None,
+    }
+}
+
+/// The current time in whole seconds, as the API server stores it.
+pub fn now_time() -> Time {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+/// A DockerContainer's `Ready`, `Progressing` and `Degraded` conditions from its counts
+/// and the problems found (each a sentence a person can act on).
+pub fn container_conditions(
+    wanted: i32,
+    ready: i32,
+    updated: i32,
+    problems: &[String],
+    now: &Time,
+) -> Vec<Condition> {
+    let all_ready = ready >= wanted && problems.is_empty();
+    let rolling = updated < wanted;
+    vec![
+        condition(
+            CONDITION_READY,
+            all_ready,
+            if all_ready {
+                "AllReplicasReady"
+            } else {
+                "NotReady"
+            },
+            format!("{ready} of {wanted} replicas ready"),
+            now,
+        ),
+        condition(
+            "Progressing",
+            rolling,
+            if rolling { "RollingOut" } else { "Complete" },
+            format!("{updated} of {wanted} replicas run the current spec"),
+            now,
+        ),
+        condition(
+            "Degraded",
+            !problems.is_empty(),
+            if problems.is_empty() {
+                "AsExpected"
+            } else {
+                "Problems"
+            },
+            problems.join("; "),
+            now,
+        ),
+    ]
+}
+
+/// Keeps the `lastTransitionTime` of every condition whose status did not change, as the
+/// Kubernetes API conventions ask (and so an unchanged status stays byte-identical).
+pub fn keep_transition_times(new: &mut [Condition], old: &[Condition]) {
+    for condition in new {
+        if let Some(previous) = old
+            .iter()
+            .find(|o| o.type_ == condition.type_ && o.status == condition.status)
+        {
+            condition.last_transition_time = previous.last_transition_time.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_kept_only_while_the_status_stays() {
+        let earlier = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap_or_default());
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap_or_default());
+        let old = container_conditions(1, 1, 1, &[], &earlier);
+        let mut same = container_conditions(1, 1, 1, &[], &now);
+        keep_transition_times(&mut same, &old);
+        assert_eq!(same, old);
+        let mut changed = container_conditions(1, 0, 1, &[], &now);
+        keep_transition_times(&mut changed, &old);
+        let ready = &changed[0];
+        assert_eq!(
+            (ready.status.as_str(), &ready.last_transition_time),
+            ("False", &now)
+        );
+        // Progressing and Degraded did not change: their times stay.
+        assert_eq!(changed[1].last_transition_time, earlier);
+        assert_eq!(changed[2].last_transition_time, earlier);
+    }
 }

@@ -22,6 +22,8 @@ pub enum ErrorKind {
     Conflict,
     /// The daemon answered with an error of its own.
     ServerError,
+    /// A new container failed its health check (or never became healthy in time).
+    Unhealthy,
 }
 
 impl ErrorKind {
@@ -36,6 +38,7 @@ impl ErrorKind {
             Self::NotFound => "NotFound",
             Self::Conflict => "Conflict",
             Self::ServerError => "ServerError",
+            Self::Unhealthy => "Unhealthy",
         }
     }
 }
@@ -105,6 +108,10 @@ fn classify_transport(detail: &str) -> ErrorKind {
     let lower = detail.to_ascii_lowercase();
     if lower.contains("permission denied") || lower.contains("host key verification failed") {
         ErrorKind::AuthError
+    } else if lower.contains("close_notify") || lower.contains("unexpected eof") {
+        // An established TLS connection that the peer (or the network) dropped: the link
+        // is gone, the certificates were fine.
+        ErrorKind::Unreachable
     } else if lower.contains("certificate")
         || lower.contains("tls")
         || lower.contains("handshake")

@@ -11,8 +11,9 @@
 
 pub mod connect;
 pub mod error;
+pub mod material;
 mod ssh;
-mod tls;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -105,10 +106,14 @@ pub enum Call {
     Remove,
     /// `POST /containers/{id}/rename`.
     Rename,
+    /// `POST /images/create?fromSrc=-` (a root filesystem import).
+    Import,
+    /// `POST /build`.
+    Build,
 }
 
 impl Call {
-    const ALL: [Call; 12] = [
+    const ALL: [Call; 14] = [
         Call::Info,
         Call::ListContainers,
         Call::InspectContainer,
@@ -121,13 +126,47 @@ impl Call {
         Call::Stop,
         Call::Remove,
         Call::Rename,
+        Call::Import,
+        Call::Build,
     ];
+
+    /// A name for metrics: `list_containers`, `pull`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Call::Info => "info",
+            Call::ListContainers => "list_containers",
+            Call::InspectContainer => "inspect_container",
+            Call::Logs => "logs",
+            Call::Images => "images",
+            Call::Events => "events",
+            Call::Pull => "pull",
+            Call::Create => "create",
+            Call::Start => "start",
+            Call::Stop => "stop",
+            Call::Remove => "remove",
+            Call::Rename => "rename",
+            Call::Import => "import",
+            Call::Build => "build",
+        }
+    }
+
+    /// Every kind of call.
+    pub fn all() -> &'static [Call] {
+        &Self::ALL
+    }
 
     /// Whether the call changes anything on the host.
     pub fn is_mutating(self) -> bool {
         matches!(
             self,
-            Call::Pull | Call::Create | Call::Start | Call::Stop | Call::Remove | Call::Rename
+            Call::Pull
+                | Call::Create
+                | Call::Start
+                | Call::Stop
+                | Call::Remove
+                | Call::Rename
+                | Call::Import
+                | Call::Build
         )
     }
 }
@@ -136,6 +175,24 @@ impl Call {
 #[derive(Debug, Default)]
 struct CallCounter {
     counts: [AtomicU64; Call::ALL.len()],
+    /// Time spent in calls of each kind, in microseconds.
+    micros: [AtomicU64; Call::ALL.len()],
+}
+
+/// Adds the time from its making to its drop to one kind of call.
+struct CallTimer<'a> {
+    counter: &'a CallCounter,
+    position: Option<usize>,
+    started: std::time::Instant,
+}
+
+impl Drop for CallTimer<'_> {
+    fn drop(&mut self) {
+        if let Some(position) = self.position {
+            let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.counter.micros[position].fetch_add(micros, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A snapshot of call counts.
@@ -337,6 +394,9 @@ pub struct ContainerEvent {
     pub id: String,
     /// The container's name, when the daemon sent it.
     pub name: Option<String>,
+    /// The owner's namespace and name, from the container's `stevedore.dev/namespace` and
+    /// `stevedore.dev/name` labels (the daemon sends labels as event attributes).
+    pub owner: Option<(String, String)>,
 }
 
 /// Credentials for one pull.
@@ -402,9 +462,26 @@ impl DockerHost {
         )
     }
 
-    fn count(&self, call: Call) {
-        if let Some(position) = Call::ALL.iter().position(|c| *c == call) {
+    /// Seconds spent in calls of each kind so far (a pull counts until its stream ends;
+    /// an event stream counts only its opening).
+    pub fn call_seconds(&self) -> BTreeMap<Call, f64> {
+        Call::ALL
+            .iter()
+            .zip(&self.calls.micros)
+            .map(|(call, micros)| (*call, micros.load(Ordering::Relaxed) as f64 / 1e6))
+            .collect()
+    }
+
+    /// Counts one call and times it until the returned guard is dropped.
+    fn count(&self, call: Call) -> CallTimer<'_> {
+        let position = Call::ALL.iter().position(|c| *c == call);
+        if let Some(position) = position {
             self.calls.counts[position].fetch_add(1, Ordering::Relaxed);
+        }
+        CallTimer {
+            counter: &self.calls,
+            position,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -414,13 +491,13 @@ impl DockerHost {
 
     /// The daemon's version and machine, for `status.server`.
     pub async fn server_info(&self) -> Result<ServerInfo, DockerError> {
-        self.count(Call::Info);
+        let _timer = self.count(Call::Info);
         let version = self
             .docker
             .version()
             .await
             .map_err(self.fail(format!("failed to read the version of {}", self.endpoint)))?;
-        self.count(Call::Info);
+        let _timer = self.count(Call::Info);
         let info = self
             .docker
             .info()
@@ -444,7 +521,7 @@ impl DockerHost {
         label: &str,
         value: &str,
     ) -> Result<Vec<HostContainer>, DockerError> {
-        self.count(Call::ListContainers);
+        let _timer = self.count(Call::ListContainers);
         let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
@@ -463,7 +540,7 @@ impl DockerHost {
 
     /// The images the host holds, one entry per reference (untagged images by ID).
     pub async fn list_images(&self) -> Result<Vec<HostImage>, DockerError> {
-        self.count(Call::Images);
+        let _timer = self.count(Call::Images);
         let images = self
             .docker
             .list_images(Some(ListImagesOptionsBuilder::default().build()))
@@ -502,7 +579,7 @@ impl DockerHost {
 
     /// The ID of a local image, or `None` when the host does not have it.
     pub async fn image_id(&self, reference: &str) -> Result<Option<String>, DockerError> {
-        self.count(Call::Images);
+        let _timer = self.count(Call::Images);
         match self.docker.inspect_image(reference).await {
             Ok(image) => Ok(image.id),
             Err(bollard::errors::Error::DockerResponseServerError {
@@ -524,7 +601,7 @@ impl DockerHost {
         credentials: Option<&PullCredentials>,
         mut on_progress: impl FnMut(String),
     ) -> Result<(), DockerError> {
-        self.count(Call::Pull);
+        let _timer = self.count(Call::Pull);
         let (repository, tag) = split_reference(reference);
         let options = CreateImageOptionsBuilder::default()
             .from_image(repository)
@@ -559,13 +636,75 @@ impl DockerHost {
         Ok(())
     }
 
+    /// Imports `rootfs` (a tar archive, optionally compressed) as the image `repository:tag`
+    /// (`docker import`).
+    pub async fn import(
+        &self,
+        rootfs: bytes::Bytes,
+        repository: &str,
+        tag: &str,
+    ) -> Result<(), DockerError> {
+        let _timer = self.count(Call::Import);
+        let what = format!("failed to import {repository}:{tag}");
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(repository)
+            .tag(tag)
+            .build();
+        let body = bollard::body_full(rootfs);
+        let mut stream = std::pin::pin!(self.docker.create_image(Some(options), Some(body), None));
+        while let Some(progress) = stream.next().await {
+            let progress = progress.map_err(|e| DockerError::from_bollard(&what, e))?;
+            if let Some(error) = progress.error_detail.and_then(|d| d.message) {
+                return Err(DockerError::new(
+                    ErrorKind::ServerError,
+                    format!("{what}: {error}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds `context` (a tar or tar.gz build context) into `image` with `dockerfile` and
+    /// `build_args` (`docker build`).
+    pub async fn build(
+        &self,
+        context: bytes::Bytes,
+        dockerfile: &str,
+        build_args: &BTreeMap<String, String>,
+        image: &str,
+    ) -> Result<(), DockerError> {
+        let _timer = self.count(Call::Build);
+        let what = format!("failed to build {image}");
+        let args: HashMap<String, String> = build_args.clone().into_iter().collect();
+        let options = bollard::query_parameters::BuildImageOptionsBuilder::default()
+            .dockerfile(dockerfile)
+            .t(image)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&args)
+            .build();
+        let body = bollard::body_full(context);
+        let mut stream = std::pin::pin!(self.docker.build_image(options, None, Some(body)));
+        while let Some(step) = stream.next().await {
+            let step = step.map_err(|e| DockerError::from_bollard(&what, e))?;
+            if let Some(error) = step.error_detail.and_then(|d| d.message) {
+                return Err(DockerError::new(
+                    ErrorKind::ServerError,
+                    format!("{what}: {error}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates a container; returns its ID.
     pub async fn create(
         &self,
         name: &str,
         body: ContainerCreateBody,
     ) -> Result<String, DockerError> {
-        self.count(Call::Create);
+        let _timer = self.count(Call::Create);
         let options = CreateContainerOptionsBuilder::default().name(name).build();
         let response = self
             .docker
@@ -577,7 +716,7 @@ impl DockerHost {
 
     /// Starts a container.
     pub async fn start(&self, id: &str, name: &str) -> Result<(), DockerError> {
-        self.count(Call::Start);
+        let _timer = self.count(Call::Start);
         self.docker
             .start_container(id, None::<StartContainerOptions>)
             .await
@@ -592,7 +731,7 @@ impl DockerHost {
         name: &str,
         timeout_secs: Option<i32>,
     ) -> Result<(), DockerError> {
-        self.count(Call::Stop);
+        let _timer = self.count(Call::Stop);
         let mut options = StopContainerOptionsBuilder::default();
         if let Some(timeout) = timeout_secs {
             options = options.t(timeout);
@@ -613,7 +752,7 @@ impl DockerHost {
 
     /// Removes a stopped container. Never its volumes.
     pub async fn remove(&self, id: &str, name: &str) -> Result<(), DockerError> {
-        self.count(Call::Remove);
+        let _timer = self.count(Call::Remove);
         let options = RemoveContainerOptionsBuilder::default()
             .v(false)
             .force(true)
@@ -632,7 +771,7 @@ impl DockerHost {
 
     /// Renames a container.
     pub async fn rename(&self, id: &str, new_name: &str) -> Result<(), DockerError> {
-        self.count(Call::Rename);
+        let _timer = self.count(Call::Rename);
         let options = RenameContainerOptionsBuilder::default()
             .name(new_name)
             .build();
@@ -644,7 +783,7 @@ impl DockerHost {
 
     /// Details for status: start time, exit code, restarts, addresses and published ports.
     pub async fn inspect(&self, id: &str) -> Result<ContainerDetails, DockerError> {
-        self.count(Call::InspectContainer);
+        let _timer = self.count(Call::InspectContainer);
         let inspect = self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)
@@ -694,7 +833,7 @@ impl DockerHost {
 
     /// The last `lines` lines of a container's output (stdout and stderr).
     pub async fn log_tail(&self, id: &str, lines: usize) -> Result<String, DockerError> {
-        self.count(Call::Logs);
+        let _timer = self.count(Call::Logs);
         let options = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
@@ -716,7 +855,7 @@ impl DockerHost {
         label: &str,
         value: &str,
     ) -> impl Stream<Item = Result<ContainerEvent, DockerError>> + Send + 'static {
-        self.count(Call::Events);
+        let _timer = self.count(Call::Events);
         let filters = HashMap::from([
             ("type", vec!["container".to_string()]),
             ("label", vec![format!("{label}={value}")]),
@@ -734,12 +873,17 @@ impl DockerHost {
 
 impl ContainerEvent {
     fn from_message(event: EventMessage) -> Option<Self> {
+        use crate::converge::model::{LABEL_NAME, LABEL_NAMESPACE};
         let actor = event.actor?;
         let attributes = actor.attributes.unwrap_or_default();
         Some(Self {
             action: event.action?,
             id: actor.id?,
             name: attributes.get("name").cloned(),
+            owner: attributes
+                .get(LABEL_NAMESPACE)
+                .cloned()
+                .zip(attributes.get(LABEL_NAME).cloned()),
         })
     }
 }

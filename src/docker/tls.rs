@@ -66,3 +66,9 @@ pub fn connect(
     };
     super::client_through(connector, &format!("https://{host}:{port}"), timeout_secs)
 }
+
+/// Makes ring the process's default rustls provider (for clients, such as the registry's,
+/// that take the default); harmless when one is installed already.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

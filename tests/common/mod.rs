@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test crate uses a different part of this module
 
 pub mod cases;
+pub mod chart;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -233,7 +234,7 @@ pub mod fixture {
         pub fn want(&self, instances: Vec<DesiredInstance>) {
             let _ = self.desired.send(std::sync::Arc::new(DesiredSet {
                 instances,
-                protected_owners: Default::default(),
+                ..Default::default()
             }));
         }
 
@@ -305,6 +306,7 @@ pub mod fixture {
                 image: &spec.image,
                 image_identity: &identity,
                 pull_credentials: None,
+                image_source: None,
             };
             desired_instances(&self.owner(name), spec, env, replicas, &ctx).expect("instances")
         }
@@ -316,7 +318,7 @@ pub mod fixture {
         ) -> stevedore::converge::engine::ConvergeReport {
             let desired = DesiredSet {
                 instances,
-                protected_owners: Default::default(),
+                ..Default::default()
             };
             stevedore::converge::engine::converge_once(
                 &self.host,
@@ -346,7 +348,7 @@ pub mod fixture {
             let (desired, desired_rx) =
                 tokio::sync::watch::channel(std::sync::Arc::new(DesiredSet {
                     instances,
-                    protected_owners: Default::default(),
+                    ..Default::default()
                 }));
             let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
             let task = tokio::spawn(stevedore::converge::engine::run_target(
