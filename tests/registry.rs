@@ -1,0 +1,290 @@
+//! The Registry API v2 client against the harness's real registry (TLS + htpasswd): the
+//! catalog and tags, digests that match what a daemon records after a pull, and a clear,
+//! classified error for each way it can fail.
+
+mod common;
+#[path = "common/fake_api.rs"]
+mod fake_api;
+
+use std::time::Duration;
+
+use common::TestEnv;
+use common::fixture::free_port;
+use stevedore::api::registry::RegistrySpec;
+use stevedore::docker::PullCredentials;
+use stevedore::registry::client::{RegistryClient, RegistryErrorKind};
+
+fn spec(server: &str) -> RegistrySpec {
+    serde_json::from_value(serde_json::json!({ "server": server })).expect("spec")
+}
+
+fn credentials(env: &TestEnv, password: &str) -> PullCredentials {
+    PullCredentials {
+        username: env.get("REGISTRY_USER"),
+        password: password.to_string(),
+        server: env.get("REGISTRY"),
+    }
+}
+
+fn client(env: &TestEnv, ca: &str, password: &str) -> RegistryClient {
+    let ca = std::fs::read(env.get(ca)).expect("CA");
+    RegistryClient::new(
+        &spec(&env.get("REGISTRY")),
+        Some(&ca),
+        Some(&credentials(env, password)),
+        Duration::from_secs(5),
+    )
+    .expect("client")
+}
+
+#[tokio::test]
+async fn the_catalog_lists_the_pushed_repositories_and_tags() {
+    let env = TestEnv::load();
+    let registry = client(&env, "REGISTRY_CA", &env.get("REGISTRY_PASSWORD"));
+    let repositories = registry.repositories().await.expect("catalog");
+    assert!(
+        repositories.iter().any(|r| r == "stevedore/busybox"),
+        "{repositories:?}"
+    );
+    let tags = registry.tags("stevedore/busybox").await.expect("tags");
+    for tag in ["v1", "v2"] {
+        assert!(tags.iter().any(|t| t == tag), "{tags:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_digest_matches_what_the_daemon_records_after_a_pull() {
+    let env = TestEnv::load();
+    let registry = client(&env, "REGISTRY_CA", &env.get("REGISTRY_PASSWORD"));
+    let digest = registry
+        .digest("stevedore/busybox", "v1")
+        .await
+        .expect("digest");
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    let other = registry
+        .digest("stevedore/busybox", "v2")
+        .await
+        .expect("digest");
+    assert_ne!(digest, other, "two images, two digests");
+    // The daemon that pulls by tag records the same digest.
+    let host = common::wait::connected(common::hosts::tls(&env)).await;
+    let image = env.get("REGISTRY_IMAGE_V1");
+    host.pull(
+        &image,
+        Some(&credentials(&env, &env.get("REGISTRY_PASSWORD"))),
+        |_| {},
+    )
+    .await
+    .expect("pull");
+    let pulled = host
+        .list_images()
+        .await
+        .expect("images")
+        .into_iter()
+        .find(|i| i.reference == image)
+        .expect("the pulled image");
+    assert_eq!(
+        pulled.digest.as_deref(),
+        Some(digest.as_str()),
+        "like with like"
+    );
+}
+
+#[tokio::test]
+async fn each_failure_has_its_reason_and_a_message_to_act_on() {
+    let env = TestEnv::load();
+    let wrong_password = client(&env, "REGISTRY_CA", "not-the-password");
+    let error = wrong_password.repositories().await.expect_err("refused");
+    assert_eq!(error.kind, RegistryErrorKind::Unauthorized, "{error}");
+    assert!(error.message.contains("spec.credentials"), "{error}");
+    assert!(
+        !error.message.contains("not-the-password"),
+        "no secret in messages"
+    );
+
+    let wrong_ca = client(&env, "OTHER_CA", &env.get("REGISTRY_PASSWORD"));
+    let error = wrong_ca.repositories().await.expect_err("untrusted");
+    assert_eq!(error.kind, RegistryErrorKind::TlsError, "{error}");
+    assert!(error.message.contains("spec.ca"), "{error}");
+
+    let down = RegistryClient::new(
+        &spec(&format!("127.0.0.1:{}", free_port())),
+        None,
+        None,
+        Duration::from_secs(2),
+    )
+    .expect("client");
+    let error = down.repositories().await.expect_err("nothing listens");
+    assert_eq!(error.kind, RegistryErrorKind::Unreachable, "{error}");
+
+    let registry = client(&env, "REGISTRY_CA", &env.get("REGISTRY_PASSWORD"));
+    let error = registry
+        .digest("stevedore/busybox", "no-such-tag")
+        .await
+        .expect_err("missing tag");
+    assert_eq!(error.kind, RegistryErrorKind::NotFound, "{error}");
+}
+
+mod through_the_controller {
+    use std::sync::Arc;
+
+    use super::common::TestEnv;
+    use super::common::fixture::unique;
+    use super::fake_api::{self, World};
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::ObjectMeta;
+    use serde_json::{Value, json};
+    use stevedore::api::Registry;
+    use stevedore::controller::registry::reconcile;
+
+    fn secret(ns: &str, name: &str, data: &[(&str, Vec<u8>)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.clone())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn registry(env: &TestEnv, ns: &str, annotation: Option<&str>) -> Registry {
+        let mut registry: Registry = serde_json::from_value(json!({
+            "apiVersion": "stevedore.dev/v1alpha1", "kind": "Registry",
+            "metadata": {"name": "harness", "namespace": ns},
+            "spec": {"server": env.get("REGISTRY"),
+                     "credentials": {"secretRef": {"name": "pull"}},
+                     "ca": {"secretRef": {"name": "ca"}},
+                     "catalog": {"repositories": ["stevedore/busy*"], "maxTagsPerRepository": 1}},
+        }))
+        .expect("registry");
+        registry.metadata.uid = Some(unique("uid"));
+        registry.metadata.generation = Some(1);
+        if let Some(value) = annotation {
+            registry.metadata.annotations = Some(
+                [(
+                    stevedore::api::registry::REFRESH_REQUESTED_ANNOTATION.to_string(),
+                    value.to_string(),
+                )]
+                .into(),
+            );
+        }
+        registry
+    }
+
+    fn world(env: &TestEnv, ns: &str, registry: &Registry, password: &str) -> World {
+        World {
+            registries: vec![registry.clone()],
+            secrets: vec![
+                secret(
+                    ns,
+                    "pull",
+                    &[
+                        ("username", env.get("REGISTRY_USER").into_bytes()),
+                        ("password", password.as_bytes().to_vec()),
+                    ],
+                ),
+                secret(
+                    ns,
+                    "ca",
+                    &[("ca.crt", std::fs::read(env.get("REGISTRY_CA")).expect("ca"))],
+                ),
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn status_of(recorded: &super::fake_api::Recorded) -> Value {
+        recorded
+            .all()
+            .into_iter()
+            .rev()
+            .find(|c| c.path.ends_with("/status"))
+            .map(|c| c.body["status"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    #[tokio::test]
+    async fn the_status_lists_the_catalog_and_refreshes_on_request() {
+        let env = TestEnv::load();
+        let ns = unique("reg-ctl");
+        let object = registry(&env, &ns, None);
+        let (client, recorded) = fake_api::start(&[serde_json::to_value(&object).expect("json")]);
+        let (ctx, _signals) = fake_api::context(
+            client,
+            world(&env, &ns, &object, &env.get("REGISTRY_PASSWORD")),
+            "reg",
+        );
+
+        reconcile(Arc::new(object.clone()), ctx.clone())
+            .await
+            .expect("refresh");
+        let status = status_of(&recorded);
+        assert_eq!(status["conditions"][0]["status"], "True", "{status:#}");
+        assert_eq!(status["repositoryCount"], 1, "{status:#}");
+        assert_eq!(
+            status["repositories"],
+            json!([{"name": "stevedore/busybox", "tags": ["v2"]}]),
+            "the newest tag only"
+        );
+        assert!(status["lastRefreshTime"].is_string());
+
+        // Not due yet: nothing is asked, nothing is written.
+        recorded.clear();
+        let mut seen = object.clone();
+        seen.status = Some(serde_json::from_value(status).expect("status"));
+        reconcile(Arc::new(seen.clone()), ctx.clone())
+            .await
+            .expect("idle");
+        assert!(
+            recorded.all().is_empty(),
+            "{:?}",
+            recorded.writes_and_reads()
+        );
+
+        // A new value of the annotation refreshes now.
+        let mut asked = registry(&env, &ns, Some("now-please"));
+        asked.metadata.uid = seen.metadata.uid.clone();
+        asked.status = seen.status.clone();
+        reconcile(Arc::new(asked), ctx)
+            .await
+            .expect("refresh on request");
+        let status = status_of(&recorded);
+        assert_eq!(status["observedRefreshRequest"], "now-please", "{status:#}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_is_unauthorized_with_an_event_and_no_secret() {
+        let env = TestEnv::load();
+        let ns = unique("reg-ctl-401");
+        let object = registry(&env, &ns, None);
+        let password = unique("wrong-password");
+        let (client, recorded) = fake_api::start(&[serde_json::to_value(&object).expect("json")]);
+        let (ctx, _signals) =
+            fake_api::context(client, world(&env, &ns, &object, &password), "reg");
+        reconcile(Arc::new(object), ctx).await.expect("reconcile");
+        let status = status_of(&recorded);
+        assert_eq!(
+            status["conditions"][0]["reason"], "Unauthorized",
+            "{status:#}"
+        );
+        assert!(
+            recorded
+                .event_reasons()
+                .contains(&"Unauthorized".to_string())
+        );
+        for call in recorded.all() {
+            assert!(
+                !call.body.to_string().contains(&password),
+                "{}",
+                call.line()
+            );
+        }
+    }
+}
