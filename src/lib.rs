@@ -8,15 +8,21 @@
 //! - [`converge`]: desired instances, the pure plan and its execution on one host.
 //! - [`docker`]: connecting to daemons and every call made to them.
 //! - [`placement`]: which target runs each replica.
+//! - [`controller`]: `stevedore controller`, the kube-runtime controllers.
+//! - [`registry`]: which Registry serves an image, and its credentials.
+//! - [`standalone`]: `stevedore run`, the same kinds from files, without a cluster.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod controller;
 pub mod converge;
 pub mod crd;
 pub mod docker;
 pub mod placement;
+pub mod reference;
+pub mod registry;
 pub mod standalone;
 
 /// Errors of the Stevedore library.

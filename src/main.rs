@@ -51,6 +51,12 @@ enum Command {
         #[command(flatten)]
         source: SourceArgs,
     },
+    /// Run the Kubernetes controllers (in-cluster config or KUBECONFIG) until SIGTERM.
+    Controller(ControllerArgs),
+    /// Print the ClusterRole the controller needs (exactly the API calls it makes).
+    Rbac,
+    /// Print the API reference (Markdown), generated from the CRD schemas.
+    ApiReference,
     /// Show the status of every object, computed from the daemons.
     Status {
         #[command(flatten)]
@@ -59,6 +65,50 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Watch only this namespace (all namespaces when unset).
+    #[arg(long, env = "STEVEDORE_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Take part in leader election on a Lease, so several replicas are safe; use
+    /// `--leader-elect=false` for a single replica.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the leader election Lease.
+    #[arg(long, default_value = "stevedore-controller")]
+    lease_name: String,
+    /// Namespace of the Lease (the controller's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the election.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_address: std::net::SocketAddr,
+    /// This controller's identity on the daemons (`stevedore.dev/manager`).
+    #[arg(long, default_value = "controller")]
+    manager: String,
+    /// Reconcile every object at least this often.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    resync: Duration,
+    /// How often each DockerTarget's daemon is checked.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// Actions run at once per target and object.
+    #[arg(long, default_value_t = stevedore::converge::executor::DEFAULT_CONCURRENCY)]
+    concurrency: usize,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
 }
 
 #[derive(Args)]
@@ -93,14 +143,38 @@ enum OutputFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let (default_level, json) = match &cli.command {
+        Command::Controller(args) => ("info", matches!(args.log_format, LogFormat::Json)),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match cli.command {
+        Command::ApiReference => {
+            print!("{}", stevedore::reference::markdown());
+            ExitCode::SUCCESS
+        }
+        Command::Rbac => {
+            let role = stevedore::controller::rbac::cluster_role("stevedore-controller");
+            match serde_yaml_ng::to_string(&role) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: failed to render YAML: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Crds { output_dir } => match print_crds(output_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -124,7 +198,8 @@ fn main() -> ExitCode {
 
 async fn run_async(command: Command) -> i32 {
     match command {
-        Command::Crds { .. } => 1,
+        Command::Crds { .. } | Command::Rbac | Command::ApiReference => 1,
+        Command::Controller(args) => run_controller(args).await,
         Command::Run {
             source,
             once,
@@ -159,6 +234,39 @@ fn print_crds(output_dir: Option<PathBuf>) -> stevedore::Result<()> {
         None => {
             print!("{}", stevedore::crd::multi_document(&documents));
             Ok(())
+        }
+    }
+}
+
+async fn run_controller(args: ControllerArgs) -> i32 {
+    use stevedore::controller::{LeaderElection, Options, context::Settings};
+    let identity = args.identity.unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| format!("stevedore-{}", std::process::id()))
+    });
+    let options = Options {
+        namespace: args.namespace,
+        leader_election: args.leader_elect.then_some(LeaderElection {
+            lease_name: args.lease_name,
+            lease_namespace: args.lease_namespace,
+            identity,
+        }),
+        listen: args.metrics_address,
+        settings: Settings {
+            manager: args.manager,
+            concurrency: args.concurrency,
+            resync: args.resync,
+            heartbeat: args.heartbeat,
+            ..Settings::default()
+        },
+    };
+    match stevedore::controller::run(options).await {
+        Ok(()) => 0,
+        Err(error) => {
+            let error = stevedore::docker::error::error_chain(&error);
+            tracing::error!(%error, "controller stopped");
+            1
         }
     }
 }

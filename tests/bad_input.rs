@@ -25,6 +25,7 @@ fn messages(paths: &[PathBuf]) -> (Manifests, Vec<String>) {
         &manifests,
         &Connections::new(),
         &BTreeMap::new(),
+        &BTreeMap::new(),
         &WorldOptions::default(),
         0,
     );

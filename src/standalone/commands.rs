@@ -117,7 +117,9 @@ async fn round(
     let now = unix_now();
     world::connect_targets(manifests, connections, options, now).await;
     let observed = world::observe(manifests, connections).await;
-    world::plan_round(manifests, connections, &observed, options, now)
+    world::remember_listed(connections, &observed);
+    let sources = world::fetch_sources(manifests, &options.fetcher).await;
+    world::plan_round(manifests, connections, &observed, &sources, options, now)
 }
 
 /// `stevedore plan`: what would change on each target, nothing done. Exit 0 when nothing

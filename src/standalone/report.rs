@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde::Serialize;
 
 use super::manifests::{Manifests, ObjectKey};
@@ -13,7 +12,9 @@ use crate::api::container::{DockerContainerStatus, InstanceStatus};
 use crate::api::target::DockerTargetStatus;
 use crate::api::{API_VERSION, CONDITION_READY};
 use crate::converge::model::LABEL_SPEC_HASH;
-use crate::converge::status::instance_statuses;
+use crate::converge::status::{
+    condition, container_conditions, instance_statuses, is_ready, now_time,
+};
 
 /// One object with its status, as `kubectl get -o json` would show it.
 #[derive(Clone, Debug, Serialize)]
@@ -54,23 +55,6 @@ pub struct StatusReport {
     /// Containers, for the table.
     #[serde(skip)]
     pub containers: Vec<(ObjectStatus<DockerContainerStatus>, String, i32)>,
-}
-
-fn condition(kind: &str, ok: bool, reason: &str, message: String, now: &Time) -> Condition {
-    Condition {
-        type_: kind.to_string(),
-        status: if ok { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
-        message,
-        last_transition_time: now.clone(),
-        observed_generation: None,
-    }
-}
-
-fn now_time() -> Time {
-    let now = k8s_openapi::jiff::Timestamp::now();
-    // Whole seconds, as the API server stores them.
-    Time(k8s_openapi::jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
 /// How much a status report asks the daemons.
@@ -203,42 +187,7 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
         let ready_count = instances.iter().filter(|i| is_ready(i)).count();
         let ready_count = i32::try_from(ready_count).unwrap_or(i32::MAX);
         let updated = i32::try_from(updated).unwrap_or(i32::MAX);
-        let all_ready = ready_count >= wanted && problems.is_empty();
-        let conditions = vec![
-            condition(
-                CONDITION_READY,
-                all_ready,
-                if all_ready {
-                    "AllReplicasReady"
-                } else {
-                    "NotReady"
-                },
-                format!("{ready_count} of {wanted} replicas ready"),
-                &now,
-            ),
-            condition(
-                "Progressing",
-                updated < wanted,
-                if updated < wanted {
-                    "RollingOut"
-                } else {
-                    "Complete"
-                },
-                format!("{updated} of {wanted} replicas run the current spec"),
-                &now,
-            ),
-            condition(
-                "Degraded",
-                !problems.is_empty(),
-                if problems.is_empty() {
-                    "AsExpected"
-                } else {
-                    "Problems"
-                },
-                problems.join("; "),
-                &now,
-            ),
-        ];
+        let conditions = container_conditions(wanted, ready_count, updated, &problems, &now);
         let status = DockerContainerStatus {
             observed_generation: sourced.object.metadata.generation,
             replicas: i32::try_from(
@@ -251,6 +200,8 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
             ready_replicas: ready_count,
             updated_replicas: updated,
             resolved_image: None,
+            resolved_from: None,
+            resolved_at: None,
             instances,
             conditions,
         };
@@ -311,11 +262,6 @@ fn listed_statuses(
             },
         })
         .collect()
-}
-
-/// Running, and healthy when it has a health check.
-pub fn is_ready(instance: &InstanceStatus) -> bool {
-    instance.state == "running" && instance.health.as_deref().is_none_or(|h| h == "healthy")
 }
 
 fn metadata(key: &ObjectKey) -> Metadata {

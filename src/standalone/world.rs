@@ -3,7 +3,6 @@
 //! file), place every replica, and build each target's desired set.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 
 use futures::future::join_all;
 
@@ -14,11 +13,14 @@ use crate::converge::env::{StaticSources, resolve_env};
 use crate::converge::model::{
     InstanceContext, LABEL_REPLICA, LABEL_UID, Owner, desired_instances, host_ports,
 };
+use crate::docker::material::{fingerprint, target_material};
 use crate::docker::{
-    ConnectOptions, ConnectionMaterial, DockerError, DockerHost, ErrorKind, HostContainer,
-    LABEL_TARGET, PullCredentials, SshMaterial, TlsMaterial, connect,
+    ConnectOptions, DockerError, DockerHost, ErrorKind, HostContainer, LABEL_TARGET,
+    PullCredentials, connect,
 };
 use crate::placement::{Existing, Placements, TargetInfo, Workload, place};
+use crate::registry::credentials::{credentials_of, registry_for};
+use crate::registry::source::{LocalSource, SourceFetcher};
 
 /// Settings of a standalone run.
 #[derive(Clone, Debug)]
@@ -29,6 +31,8 @@ pub struct WorldOptions {
     pub grace_secs: u64,
     /// Connection timeouts.
     pub connect: ConnectOptions,
+    /// Fetches `imageSource` tarballs and contexts, remembered across rounds.
+    pub fetcher: std::sync::Arc<SourceFetcher>,
 }
 
 impl Default for WorldOptions {
@@ -37,6 +41,7 @@ impl Default for WorldOptions {
             manager: "standalone".into(),
             grace_secs: crate::placement::DEFAULT_GRACE_SECS,
             connect: ConnectOptions::default(),
+            fetcher: Default::default(),
         }
     }
 }
@@ -50,6 +55,9 @@ pub struct Connection {
     pub host: Result<DockerHost, DockerError>,
     /// When it was first seen unreachable (unix seconds), while it is.
     pub unreachable_since: Option<u64>,
+    /// What the last successful list call showed: while the target cannot be listed, its
+    /// replicas stay placed there (until the grace period ends) instead of moving at once.
+    pub last_listed: Option<Vec<HostContainer>>,
 }
 
 /// Connections by target, across rounds.
@@ -107,77 +115,6 @@ fn sources_for(manifests: &Manifests, namespace: &str) -> StaticSources {
     }
 }
 
-fn secret<'a>(
-    manifests: &'a Manifests,
-    namespace: &str,
-    name: &str,
-) -> Option<&'a BTreeMap<String, Vec<u8>>> {
-    manifests.secrets.get(&ObjectKey {
-        kind: "Secret".into(),
-        namespace: namespace.into(),
-        name: name.into(),
-    })
-}
-
-/// The TLS and ssh material a target's Secrets hold.
-fn material(
-    manifests: &Manifests,
-    key: &ObjectKey,
-    target: &DockerTarget,
-) -> Result<ConnectionMaterial, DockerError> {
-    let missing = |field: &str, name: &str, what: &str| {
-        DockerError::new(
-            ErrorKind::InvalidConfig,
-            format!("spec.{field}.secretRef: Secret {name} {what}"),
-        )
-    };
-    let mut material = ConnectionMaterial::default();
-    if let Some(tls) = &target.spec.tls {
-        let name = &tls.secret_ref.name;
-        let data = secret(manifests, &key.namespace, name)
-            .ok_or_else(|| missing("tls", name, "not found"))?;
-        let get = |k: &str| {
-            data.get(k)
-                .cloned()
-                .ok_or_else(|| missing("tls", name, &format!("has no key {k}")))
-        };
-        material.tls = Some(TlsMaterial {
-            ca: get("ca.crt")?,
-            cert: get("tls.crt")?,
-            key: get("tls.key")?,
-        });
-    }
-    if let Some(ssh) = &target.spec.ssh {
-        let name = &ssh.secret_ref.name;
-        let data = secret(manifests, &key.namespace, name)
-            .ok_or_else(|| missing("ssh", name, "not found"))?;
-        material.ssh = Some(SshMaterial {
-            private_key: data
-                .get("ssh-privatekey")
-                .cloned()
-                .ok_or_else(|| missing("ssh", name, "has no key ssh-privatekey"))?,
-            known_hosts: data.get("known_hosts").cloned(),
-        });
-    }
-    Ok(material)
-}
-
-fn fingerprint(target: &DockerTarget, material: &Result<ConnectionMaterial, DockerError>) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(&target.spec)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    if let Ok(material) = material {
-        if let Some(tls) = &material.tls {
-            (&tls.ca, &tls.cert, &tls.key).hash(&mut hasher);
-        }
-        if let Some(ssh) = &material.ssh {
-            (&ssh.private_key, &ssh.known_hosts).hash(&mut hasher);
-        }
-    }
-    hasher.finish()
-}
-
 /// Connects to every target (reusing unchanged connections) and forgets removed ones.
 pub async fn connect_targets(
     manifests: &Manifests,
@@ -189,8 +126,8 @@ pub async fn connect_targets(
     let mut attempts = Vec::new();
     for (key, sourced) in &manifests.targets {
         let target = &sourced.object;
-        let material = material(manifests, key, target);
-        let print = fingerprint(target, &material);
+        let material = target_material(&target.spec, &sources_for(manifests, &key.namespace));
+        let print = fingerprint(&target.spec, &material);
         if let Some(existing) = connections.get(key)
             && existing.fingerprint == print
             && existing.host.is_ok()
@@ -208,6 +145,7 @@ pub async fn connect_targets(
     }
     for (key, print, host) in join_all(attempts).await {
         let since = connections.get(&key).and_then(|c| c.unreachable_since);
+        let last_listed = connections.get(&key).and_then(|c| c.last_listed.clone());
         let unreachable_since = match &host {
             Ok(_) => None,
             Err(_) => Some(since.unwrap_or(now)),
@@ -218,58 +156,31 @@ pub async fn connect_targets(
                 fingerprint: print,
                 host,
                 unreachable_since,
+                last_listed,
             },
         );
     }
 }
 
-/// Credentials for a container's image: the Registry it names, or the one whose server
-/// is the image's host; from a dockerconfigjson or basic-auth Secret.
+/// Credentials for a container's image, from the Registries of its namespace.
 fn pull_credentials(
     manifests: &Manifests,
     key: &ObjectKey,
     container: &DockerContainer,
+    sources: &StaticSources,
 ) -> Option<PullCredentials> {
-    let image_host = container.spec.image.split('/').next().filter(|first| {
-        container.spec.image.contains('/') && (first.contains('.') || first.contains(':'))
-    })?;
-    let registry = manifests
+    let registries = manifests
         .registries
         .iter()
         .filter(|(k, _)| k.namespace == key.namespace)
-        .find(|(k, r)| match &container.spec.registry_ref {
-            Some(reference) => k.name == reference.name,
-            None => r.object.spec.server == image_host,
-        })?;
-    let secret_name = &registry.1.object.spec.credentials.as_ref()?.secret_ref.name;
-    let data = secret(manifests, &key.namespace, secret_name)?;
-    let server = registry.1.object.spec.server.clone();
-    if let (Some(username), Some(password)) = (data.get("username"), data.get("password")) {
-        return Some(PullCredentials {
-            username: String::from_utf8_lossy(username).into_owned(),
-            password: String::from_utf8_lossy(password).into_owned(),
-            server,
-        });
-    }
-    let config: serde_json::Value = serde_json::from_slice(data.get(".dockerconfigjson")?).ok()?;
-    let auth = config.get("auths")?.get(&server)?;
-    let (username, password) = match (auth.get("username"), auth.get("password")) {
-        (Some(u), Some(p)) => (u.as_str()?.to_string(), p.as_str()?.to_string()),
-        _ => {
-            use base64::Engine as _;
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(auth.get("auth")?.as_str()?)
-                .ok()?;
-            let text = String::from_utf8(decoded).ok()?;
-            let (u, p) = text.split_once(':')?;
-            (u.to_string(), p.to_string())
-        }
-    };
-    Some(PullCredentials {
-        username,
-        password,
-        server,
-    })
+        .map(|(k, r)| (k.name.as_str(), &r.object));
+    let registry_ref = container
+        .spec
+        .registry_ref
+        .as_ref()
+        .map(|r| r.name.as_str());
+    let (_, registry) = registry_for(&container.spec.image, registry_ref, registries)?;
+    credentials_of(registry, sources)
 }
 
 /// Lists each reachable target's managed containers (one call each).
@@ -285,11 +196,36 @@ pub async fn observe(
     join_all(lists).await.into_iter().collect()
 }
 
+/// Fetches the `imageSource` of every container that has one.
+pub async fn fetch_sources(
+    manifests: &Manifests,
+    fetcher: &SourceFetcher,
+) -> BTreeMap<ObjectKey, Result<LocalSource, String>> {
+    let fetches = manifests.containers.iter().filter_map(|(key, sourced)| {
+        let spec = sourced.object.spec.image_source.as_ref()?;
+        Some(async move { (key.clone(), fetcher.fetch(spec).await) })
+    });
+    join_all(fetches).await.into_iter().collect()
+}
+
+/// Keeps each target's latest successful list for the rounds in which it cannot be listed.
+pub fn remember_listed(
+    connections: &mut Connections,
+    observed: &BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>>,
+) {
+    for (key, listed) in observed {
+        if let (Some(connection), Ok(listed)) = (connections.get_mut(key), listed) {
+            connection.last_listed = Some(listed.clone());
+        }
+    }
+}
+
 /// Computes one round from manifests, connections and what the daemons run.
 pub fn plan_round(
     manifests: &Manifests,
     connections: &Connections,
     observed: &BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>>,
+    sources: &BTreeMap<ObjectKey, Result<LocalSource, String>>,
     options: &WorldOptions,
     now: u64,
 ) -> Round {
@@ -300,29 +236,39 @@ pub fn plan_round(
         .chain(manifests.containers.keys())
         .map(|k| k.namespace.as_str())
         .collect();
+    let inputs = RoundInputs {
+        manifests,
+        connections,
+        observed,
+        sources_fetched: sources,
+        options,
+        now,
+    };
     for namespace in namespaces {
-        place_namespace(
-            manifests,
-            connections,
-            observed,
-            options,
-            now,
-            namespace,
-            &mut round,
-        );
+        place_namespace(&inputs, namespace, &mut round);
     }
     round
 }
 
-fn place_namespace(
-    manifests: &Manifests,
-    connections: &Connections,
-    observed: &BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>>,
-    options: &WorldOptions,
+/// Everything a round reads.
+struct RoundInputs<'a> {
+    manifests: &'a Manifests,
+    connections: &'a Connections,
+    observed: &'a BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>>,
+    sources_fetched: &'a BTreeMap<ObjectKey, Result<LocalSource, String>>,
+    options: &'a WorldOptions,
     now: u64,
-    namespace: &str,
-    round: &mut Round,
-) {
+}
+
+fn place_namespace(inputs: &RoundInputs<'_>, namespace: &str, round: &mut Round) {
+    let RoundInputs {
+        manifests,
+        connections,
+        observed,
+        sources_fetched,
+        options,
+        now,
+    } = *inputs;
     let targets: Vec<(&ObjectKey, &DockerTarget)> = manifests
         .targets
         .iter()
@@ -359,9 +305,13 @@ fn place_namespace(
         ..Default::default()
     }));
 
+    // A target that cannot be listed now keeps what it ran when it last could.
     let existing: Vec<Existing> = targets
         .iter()
-        .filter_map(|(key, _)| Some((key, observed.get(*key)?.as_ref().ok()?)))
+        .filter_map(|(key, _)| match observed.get(*key) {
+            Some(Ok(listed)) => Some((key, listed)),
+            _ => Some((key, connections.get(*key)?.last_listed.as_ref()?)),
+        })
         .flat_map(|(key, containers)| {
             containers.iter().filter_map(|c| {
                 Some(Existing {
@@ -419,7 +369,24 @@ fn place_namespace(
                 continue;
             }
         };
-        let credentials = pull_credentials(manifests, key, container);
+        let credentials = pull_credentials(manifests, key, container, &sources);
+        let source = match sources_fetched.get(*key) {
+            Some(Ok(source)) => Some(source),
+            Some(Err(e)) => {
+                round.container_errors.insert((*key).clone(), e.clone());
+                protected.insert(uid);
+                continue;
+            }
+            None => None,
+        };
+        let run_image = source.map_or_else(
+            || container.spec.image.clone(),
+            |s| s.image(&container.spec.image),
+        );
+        let identity = source.map_or_else(
+            || container.spec.image.clone(),
+            |s| format!("source:{}", s.digest),
+        );
         let owner = Owner {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
@@ -434,11 +401,12 @@ fn place_namespace(
             let ctx = InstanceContext {
                 target_uid: &target_uid,
                 manager: &options.manager,
-                image: &container.spec.image,
-                // Until a Registry resolves tags to digests, the reference is the identity:
-                // a container is replaced when its spec names another image.
-                image_identity: &container.spec.image,
+                image: &run_image,
+                // Standalone mode runs tags as written: the reference (or the source's
+                // digest) is the identity, so a container is replaced when it changes.
+                image_identity: &identity,
                 pull_credentials: credentials.as_ref(),
+                image_source: source,
             };
             match desired_instances(&owner, &container.spec, &env, &replicas, &ctx) {
                 Ok(instances) => instances_by_target
@@ -491,6 +459,7 @@ fn place_namespace(
                         .remove(key.name.as_str())
                         .unwrap_or_default(),
                     protected_owners: protected_here,
+                    owner_scope: None,
                 },
             },
         );

@@ -1,0 +1,150 @@
+//! What every reconcile shares: the client, the watched objects, the daemon connections,
+//! Events and metrics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+
+use super::hosts::Hosts;
+use super::metrics::Metrics;
+use crate::api::{DockerContainer, DockerTarget, Registry};
+use crate::converge::env::StaticSources;
+
+/// The objects the controllers watch, read from their caches (never fetched per reconcile).
+#[derive(Clone)]
+pub struct Stores {
+    /// DockerTargets.
+    pub targets: Store<DockerTarget>,
+    /// DockerContainers.
+    pub containers: Store<DockerContainer>,
+    /// Registries.
+    pub registries: Store<Registry>,
+    /// Secrets (TLS and ssh material, registry credentials, env values).
+    pub secrets: Store<Secret>,
+    /// ConfigMaps (env values).
+    pub config_maps: Store<ConfigMap>,
+}
+
+impl Stores {
+    /// The Secrets and ConfigMaps of one namespace, decoded.
+    pub fn sources(&self, namespace: &str) -> StaticSources {
+        let in_namespace = |ns: &Option<String>| ns.as_deref() == Some(namespace);
+        StaticSources {
+            secrets: self
+                .secrets
+                .state()
+                .iter()
+                .filter(|s| in_namespace(&s.metadata.namespace))
+                .map(|s| {
+                    let mut data: BTreeMap<String, Vec<u8>> = s
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.0.clone()))
+                        .collect();
+                    // The API server folds stringData into data; a cache fed from a
+                    // manifest may still hold it.
+                    for (k, v) in s.string_data.iter().flatten() {
+                        data.insert(k.clone(), v.clone().into_bytes());
+                    }
+                    (s.metadata.name.clone().unwrap_or_default(), data)
+                })
+                .collect(),
+            config_maps: self
+                .config_maps
+                .state()
+                .iter()
+                .filter(|c| in_namespace(&c.metadata.namespace))
+                .map(|c| {
+                    (
+                        c.metadata.name.clone().unwrap_or_default(),
+                        c.data.clone().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The DockerTargets of one namespace, sorted by name.
+    pub fn targets_in(&self, namespace: &str) -> Vec<Arc<DockerTarget>> {
+        let mut targets: Vec<_> = self
+            .targets
+            .state()
+            .into_iter()
+            .filter(|t| t.metadata.namespace.as_deref() == Some(namespace))
+            .collect();
+        targets.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        targets
+    }
+}
+
+/// Tunables of the controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The `stevedore.dev/manager` label of every container this controller makes.
+    pub manager: String,
+    /// Actions run at once per target and object.
+    pub concurrency: usize,
+    /// Reconcile every object at least this often, events or not.
+    pub resync: Duration,
+    /// How often a DockerTarget is checked (its heartbeat).
+    pub heartbeat: Duration,
+    /// How long a target may be unreachable before its replicas move elsewhere.
+    pub grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            manager: "controller".into(),
+            concurrency: crate::converge::executor::DEFAULT_CONCURRENCY,
+            resync: Duration::from_secs(300),
+            heartbeat: Duration::from_secs(15),
+            grace: Duration::from_secs(crate::placement::DEFAULT_GRACE_SECS),
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Publishes `events.k8s.io` Events.
+    pub recorder: Recorder,
+    /// The watched objects.
+    pub stores: Stores,
+    /// Connections to the daemons.
+    pub hosts: Arc<Hosts>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Tunables.
+    pub settings: Settings,
+    /// Failures in a row per object UID, for the retry back-off.
+    pub failures: Mutex<HashMap<String, u32>>,
+    /// Fetches `imageSource` tarballs and build contexts (conditionally, cached by URL).
+    pub fetcher: crate::registry::source::SourceFetcher,
+}
+
+impl Context {
+    /// The delay before retrying an object that failed `n` times in a row: 5 s doubling
+    /// to 5 min.
+    pub fn retry_delay(&self, object_uid: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(object_uid.to_string()).or_default();
+        *n = n.saturating_add(1);
+        Duration::from_secs(5u64.saturating_mul(1 << (*n - 1).min(6)).min(300))
+    }
+
+    /// Forgets an object's failures after a success.
+    pub fn succeeded(&self, object_uid: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(object_uid);
+    }
+}

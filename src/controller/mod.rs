@@ -1,0 +1,544 @@
+//! `stevedore controller`: kube-runtime controllers for the three kinds, in a cluster.
+//!
+//! ```text
+//!   API server ──watch──> stores (targets, containers, registries, Secrets, ConfigMaps)
+//!        │                   │
+//!        │    Secret/ConfigMap/target change ──> triggers ──┐
+//!        │    daemon /events (Hosts) ──> HostSignal ────────┼─> DockerContainer reconcile
+//!        │                                                  │     (finalizer → apply | cleanup)
+//!        │    heartbeat timer ──────────────────────────────┼─> DockerTarget reconcile
+//!        │                                                  └─> Registry reconcile
+//!        └──< status (server-side apply, field manager `stevedore`), Events, finalizer
+//! ```
+//! One replica acts at a time: with leader election on, the controllers start only while
+//! this process holds the `Lease`, and the process exits when it loses it.
+
+pub mod container;
+pub mod context;
+pub mod error;
+pub mod hosts;
+pub mod http;
+pub mod metrics;
+pub mod rbac;
+pub mod registry;
+pub mod target;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
+
+use self::context::{Context, Settings, Stores};
+use self::hosts::{HostSignal, Hosts};
+use self::metrics::Metrics;
+use crate::api::{DockerContainer, DockerTarget, Registry};
+use crate::docker::ConnectOptions;
+
+/// Leader election settings.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// The `Lease`'s name.
+    pub lease_name: String,
+    /// The `Lease`'s namespace (the controller's own).
+    pub lease_namespace: String,
+    /// This replica's identity (its pod name).
+    pub identity: String,
+}
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Watch one namespace only; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Leader election; `None` runs as the only replica.
+    pub leader_election: Option<LeaderElection>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub listen: SocketAddr,
+    /// Tunables.
+    pub settings: Settings,
+}
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No Kubernetes configuration could be found or used.
+    #[error("failed to configure the Kubernetes client (in-cluster or KUBECONFIG)")]
+    Config(#[source] kube::Error),
+    /// The CRDs are not installed.
+    #[error(
+        "the stevedore.dev CRDs are not installed in this cluster; install them with \
+         `stevedore crds | kubectl apply -f -`"
+    )]
+    MissingCrds,
+    /// The API server refused a call at start.
+    #[error("failed to {0}")]
+    Kube(String, #[source] kube::Error),
+    /// The HTTP endpoints could not be served.
+    #[error("failed to listen on {0}")]
+    Listen(SocketAddr, #[source] std::io::Error),
+    /// Leader election failed.
+    #[error("leader election failed")]
+    Lease(#[source] kube_lease_manager::LeaseManagerError),
+    /// Another replica took the lease; exiting lets Kubernetes restart this one as a
+    /// standby.
+    #[error("lost the leader lease")]
+    LostLease,
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Fails with [`RunError::MissingCrds`] when the API server does not know the kinds.
+async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<(), RunError> {
+    let containers: Api<DockerContainer> = api(client, namespace);
+    match containers.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(RunError::MissingCrds),
+        Err(e) => Err(RunError::Kube("list DockerContainers".into(), e)),
+    }
+}
+
+/// A reflector for `K`, driven by a task that calls `on_change` for every object applied
+/// or deleted.
+fn reflect<K>(api: Api<K>, on_change: impl Fn(&K) + Send + 'static) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(object) => on_change(&object),
+                Err(error) => tracing::warn!(%error, "watch failed; retrying"),
+            }
+        }
+    });
+    reader
+}
+
+/// Which DockerContainers of a namespace use a Secret or ConfigMap of that name.
+fn users_of(
+    containers: &Store<DockerContainer>,
+    registries: &Store<Registry>,
+    namespace: &str,
+    name: &str,
+    secret: bool,
+) -> Vec<ObjectRef<DockerContainer>> {
+    containers
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace))
+        .filter(|c| {
+            let spec = &c.spec;
+            let in_env = spec.env.iter().any(|e| {
+                e.value_from.as_ref().is_some_and(|from| {
+                    let key = if secret {
+                        &from.secret_key_ref
+                    } else {
+                        &from.config_map_key_ref
+                    };
+                    key.as_ref().is_some_and(|k| k.name == name)
+                })
+            });
+            let in_env_from = spec.env_from.iter().any(|e| {
+                let reference = if secret {
+                    &e.secret_ref
+                } else {
+                    &e.config_map_ref
+                };
+                reference.as_ref().is_some_and(|r| r.name == name)
+            });
+            let in_registry = secret && {
+                let state = registries.state();
+                let in_namespace = state
+                    .iter()
+                    .filter(|r| r.namespace().as_deref() == Some(namespace))
+                    .map(|r| (r.metadata.name.as_deref().unwrap_or_default(), r.as_ref()));
+                let registry_ref = spec.registry_ref.as_ref().map(|r| r.name.as_str());
+                crate::registry::credentials::registry_for(&spec.image, registry_ref, in_namespace)
+                    .and_then(|(_, r)| r.spec.credentials.as_ref())
+                    .is_some_and(|c| c.secret_ref.name == name)
+            };
+            in_env || in_env_from || in_registry
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// Every DockerContainer of a namespace.
+fn all_in(containers: &Store<DockerContainer>, namespace: &str) -> Vec<ObjectRef<DockerContainer>> {
+    containers
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+fn channel_stream<T: Send + 'static>(
+    mut receiver: mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+/// Runs the controller until a shutdown signal (SIGTERM, Ctrl-C) or the loss of the lease.
+pub async fn run(options: Options) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Config)?;
+    let namespace = options.namespace.as_deref();
+    let (signals_tx, signals_rx) = mpsc::unbounded_channel();
+    let hosts = Arc::new(Hosts::new(
+        signals_tx,
+        ConnectOptions::default(),
+        // Longer than a heartbeat: between heartbeats, reconciles use the known failure.
+        options.settings.heartbeat * 4,
+    ));
+    let metrics = Arc::new(Metrics::new(hosts.clone()));
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = http::bind(options.listen)
+        .await
+        .map_err(|e| RunError::Listen(options.listen, e))?;
+    let server = tokio::spawn(http::serve(listener, metrics.clone(), ready.clone()));
+    check_crds(&client, namespace).await?;
+    ready.store(true, Ordering::Relaxed);
+
+    let _lease = match &options.leader_election {
+        Some(election) => Some(become_leader(&client, election).await?),
+        None => None,
+    };
+    let lost_lease = async {
+        match &_lease {
+            Some((receiver, _)) => {
+                let mut receiver = receiver.clone();
+                let _ = receiver.wait_for(|leader| !*leader).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+
+    // Events name the replica that acted.
+    let identity = options
+        .leader_election
+        .as_ref()
+        .map(|e| e.identity.clone())
+        .or_else(|| std::env::var("POD_NAME").ok());
+    let result = tokio::select! {
+        () = run_controllers(client, namespace, hosts, metrics, options.settings.clone(), signals_rx, identity) => Ok(()),
+        () = lost_lease => Err(RunError::LostLease),
+    };
+    server.abort();
+    result
+}
+
+type LeaseHandle = (
+    tokio::sync::watch::Receiver<bool>,
+    tokio::task::JoinHandle<
+        Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+    >,
+);
+
+/// Waits until this replica holds the lease; the handle keeps it renewed.
+async fn become_leader(
+    client: &Client,
+    election: &LeaderElection,
+) -> Result<LeaseHandle, RunError> {
+    let manager =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease_name)
+            .with_namespace(&election.lease_namespace)
+            .with_identity(&election.identity)
+            .with_duration(15)
+            .with_grace(5)
+            .with_field_manager(container::FIELD_MANAGER)
+            .build()
+            .await
+            .map_err(RunError::Lease)?;
+    let (mut receiver, task) = manager.watch().await;
+    tracing::info!(identity = %election.identity, lease = %election.lease_name, "waiting for the leader lease");
+    while !*receiver.borrow_and_update() {
+        if receiver.changed().await.is_err() {
+            return Err(RunError::LostLease);
+        }
+    }
+    tracing::info!(identity = %election.identity, "leading");
+    Ok((receiver, task))
+}
+
+async fn run_controllers(
+    client: Client,
+    namespace: Option<&str>,
+    hosts: Arc<Hosts>,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    signals: mpsc::UnboundedReceiver<HostSignal>,
+    identity: Option<String>,
+) {
+    let container_controller = Controller::new(
+        api::<DockerContainer>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let target_controller = Controller::new(
+        api::<DockerTarget>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let registry_controller = Controller::new(
+        api::<Registry>(&client, namespace),
+        watcher::Config::default(),
+    );
+    let containers = container_controller.store();
+    let targets = target_controller.store();
+    let registries = registry_controller.store();
+
+    let (container_tx, container_rx) = mpsc::unbounded_channel::<ObjectRef<DockerContainer>>();
+    let (target_tx, target_rx) = mpsc::unbounded_channel::<ObjectRef<DockerTarget>>();
+    let (registry_tx, registry_rx) = mpsc::unbounded_channel::<ObjectRef<Registry>>();
+
+    // A rotated Secret reaches every object that uses it at once.
+    let secrets = {
+        let (containers, registries, targets) =
+            (containers.clone(), registries.clone(), targets.clone());
+        let (container_tx, target_tx, registry_tx) =
+            (container_tx.clone(), target_tx.clone(), registry_tx.clone());
+        reflect(api::<Secret>(&client, namespace), move |secret: &Secret| {
+            let ns = secret.namespace().unwrap_or_default();
+            let name = secret.name_any();
+            for user in users_of(&containers, &registries, &ns, &name, true) {
+                let _ = container_tx.send(user);
+            }
+            for target in targets.state().iter().filter(|t| {
+                t.namespace().as_deref() == Some(ns.as_str())
+                    && (t
+                        .spec
+                        .tls
+                        .as_ref()
+                        .is_some_and(|s| s.secret_ref.name == name)
+                        || t.spec
+                            .ssh
+                            .as_ref()
+                            .is_some_and(|s| s.secret_ref.name == name))
+            }) {
+                let _ = target_tx.send(ObjectRef::from_obj(target.as_ref()));
+            }
+            for registry in registries.state().iter().filter(|r| {
+                r.namespace().as_deref() == Some(ns.as_str())
+                    && r.spec
+                        .credentials
+                        .as_ref()
+                        .is_some_and(|c| c.secret_ref.name == name)
+            }) {
+                let _ = registry_tx.send(ObjectRef::from_obj(registry.as_ref()));
+            }
+        })
+    };
+    let config_maps = {
+        let (containers, registries) = (containers.clone(), registries.clone());
+        let container_tx = container_tx.clone();
+        reflect(
+            api::<ConfigMap>(&client, namespace),
+            move |map: &ConfigMap| {
+                let ns = map.namespace().unwrap_or_default();
+                for user in users_of(&containers, &registries, &ns, &map.name_any(), false) {
+                    let _ = container_tx.send(user);
+                }
+            },
+        )
+    };
+
+    // Daemon events: the owner of a container that died or vanished, or everything of
+    // the namespace after the stream reconnected.
+    {
+        let containers = containers.clone();
+        let container_tx = container_tx.clone();
+        let mut signals = signals;
+        tokio::spawn(async move {
+            while let Some(signal) = signals.recv().await {
+                let refs = match signal {
+                    HostSignal::Owner { namespace, name } => {
+                        vec![ObjectRef::new(&name).within(&namespace)]
+                    }
+                    HostSignal::Resync { namespace } => all_in(&containers, &namespace),
+                };
+                for r in refs {
+                    let _ = container_tx.send(r);
+                }
+            }
+        });
+    }
+
+    let stores = Stores {
+        targets: targets.clone(),
+        containers: containers.clone(),
+        registries: registries.clone(),
+        secrets,
+        config_maps,
+    };
+    let reporter = Reporter {
+        controller: "stevedore".into(),
+        instance: identity,
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        stores,
+        hosts,
+        metrics,
+        settings,
+        failures: Mutex::new(HashMap::new()),
+        fetcher: Default::default(),
+    });
+
+    let target_changes = {
+        let containers = containers.clone();
+        move |target: DockerTarget| all_in(&containers, &target.namespace().unwrap_or_default())
+    };
+    let registry_changes = {
+        let containers = containers.clone();
+        move |registry: Registry| all_in(&containers, &registry.namespace().unwrap_or_default())
+    };
+    let containers_done = container_controller
+        .watches(
+            api::<DockerTarget>(&client, namespace),
+            watcher::Config::default(),
+            target_changes,
+        )
+        .watches(
+            api::<Registry>(&client, namespace),
+            watcher::Config::default(),
+            registry_changes,
+        )
+        .reconcile_on(channel_stream(container_rx))
+        .shutdown_on_signal()
+        .run(container::reconcile, container::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let targets_done = target_controller
+        .reconcile_on(channel_stream(target_rx))
+        .shutdown_on_signal()
+        .run(target::reconcile, target::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    let registries_done = registry_controller
+        .reconcile_on(channel_stream(registry_rx))
+        .shutdown_on_signal()
+        .run(registry::reconcile, registry::error_policy, ctx.clone())
+        .for_each(|_| async {});
+    tracing::info!(
+        namespace = namespace.unwrap_or("<all>"),
+        "controllers running"
+    );
+    tokio::join!(containers_done, targets_done, registries_done);
+    tracing::info!("controllers stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::watcher::Event as WatchEvent;
+    use serde_json::json;
+
+    fn mk_container(namespace: &str, name: &str, spec: serde_json::Value) -> DockerContainer {
+        serde_json::from_value(json!({
+            "apiVersion": "stevedore.dev/v1alpha1",
+            "kind": "DockerContainer",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+    }
+
+    fn mk_store<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let (reader, mut writer) = reflector::store();
+        writer.apply_watcher_event(&WatchEvent::Init);
+        for object in objects {
+            writer.apply_watcher_event(&WatchEvent::InitApply(object));
+        }
+        writer.apply_watcher_event(&WatchEvent::InitDone);
+        reader
+    }
+
+    #[test]
+    fn a_secret_or_config_map_change_reaches_exactly_its_users() {
+        let placement = json!({"target": "t"});
+        let containers = mk_store(vec![
+            mk_container(
+                "a",
+                "by-env",
+                json!({"image": "x", "placement": placement,
+                "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "k"}}}]}),
+            ),
+            mk_container(
+                "a",
+                "by-env-from",
+                json!({"image": "x", "placement": placement,
+                "envFrom": [{"secretRef": {"name": "tok"}}, {"configMapRef": {"name": "cfg"}}]}),
+            ),
+            mk_container(
+                "a",
+                "by-registry",
+                json!({"image": "reg.example.com/app", "placement": placement}),
+            ),
+            mk_container(
+                "a",
+                "unrelated",
+                json!({"image": "x", "placement": placement}),
+            ),
+            mk_container(
+                "b",
+                "other-namespace",
+                json!({"image": "x", "placement": placement,
+                "envFrom": [{"secretRef": {"name": "tok"}}]}),
+            ),
+        ]);
+        let registry: Registry = serde_json::from_value(json!({
+            "apiVersion": "stevedore.dev/v1alpha1", "kind": "Registry",
+            "metadata": {"name": "corp", "namespace": "a"},
+            "spec": {"server": "reg.example.com", "credentials": {"secretRef": {"name": "pull"}}},
+        }))
+        .unwrap_or_else(|e| panic!("registry fixture: {e}"));
+        let registries = mk_store(vec![registry]);
+        let names = |refs: Vec<ObjectRef<DockerContainer>>| {
+            let mut names: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+            names.sort();
+            names
+        };
+        assert_eq!(
+            names(users_of(&containers, &registries, "a", "tok", true)),
+            ["by-env", "by-env-from"]
+        );
+        assert_eq!(
+            names(users_of(&containers, &registries, "a", "cfg", false)),
+            ["by-env-from"]
+        );
+        assert_eq!(
+            names(users_of(&containers, &registries, "a", "pull", true)),
+            ["by-registry"]
+        );
+        assert!(users_of(&containers, &registries, "a", "tok", false).is_empty());
+        assert_eq!(names(all_in(&containers, "b")), ["other-namespace"]);
+    }
+}

@@ -1,0 +1,133 @@
+//! The Registry reconciler: reaches the registry with its credentials and CA, lists the
+//! catalog `spec.catalog` asks for into status, and says how it went in `Ready` (reasons
+//! `Unreachable`, `Unauthorized`, `TLSError`, `NotFound`, `InvalidConfig`). It refreshes every
+//! `catalog.refreshInterval`, at once when the spec changes or when the annotation
+//! `stevedore.dev/refresh-requested` takes a new value.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::container::{FIELD_MANAGER, publish};
+use super::context::Context;
+use super::error::{Error, Result, kube_failed};
+use crate::api::registry::{REFRESH_REQUESTED_ANNOTATION, RegistryStatus};
+use crate::api::{API_VERSION, CONDITION_READY, Registry};
+use crate::converge::status::{condition, keep_transition_times, now_time};
+use crate::registry::refresh::{refresh, refresh_interval};
+
+/// Refreshes one Registry when it is due and writes its status when it changed.
+pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let namespace = registry
+        .namespace()
+        .ok_or_else(|| Error::InvalidObject("Registry has no namespace".into()))?;
+    let interval = refresh_interval(&registry);
+    let previous = registry.status.clone().unwrap_or_default();
+    let requested = registry
+        .annotations()
+        .get(REFRESH_REQUESTED_ANNOTATION)
+        .cloned();
+    let now = now_time();
+    let age = previous.last_refresh_time.as_ref().map(|t| {
+        Duration::from_secs(now.0.as_second().saturating_sub(t.0.as_second()).max(0) as u64)
+    });
+    let due = registry.status.is_none()
+        || previous.observed_generation != registry.meta().generation
+        || requested != previous.observed_refresh_request
+        || previous.conditions.iter().all(|c| c.status != "True")
+        || age.is_none_or(|age| age >= interval);
+    if !due {
+        let left = interval.saturating_sub(age.unwrap_or_default());
+        return Ok(Action::requeue(left.max(Duration::from_secs(1))));
+    }
+
+    let sources = ctx.stores.sources(&namespace);
+    let mut status = RegistryStatus {
+        observed_generation: registry.meta().generation,
+        observed_refresh_request: requested,
+        ..previous.clone()
+    };
+    let mut ready = match refresh(&registry, &sources).await {
+        Ok(refreshed) => {
+            let listed = refreshed.repositories.len();
+            status.repositories = refreshed.repositories;
+            status.repository_count = i32::try_from(refreshed.matched).unwrap_or(i32::MAX);
+            status.last_refresh_time = Some(now.clone());
+            let message = match (registry.spec.catalog.is_some(), refreshed.cut) {
+                (false, _) => "the registry answers".to_string(),
+                (true, false) => format!("{listed} repositories listed"),
+                (true, true) => format!(
+                    "{listed} of {} repositories listed; the rest are counted in repositoryCount \
+                     only, to keep this object within the API server's size limit",
+                    refreshed.matched
+                ),
+            };
+            condition(CONDITION_READY, true, "Refreshed", message, &now)
+        }
+        Err(error) => condition(
+            CONDITION_READY,
+            false,
+            error.kind.reason(),
+            error.message,
+            &now,
+        ),
+    };
+    keep_transition_times(std::slice::from_mut(&mut ready), &previous.conditions);
+    let ready_changed = previous.conditions.first().map(|c| (&c.status, &c.reason))
+        != Some((&ready.status, &ready.reason));
+    status.conditions = vec![ready.clone()];
+    if status != previous || registry.status.is_none() {
+        if ready_changed {
+            let type_ = if ready.status == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            publish(
+                &ctx,
+                &registry.object_ref(&()),
+                type_,
+                &ready.reason,
+                "Refresh",
+                ready.message.clone(),
+            )
+            .await;
+        }
+        let api: Api<Registry> = Api::namespaced(ctx.client.clone(), &namespace);
+        let name = registry.name_any();
+        let patch = json!({ "apiVersion": API_VERSION, "kind": "Registry", "status": status });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_failed(format!(
+            "patch the status of Registry {namespace}/{name}"
+        )))?;
+    }
+    ctx.metrics.reconciled("Registry", started.elapsed());
+    let wait = if ready.status == "True" {
+        interval
+    } else {
+        // A failing registry is looked at again sooner, within the interval.
+        interval.min(Duration::from_secs(60))
+    };
+    Ok(Action::requeue(wait))
+}
+
+/// Retries a failed status write with back-off.
+pub fn error_policy(registry: Arc<Registry>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed("Registry", error.metric_label());
+    if error.is_permanent() {
+        Action::await_change()
+    } else {
+        Action::requeue(ctx.retry_delay(&registry.uid().unwrap_or_default()))
+    }
+}

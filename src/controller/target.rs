@@ -1,0 +1,188 @@
+//! The DockerTarget reconciler: the heartbeat of one daemon. Each run connects (reusing
+//! the connection while the spec and Secrets are unchanged), asks the daemon who it is,
+//! counts the managed containers, lists its images, and writes status when it changed.
+//! Targets need no finalizer: deleting one stops managing the host and leaves what runs
+//! there alone.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::container::{FIELD_MANAGER, publish};
+use super::context::Context;
+use super::error::{Error, Result, kube_failed};
+use crate::api::target::DockerTargetStatus;
+use crate::api::{API_VERSION, CONDITION_READY, DockerTarget};
+use crate::converge::model::{LABEL_MANAGER, LABEL_UID};
+use crate::converge::status::{condition, keep_transition_times, now_time};
+use crate::docker::LABEL_TARGET;
+use crate::docker::material::target_material;
+
+/// `lastSeenTime` alone is rewritten at most this often: a heartbeat that changes nothing
+/// else writes nothing (no write storm, nothing for GitOps tools to flap on).
+pub const LAST_SEEN_REFRESH: Duration = Duration::from_secs(300);
+
+/// Checks one target and writes its status.
+pub async fn reconcile(target: Arc<DockerTarget>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = heartbeat(&target, &ctx).await;
+    ctx.metrics.reconciled("DockerTarget", started.elapsed());
+    result
+}
+
+/// Retries a failed status write with back-off (daemon failures are status, not errors).
+pub fn error_policy(target: Arc<DockerTarget>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed("DockerTarget", error.metric_label());
+    tracing::warn!(
+        namespace = target.namespace().unwrap_or_default(),
+        name = target.name_any(),
+        error = %crate::docker::error::error_chain(error),
+        "reconcile failed"
+    );
+    Action::requeue(ctx.retry_delay(&target.uid().unwrap_or_default()))
+}
+
+async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
+    let namespace = target
+        .namespace()
+        .ok_or_else(|| Error::InvalidObject("DockerTarget has no namespace".into()))?;
+    let uid = target
+        .uid()
+        .ok_or_else(|| Error::InvalidObject("DockerTarget has no metadata.uid".into()))?;
+    // Connections of deleted targets go (and their event streams with them).
+    let live: HashSet<String> = ctx
+        .stores
+        .targets
+        .state()
+        .iter()
+        .filter_map(|t| t.uid())
+        .chain([uid.clone()])
+        .collect();
+    ctx.hosts.retain(&live);
+
+    let sources = ctx.stores.sources(&namespace);
+    let material = target_material(&target.spec, &sources);
+    let previous = target.status.clone().unwrap_or_default();
+    let mut status = DockerTargetStatus {
+        observed_generation: target.metadata.generation,
+        ..previous.clone()
+    };
+    let now = now_time();
+    let checked = match ctx.hosts.connection(target, material, true).await {
+        Ok(host) => match host.server_info().await {
+            Ok(info) => {
+                status.server = Some(info);
+                match host.list_labelled(LABEL_TARGET, &uid).await {
+                    Ok(listed) => {
+                        let ours = listed
+                            .iter()
+                            .filter(|c| c.labels.get(LABEL_MANAGER) == Some(&ctx.settings.manager));
+                        let owners: HashSet<String> = ctx
+                            .stores
+                            .containers
+                            .state()
+                            .iter()
+                            .filter_map(|c| c.uid())
+                            .collect();
+                        let unowned = ours
+                            .clone()
+                            .filter(|c| c.labels.get(LABEL_UID).is_none_or(|u| !owners.contains(u)))
+                            .count();
+                        if unowned > 0 {
+                            tracing::info!(
+                                target = %target.name_any(),
+                                unowned,
+                                "containers whose DockerContainer no longer exists are left running"
+                            );
+                        }
+                        status.managed_containers = i32::try_from(ours.count()).unwrap_or(i32::MAX);
+                    }
+                    Err(e) => ctx.hosts.mark_failed(&uid, &e),
+                }
+                if let Ok(images) = host.list_images().await {
+                    status.images = images;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                ctx.hosts.mark_failed(&uid, &e);
+                Err(e)
+            }
+        },
+        Err(e) => Err(e),
+    };
+    let ready = match &checked {
+        Ok(()) => condition(
+            CONDITION_READY,
+            true,
+            "Connected",
+            "the daemon answers".into(),
+            &now,
+        ),
+        Err(e) => condition(
+            CONDITION_READY,
+            false,
+            e.kind.reason(),
+            e.message.clone(),
+            &now,
+        ),
+    };
+    status.conditions = vec![ready];
+    keep_transition_times(&mut status.conditions, &previous.conditions);
+    let ready_changed = status.conditions.first().map(|c| &c.status)
+        != previous.conditions.first().map(|c| &c.status);
+    status.last_seen_time = match (&checked, &previous.last_seen_time) {
+        (Ok(()), Some(seen)) if !stale(seen, &now) && !differs(&status, &previous) => {
+            Some(seen.clone())
+        }
+        (Ok(()), _) => Some(now.clone()),
+        (Err(_), seen) => seen.clone(),
+    };
+    if status != previous || target.status.is_none() {
+        if ready_changed {
+            let (type_, reason, note) = match &checked {
+                Ok(()) => (
+                    EventType::Normal,
+                    "Connected",
+                    "the daemon answers".to_string(),
+                ),
+                Err(e) => (EventType::Warning, e.kind.reason(), e.message.clone()),
+            };
+            publish(ctx, &target.object_ref(&()), type_, reason, "Connect", note).await;
+        }
+        let api: Api<DockerTarget> = Api::namespaced(ctx.client.clone(), &namespace);
+        let name = target.name_any();
+        let patch = json!({ "apiVersion": API_VERSION, "kind": "DockerTarget", "status": status });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_failed(format!(
+            "patch the status of DockerTarget {namespace}/{name}"
+        )))?;
+    }
+    ctx.succeeded(&uid);
+    Ok(Action::requeue(ctx.settings.heartbeat))
+}
+
+fn stale(seen: &Time, now: &Time) -> bool {
+    now.0.as_second().saturating_sub(seen.0.as_second()) >= LAST_SEEN_REFRESH.as_secs() as i64
+}
+
+/// Whether anything but `lastSeenTime` differs.
+fn differs(a: &DockerTargetStatus, b: &DockerTargetStatus) -> bool {
+    let strip = |s: &DockerTargetStatus| DockerTargetStatus {
+        last_seen_time: None,
+        ..s.clone()
+    };
+    strip(a) != strip(b)
+}

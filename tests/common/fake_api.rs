@@ -1,0 +1,314 @@
+#![allow(dead_code)] // each test crate uses a different part of this module
+//! A stand-in for the Kubernetes API server (none can run here): it answers the
+//! controller's HTTP calls and records each one, so a test asserts exactly which calls a
+//! reconcile made. The Docker side of those reconciles is real.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+use stevedore::api::{DockerContainer, DockerTarget, Registry};
+use stevedore::controller::context::{Context, Settings, Stores};
+use stevedore::controller::hosts::{HostSignal, Hosts};
+use stevedore::controller::metrics::Metrics;
+use stevedore::docker::ConnectOptions;
+use tokio::sync::mpsc;
+
+/// One HTTP call the controller made.
+#[derive(Clone, Debug)]
+pub struct ApiCall {
+    /// `GET`, `PATCH`, `POST`, …
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The query string.
+    pub query: String,
+    /// The body, as JSON (`Null` when empty or not JSON).
+    pub body: Value,
+}
+
+impl ApiCall {
+    /// `METHOD path`, for assertions.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+
+    /// Whether it publishes an Event.
+    pub fn is_event(&self) -> bool {
+        self.path.contains("/apis/events.k8s.io/")
+    }
+
+    /// The (API group, resource incl. subresource, verb) RBAC sees for this call.
+    pub fn rbac(&self) -> (String, String, String) {
+        let parts: Vec<&str> = self.path.trim_start_matches('/').split('/').collect();
+        // /api/v1/namespaces/NS/RES[/NAME[/SUB]] or /apis/G/V/namespaces/NS/RES[/NAME[/SUB]]
+        let (group, rest) = match parts.first() {
+            Some(&"api") => (String::new(), &parts[2..]),
+            _ => (
+                parts.get(1).copied().unwrap_or_default().to_string(),
+                &parts[3..],
+            ),
+        };
+        let rest = if rest.first() == Some(&"namespaces") {
+            &rest[2..]
+        } else {
+            rest
+        };
+        let resource = match rest {
+            [res, _, sub] => format!("{res}/{sub}"),
+            [res, ..] => res.to_string(),
+            [] => String::new(),
+        };
+        let verb = match (self.method.as_str(), rest.len()) {
+            ("GET", 1) if self.query.contains("watch=true") => "watch",
+            ("GET", 1) => "list",
+            ("GET", _) => "get",
+            ("POST", _) => "create",
+            ("PATCH", _) => "patch",
+            ("PUT", _) => "update",
+            ("DELETE", _) => "delete",
+            (other, _) => other,
+        };
+        (group, resource, verb.to_string())
+    }
+}
+
+/// The recorded calls of one fake API server.
+#[derive(Clone, Default)]
+pub struct Recorded(Arc<Mutex<Vec<ApiCall>>>);
+
+impl Recorded {
+    /// Every call so far.
+    pub fn all(&self) -> Vec<ApiCall> {
+        self.0.lock().expect("calls").clone()
+    }
+
+    /// The calls other than Event publishing, as `METHOD path` lines.
+    pub fn writes_and_reads(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .filter(|c| !c.is_event())
+            .map(ApiCall::line)
+            .collect()
+    }
+
+    /// The `reason` of every Event published.
+    pub fn event_reasons(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .filter(|c| c.is_event())
+            .filter_map(|c| c.body.get("reason")?.as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The Event bodies.
+    pub fn events(&self) -> Vec<Value> {
+        self.all()
+            .into_iter()
+            .filter(ApiCall::is_event)
+            .map(|c| c.body)
+            .collect()
+    }
+
+    /// Forgets every call so far.
+    pub fn clear(&self) {
+        self.0.lock().expect("calls").clear();
+    }
+}
+
+/// Answers every request the way the API server would for these tests: patches and
+/// creates echo the object back; everything else is 404.
+fn answer(call: &ApiCall, objects: &HashMap<String, Value>) -> (StatusCode, Value) {
+    match call.method.as_str() {
+        "POST" if call.is_event() => (StatusCode::CREATED, call.body.clone()),
+        "PATCH" if call.is_event() => (StatusCode::OK, call.body.clone()),
+        "PATCH" => {
+            let object_path = call.path.trim_end_matches("/status");
+            match objects.get(object_path) {
+                Some(object) => {
+                    let mut object = object.clone();
+                    if let Some(status) = call.body.get("status") {
+                        object["status"] = status.clone();
+                    }
+                    (StatusCode::OK, object)
+                }
+                None => not_found(),
+            }
+        }
+        _ => not_found(),
+    }
+}
+
+fn not_found() -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+    )
+}
+
+/// Starts a fake API server that knows `objects` (the custom resources patches may
+/// target); returns a client for it and the record of its calls.
+pub fn start(objects: &[Value]) -> (Client, Recorded) {
+    let known: HashMap<String, Value> = objects
+        .iter()
+        .map(|o| (object_path(o), o.clone()))
+        .collect();
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let recorded = Recorded::default();
+    let calls = recorded.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let path = request.uri().path().to_string();
+            let query = request.uri().query().unwrap_or_default().to_string();
+            let bytes = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .unwrap_or_default();
+            let call = ApiCall {
+                method,
+                path,
+                query,
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            };
+            let (status, body) = answer(&call, &known);
+            calls.0.lock().expect("calls").push(call);
+            let response = Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&body).unwrap_or_default()))
+                .expect("response");
+            send.send_response(response);
+        }
+    });
+    (Client::new(service, "default"), recorded)
+}
+
+/// `/apis/stevedore.dev/v1alpha1/namespaces/NS/PLURAL/NAME` of a custom resource.
+fn object_path(object: &Value) -> String {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let plural = match kind {
+        "DockerContainer" => "dockercontainers",
+        "DockerTarget" => "dockertargets",
+        _ => "registries",
+    };
+    format!(
+        "/apis/stevedore.dev/v1alpha1/namespaces/{}/{plural}/{}",
+        object["metadata"]["namespace"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+fn filled<K>(objects: impl IntoIterator<Item = K>) -> (Store<K>, reflector::store::Writer<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = reflector::store::<K>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    (reader, writer)
+}
+
+/// Writers of a test context's caches: what a watch event would change.
+pub struct Writers {
+    /// DockerTargets.
+    pub targets: reflector::store::Writer<DockerTarget>,
+}
+
+impl Writers {
+    /// Replaces (or adds) a DockerTarget in the cache.
+    pub fn apply_target(&mut self, target: DockerTarget) {
+        self.targets
+            .apply_watcher_event(&watcher::Event::Apply(target));
+    }
+}
+
+/// The objects the controller's caches hold in a test.
+#[derive(Default)]
+pub struct World {
+    /// DockerTargets.
+    pub targets: Vec<DockerTarget>,
+    /// DockerContainers.
+    pub containers: Vec<DockerContainer>,
+    /// Registries.
+    pub registries: Vec<Registry>,
+    /// Secrets.
+    pub secrets: Vec<Secret>,
+    /// ConfigMaps.
+    pub config_maps: Vec<ConfigMap>,
+}
+
+/// A controller context over `client` whose caches hold `world`, and the daemon signals
+/// its connections send.
+pub fn context(
+    client: Client,
+    world: World,
+    manager: &str,
+) -> (Arc<Context>, mpsc::UnboundedReceiver<HostSignal>) {
+    let (ctx, signals, _) = context_with(client, world, manager, Duration::from_secs(10));
+    (ctx, signals)
+}
+
+/// Like [`context`], with the Docker call timeout given and the cache writers returned.
+pub fn context_with(
+    client: Client,
+    world: World,
+    manager: &str,
+    docker_timeout: Duration,
+) -> (Arc<Context>, mpsc::UnboundedReceiver<HostSignal>, Writers) {
+    let (signals, receiver) = mpsc::unbounded_channel();
+    let hosts = Arc::new(Hosts::new(
+        signals,
+        ConnectOptions {
+            request_timeout: docker_timeout,
+        },
+        Duration::from_secs(60),
+    ));
+    let (targets, target_writer) = filled(world.targets);
+    let stores = Stores {
+        targets,
+        containers: filled(world.containers).0,
+        registries: filled(world.registries).0,
+        secrets: filled(world.secrets).0,
+        config_maps: filled(world.config_maps).0,
+    };
+    let ctx = Context {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: "stevedore".into(),
+                instance: None,
+            },
+        ),
+        stores,
+        metrics: Arc::new(Metrics::new(hosts.clone())),
+        hosts,
+        settings: Settings {
+            manager: manager.to_string(),
+            ..Settings::default()
+        },
+        failures: Default::default(),
+        fetcher: Default::default(),
+    };
+    (
+        Arc::new(ctx),
+        receiver,
+        Writers {
+            targets: target_writer,
+        },
+    )
+}

@@ -1,0 +1,709 @@
+//! The DockerContainer and DockerTarget reconcilers against a fake API server (no real one
+//! can run here) and the harness's real daemons: each test asserts the exact HTTP calls a
+//! reconcile makes and what it did on the host.
+
+mod common;
+#[path = "common/fake_api.rs"]
+mod fake_api;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::TestEnv;
+use common::fixture::unique;
+use fake_api::{Recorded, World};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ObjectMeta;
+use serde_json::{Value, json};
+use stevedore::api::container::DockerContainerStatus;
+use stevedore::api::{DockerContainer, DockerTarget, DockerTargetSpec};
+use stevedore::controller::container::{self, FINALIZER};
+use stevedore::controller::context::Context;
+use stevedore::controller::hosts::HostSignal;
+use stevedore::controller::{rbac, target};
+use stevedore::converge::model::LABEL_UID;
+use stevedore::docker::{Call, ConnectOptions, DockerHost, connect};
+
+/// A DockerTarget fixture.
+fn mk_target(namespace: &str, name: &str, endpoint: &str) -> DockerTarget {
+    let mut target = DockerTarget::new(
+        name,
+        DockerTargetSpec {
+            endpoint: endpoint.into(),
+            tls: None,
+            ssh: None,
+            allow_insecure: false,
+            unschedulable: false,
+            max_containers: 0,
+        },
+    );
+    target.metadata = meta(namespace, name);
+    target
+}
+
+fn meta(namespace: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(namespace.into()),
+        uid: Some(unique("uid")),
+        generation: Some(1),
+        ..Default::default()
+    }
+}
+
+/// Builder-style changes to a DockerContainer fixture.
+trait ContainerFixture {
+    fn finalized(self) -> Self;
+    fn deleting(self) -> Self;
+    fn with_status(self, status: &Value) -> Self;
+}
+
+impl ContainerFixture for DockerContainer {
+    fn finalized(mut self) -> Self {
+        self.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        self
+    }
+
+    fn deleting(mut self) -> Self {
+        self.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        self
+    }
+
+    fn with_status(mut self, status: &Value) -> Self {
+        self.status = Some(serde_json::from_value(status.clone()).expect("status"));
+        self
+    }
+}
+
+/// A DockerContainer fixture running the harness image, pinned to `target`.
+fn mk_container(namespace: &str, name: &str, image: &str, target: &str) -> DockerContainer {
+    let object: DockerContainer = serde_json::from_value(json!({
+        "apiVersion": "stevedore.dev/v1alpha1",
+        "kind": "DockerContainer",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"image": image, "placement": {"target": target}, "stopTimeoutSeconds": 1},
+    }))
+    .expect("container fixture");
+    DockerContainer {
+        metadata: meta(namespace, name),
+        ..object
+    }
+}
+
+fn path(namespace: &str, plural: &str, name: &str) -> String {
+    format!("/apis/stevedore.dev/v1alpha1/namespaces/{namespace}/{plural}/{name}")
+}
+
+async fn main_daemon(env: &TestEnv) -> DockerHost {
+    let (spec, material) = common::hosts::main(env);
+    connect(&spec, &material, ConnectOptions::default())
+        .await
+        .expect("main daemon")
+}
+
+/// Sets up a fake API server knowing `container` and a context whose caches hold the
+/// target and the container.
+fn setup(
+    targets: Vec<DockerTarget>,
+    container: &DockerContainer,
+    manager: &str,
+) -> (Arc<Context>, Recorded) {
+    let as_json = serde_json::to_value(container).expect("json");
+    let (client, recorded) = fake_api::start(&[as_json]);
+    let (ctx, _signals) = fake_api::context(
+        client,
+        World {
+            targets,
+            containers: vec![container.clone()],
+            ..Default::default()
+        },
+        manager,
+    );
+    (ctx, recorded)
+}
+
+/// Every call was one the ClusterRole allows.
+fn assert_rbac_allows(recorded: &Recorded) {
+    for call in recorded.all() {
+        let (group, resource, verb) = call.rbac();
+        assert!(
+            rbac::allows(&group, &resource, &verb),
+            "{} needs {verb} on {group}/{resource}, which rbac::PERMISSIONS lacks",
+            call.line()
+        );
+    }
+}
+
+async fn owned_by(host: &DockerHost, uid: &str) -> Vec<stevedore::docker::HostContainer> {
+    host.list_labelled(LABEL_UID, uid).await.expect("list")
+}
+
+async fn remove_all(host: &DockerHost, uid: &str) {
+    for c in owned_by(host, uid).await {
+        let _ = host.stop(&c.id, &c.name, Some(0)).await;
+        let _ = host.remove(&c.id, &c.name).await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_object_gets_the_finalizer_and_nothing_else() {
+    let env = TestEnv::load();
+    let ns = unique("ctl-fin");
+    let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local");
+    let uid = web.metadata.uid.clone().expect("uid");
+    let (ctx, recorded) = setup(vec![target], &web, "ctl-fin");
+
+    container::reconcile(Arc::new(web), ctx)
+        .await
+        .expect("reconcile");
+
+    assert_eq!(
+        recorded.writes_and_reads(),
+        vec![format!("PATCH {}", path(&ns, "dockercontainers", "web"))]
+    );
+    let patch = &recorded.all()[0].body;
+    assert!(
+        patch.to_string().contains(FINALIZER),
+        "the patch adds the finalizer: {patch}"
+    );
+    assert!(recorded.event_reasons().is_empty());
+    let host = main_daemon(&env).await;
+    assert!(
+        owned_by(&host, &uid).await.is_empty(),
+        "nothing runs before the finalizer"
+    );
+    assert_rbac_allows(&recorded);
+}
+
+#[tokio::test]
+async fn first_reconcile_creates_the_container_then_a_resync_writes_nothing() {
+    let env = TestEnv::load();
+    let ns = unique("ctl-first");
+    let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
+    let uid = web.metadata.uid.clone().expect("uid");
+    let (ctx, recorded) = setup(vec![target.clone()], &web, "ctl-first");
+    let host = main_daemon(&env).await;
+
+    container::reconcile(Arc::new(web.clone()), ctx.clone())
+        .await
+        .expect("reconcile");
+
+    let status_path = format!("{}/status", path(&ns, "dockercontainers", "web"));
+    assert_eq!(
+        recorded.writes_and_reads(),
+        vec![format!("PATCH {status_path}")]
+    );
+    let patch = recorded
+        .all()
+        .into_iter()
+        .find(|c| c.path == status_path)
+        .expect("status patch");
+    assert!(
+        patch.query.contains("fieldManager=stevedore") && patch.query.contains("force=true"),
+        "server-side apply as stevedore: {}",
+        patch.query
+    );
+    let status = patch.body["status"].clone();
+    assert_eq!(status["readyReplicas"], 1, "{status:#}");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["instances"][0]["state"], "running");
+    assert_eq!(status["instances"][0]["target"], "local");
+    assert_eq!(status["conditions"][0]["type"], "Ready");
+    assert_eq!(status["conditions"][0]["status"], "True");
+    assert!(recorded.event_reasons().contains(&"Created".to_string()));
+    let running = owned_by(&host, &uid).await;
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].name, format!("{ns}_web_0"));
+    assert_rbac_allows(&recorded);
+
+    // The API server echoes the status back: the next reconcile finds nothing to do,
+    // makes no API call at all, and asks the daemon for one list only.
+    recorded.clear();
+    let settled = web.with_status(&status);
+    let connected = ctx.hosts.connected();
+    let before = connected[0].1.calls();
+    container::reconcile(Arc::new(settled), ctx.clone())
+        .await
+        .expect("no-op reconcile");
+    assert!(
+        recorded.all().is_empty(),
+        "no-op made calls: {:?}",
+        recorded.writes_and_reads()
+    );
+    let calls = connected[0].1.calls().since(&before);
+    assert_eq!(calls.get(Call::ListContainers), 1, "{calls:?}");
+    assert_eq!(calls.mutating(), 0, "{calls:?}");
+    assert_eq!(calls.get(Call::InspectContainer), 0, "{calls:?}");
+
+    remove_all(&host, &uid).await;
+}
+
+#[tokio::test]
+async fn delete_removes_the_containers_then_drops_the_finalizer() {
+    let env = TestEnv::load();
+    let ns = unique("ctl-del");
+    let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
+    let uid = web.metadata.uid.clone().expect("uid");
+    let (ctx, recorded) = setup(vec![target], &web, "ctl-del");
+    let host = main_daemon(&env).await;
+    container::reconcile(Arc::new(web.clone()), ctx.clone())
+        .await
+        .expect("create");
+    assert_eq!(owned_by(&host, &uid).await.len(), 1);
+    let status = recorded.all().last().expect("status").body["status"].clone();
+    recorded.clear();
+
+    let deleting = web.with_status(&status).deleting();
+    container::reconcile(Arc::new(deleting), ctx)
+        .await
+        .expect("cleanup");
+
+    assert!(owned_by(&host, &uid).await.is_empty(), "containers removed");
+    assert_eq!(
+        recorded.writes_and_reads(),
+        vec![format!("PATCH {}", path(&ns, "dockercontainers", "web"))]
+    );
+    let patch = recorded
+        .all()
+        .into_iter()
+        .find(|c| !c.is_event())
+        .expect("finalizer patch");
+    assert!(
+        patch.body.to_string().contains("remove")
+            && patch.body.to_string().contains("/metadata/finalizers/0"),
+        "the finalizer is removed: {}",
+        patch.body
+    );
+    assert!(recorded.event_reasons().contains(&"Removed".to_string()));
+    assert_rbac_allows(&recorded);
+}
+
+#[tokio::test]
+async fn delete_with_an_unreachable_target_keeps_the_finalizer_and_says_which() {
+    let env = TestEnv::load();
+    let ns = unique("ctl-held");
+    let local = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let gone = mk_target(&ns, "gone", &format!("unix:///tmp/{ns}-no-daemon.sock"));
+    let web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
+    let uid = web.metadata.uid.clone().expect("uid");
+    let (ctx, recorded) = setup(vec![local, gone], &web, "ctl-held");
+    let host = main_daemon(&env).await;
+    container::reconcile(Arc::new(web.clone()), ctx.clone())
+        .await
+        .expect("create");
+    let mut status: DockerContainerStatus =
+        serde_json::from_value(recorded.all().last().expect("status").body["status"].clone())
+            .expect("status");
+    // The object once had a replica on the target that is now unreachable.
+    let mut elsewhere = status.instances[0].clone();
+    elsewhere.target = "gone".into();
+    status.instances.push(elsewhere);
+    recorded.clear();
+
+    let deleting = web
+        .with_status(&serde_json::to_value(&status).expect("json"))
+        .deleting();
+    let result = container::reconcile(Arc::new(deleting), ctx).await;
+
+    let error = result.expect_err("deletion must wait for the unreachable target");
+    assert!(
+        stevedore::docker::error::error_chain(&error).contains("gone"),
+        "{error:?}"
+    );
+    let status_path = format!("{}/status", path(&ns, "dockercontainers", "web"));
+    assert_eq!(
+        recorded.writes_and_reads(),
+        vec![format!("PATCH {status_path}")],
+        "the finalizer stays; only the status changes"
+    );
+    let patch = recorded
+        .all()
+        .into_iter()
+        .find(|c| c.path == status_path)
+        .expect("status patch");
+    let ready = &patch.body["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "DeletionBlocked");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("target gone (Unreachable"),
+        "{ready}"
+    );
+    assert!(
+        recorded
+            .event_reasons()
+            .contains(&"DeletionBlocked".to_string())
+    );
+    // What could be removed was removed.
+    assert!(owned_by(&host, &uid).await.is_empty());
+    assert_rbac_allows(&recorded);
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_reported_and_nothing_is_touched() {
+    let env = TestEnv::load();
+    let ns = unique("ctl-invalid");
+    let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let mut web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
+    web.spec.env = serde_json::from_value(json!([
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}
+    ]))
+    .expect("env");
+    let uid = web.metadata.uid.clone().expect("uid");
+    let (ctx, recorded) = setup(vec![target], &web, "ctl-invalid");
+
+    let action = container::reconcile(Arc::new(web), ctx)
+        .await
+        .expect("reconcile");
+
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let patch = recorded
+        .all()
+        .into_iter()
+        .find(|c| !c.is_event())
+        .expect("status patch");
+    let ready = &patch.body["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "InvalidSpec");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spec.env[0]")
+            && ready["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("api-token"),
+        "{ready}"
+    );
+    let host = main_daemon(&env).await;
+    assert!(owned_by(&host, &uid).await.is_empty());
+}
+
+#[tokio::test]
+async fn target_heartbeat_reports_the_daemon_and_writes_only_on_change() {
+    let env = TestEnv::load();
+    let ns = unique("ctl-target");
+    let local = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let gone = mk_target(&ns, "gone", &format!("unix:///tmp/{ns}-no-daemon.sock"));
+    let (client, recorded) = fake_api::start(&[
+        serde_json::to_value(&local).expect("json"),
+        serde_json::to_value(&gone).expect("json"),
+    ]);
+    let (ctx, _signals) = fake_api::context(
+        client,
+        World {
+            targets: vec![local.clone(), gone.clone()],
+            ..Default::default()
+        },
+        "ctl-target",
+    );
+
+    target::reconcile(Arc::new(local.clone()), ctx.clone())
+        .await
+        .expect("heartbeat");
+    target::reconcile(Arc::new(gone.clone()), ctx.clone())
+        .await
+        .expect("heartbeat");
+
+    let statuses: BTreeMap<String, Value> = recorded
+        .all()
+        .into_iter()
+        .filter(|c| c.path.ends_with("/status"))
+        .map(|c| (c.path.clone(), c.body["status"].clone()))
+        .collect();
+    let up = &statuses[&format!("{}/status", path(&ns, "dockertargets", "local"))];
+    assert_eq!(up["conditions"][0]["status"], "True");
+    assert!(
+        up["server"]["version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{up}"
+    );
+    assert!(up["lastSeenTime"].is_string());
+    assert!(
+        up["images"].as_array().is_some_and(|images| images
+            .iter()
+            .any(|i| i["ref"] == env.get("IMAGE_V1").as_str())),
+        "the host's images are listed"
+    );
+    let down = &statuses[&format!("{}/status", path(&ns, "dockertargets", "gone"))];
+    assert_eq!(down["conditions"][0]["status"], "False");
+    assert_eq!(down["conditions"][0]["reason"], "Unreachable");
+    assert!(
+        recorded
+            .event_reasons()
+            .contains(&"Unreachable".to_string())
+    );
+    assert_rbac_allows(&recorded);
+
+    // The next heartbeat of an unchanged daemon writes nothing.
+    recorded.clear();
+    let mut seen = local.clone();
+    seen.status = Some(serde_json::from_value(up.clone()).expect("status"));
+    target::reconcile(Arc::new(seen), ctx)
+        .await
+        .expect("heartbeat");
+    assert!(
+        recorded.all().is_empty(),
+        "{:?}",
+        recorded.writes_and_reads()
+    );
+}
+
+#[test]
+fn the_committed_cluster_role_is_the_one_the_code_needs() {
+    let committed = std::fs::read_to_string(common::repo_root().join("rbac/clusterrole.yaml"))
+        .expect("rbac/clusterrole.yaml");
+    let generated =
+        serde_yaml_ng::to_string(&rbac::cluster_role("stevedore-controller")).expect("yaml");
+    assert_eq!(
+        committed, generated,
+        "rbac/clusterrole.yaml is stale: run `stevedore rbac > rbac/clusterrole.yaml`"
+    );
+    for permission in rbac::PERMISSIONS {
+        assert!(!permission.verbs.contains(&"*"), "no wildcard verbs");
+        assert!(!permission.resource.contains('*'), "no wildcard resources");
+    }
+}
+
+/// A Secret fixture with string data.
+fn mk_secret(
+    namespace: &str,
+    name: &str,
+    data: &[(&str, &str)],
+) -> k8s_openapi::api::core::v1::Secret {
+    k8s_openapi::api::core::v1::Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                    )
+                })
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_container_removed_by_hand_signals_its_owner_and_is_recreated() {
+    let env = TestEnv::load();
+    let ns = unique("ctl-drift");
+    let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
+    let uid = web.metadata.uid.clone().expect("uid");
+    let as_json = serde_json::to_value(&web).expect("json");
+    let (client, recorded) = fake_api::start(&[as_json]);
+    let (ctx, mut signals) = fake_api::context(
+        client,
+        World {
+            targets: vec![target],
+            containers: vec![web.clone()],
+            ..Default::default()
+        },
+        "ctl-drift",
+    );
+    let host = main_daemon(&env).await;
+    container::reconcile(Arc::new(web.clone()), ctx.clone())
+        .await
+        .expect("create");
+    let first = owned_by(&host, &uid).await;
+    assert_eq!(first.len(), 1);
+    // The event stream announces itself (a resync of the namespace) once it follows.
+    let resync = tokio::time::timeout(std::time::Duration::from_secs(5), signals.recv())
+        .await
+        .expect("the event stream starts");
+    assert_eq!(
+        resync,
+        Some(HostSignal::Resync {
+            namespace: ns.clone()
+        })
+    );
+
+    host.stop(&first[0].id, &first[0].name, Some(0))
+        .await
+        .expect("stop");
+    host.remove(&first[0].id, &first[0].name).await.expect("rm");
+
+    let signal = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        loop {
+            match signals.recv().await {
+                Some(HostSignal::Owner { namespace, name }) => break (namespace, name),
+                Some(_) => continue,
+                None => panic!("signals closed"),
+            }
+        }
+    })
+    .await
+    .expect("the daemon's event names the owner within 2 s");
+    assert_eq!(signal, (ns.clone(), "web".to_string()));
+    recorded.clear();
+    container::reconcile(Arc::new(web), ctx)
+        .await
+        .expect("repair");
+    let again = owned_by(&host, &uid).await;
+    assert_eq!(again.len(), 1, "repaired, no duplicate");
+    assert_ne!(again[0].id, first[0].id);
+    assert!(recorded.event_reasons().contains(&"Created".to_string()));
+    remove_all(&host, &uid).await;
+}
+
+#[tokio::test]
+async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
+    let env = TestEnv::load();
+    let ns = unique("ctl-roll");
+    let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let secret_value = unique("s3cret-value");
+    let rotated_value = unique("r0tated-value");
+    let mut web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
+    web.spec.env = serde_json::from_value(json!([
+        {"name": "MODE", "value": "blue"},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}
+    ]))
+    .expect("env");
+    let uid = web.metadata.uid.clone().expect("uid");
+    let host = main_daemon(&env).await;
+    let world = |container: &DockerContainer, value: &str| World {
+        targets: vec![target.clone()],
+        containers: vec![container.clone()],
+        secrets: vec![mk_secret(&ns, "api-token", &[("token", value)])],
+        ..Default::default()
+    };
+    let (client, recorded) = fake_api::start(&[serde_json::to_value(&web).expect("json")]);
+    let (ctx, _signals) = fake_api::context(client.clone(), world(&web, &secret_value), "ctl-roll");
+    container::reconcile(Arc::new(web.clone()), ctx)
+        .await
+        .expect("create");
+    let first = owned_by(&host, &uid).await;
+
+    // Edit the spec: the Event names the field.
+    web.spec.env[0].value = Some("green".into());
+    web.metadata.generation = Some(2);
+    let (ctx, _signals) = fake_api::context(client.clone(), world(&web, &secret_value), "ctl-roll");
+    container::reconcile(Arc::new(web.clone()), ctx)
+        .await
+        .expect("edit");
+    let edited = owned_by(&host, &uid).await;
+    assert_eq!(edited.len(), 1);
+    assert_ne!(edited[0].id, first[0].id, "replaced");
+    let replaced: Vec<Value> = recorded
+        .events()
+        .into_iter()
+        .filter(|e| e["reason"] == "Replaced")
+        .collect();
+    assert!(
+        replaced
+            .iter()
+            .any(|e| e["note"].as_str().unwrap_or_default().contains("env MODE")),
+        "{replaced:?}"
+    );
+
+    // Rotate the Secret: replaced again, and the Event names the Secret, not its value.
+    recorded.clear();
+    let (ctx, _signals) = fake_api::context(client, world(&web, &rotated_value), "ctl-roll");
+    container::reconcile(Arc::new(web.clone()), ctx)
+        .await
+        .expect("rotate");
+    let rotated = owned_by(&host, &uid).await;
+    assert_eq!(rotated.len(), 1);
+    assert_ne!(rotated[0].id, edited[0].id, "replaced after the rotation");
+    let notes: Vec<String> = recorded
+        .events()
+        .iter()
+        .filter(|e| e["reason"] == "Replaced")
+        .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(notes.iter().any(|n| n.contains("api-token")), "{notes:?}");
+
+    // Neither value ever reached the API server (Events, status) or the labels.
+    for call in recorded.all() {
+        let body = call.body.to_string();
+        assert!(
+            !body.contains(&secret_value) && !body.contains(&rotated_value),
+            "{}",
+            call.line()
+        );
+    }
+    for c in owned_by(&host, &uid).await {
+        for value in c.labels.values() {
+            assert!(!value.contains(&rotated_value) && !value.contains(&secret_value));
+        }
+    }
+    remove_all(&host, &uid).await;
+}
+
+/// `GET path` over plain HTTP/1.1; returns the status line and the body.
+async fn http_get(address: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness_are_served() {
+    let env = TestEnv::load();
+    let ns = unique("ctl-metrics");
+    let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
+    let uid = web.metadata.uid.clone().expect("uid");
+    let (ctx, _recorded) = setup(vec![target], &web, "ctl-metrics");
+    container::reconcile(Arc::new(web), ctx.clone())
+        .await
+        .expect("reconcile");
+
+    let listener = stevedore::controller::http::bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = tokio::spawn(stevedore::controller::http::serve(
+        listener,
+        ctx.metrics.clone(),
+        ready.clone(),
+    ));
+    assert_eq!(http_get(address, "/healthz").await.0, "HTTP/1.1 200 OK");
+    assert_eq!(
+        http_get(address, "/readyz").await.0,
+        "HTTP/1.1 503 Service Unavailable"
+    );
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(http_get(address, "/readyz").await.0, "HTTP/1.1 200 OK");
+    let (status, metrics) = http_get(address, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    for expected in [
+        "stevedore_reconciles_total{kind=\"DockerContainer\"} 1",
+        "stevedore_containers{state=\"running\"} 1",
+        &format!("stevedore_docker_calls_total{{target=\"{ns}/local\",call=\"create\"}} 1"),
+        &format!(
+            "stevedore_docker_call_seconds_total{{target=\"{ns}/local\",call=\"list_containers\"}}"
+        ),
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+    server.abort();
+    remove_all(&main_daemon(&env).await, &uid).await;
+}

@@ -1,0 +1,376 @@
+//! End-to-end checks of `stevedore controller` against a real Kubernetes API server and the
+//! harness's daemons: the real binary runs with `KUBECONFIG` pointing at the cluster.
+//!
+//! Gated on `STEVEDORE_E2E_KUBECONFIG` like `tests/e2e_kube.rs`: `cargo test` lists these
+//! as ignored with the reason; run them with
+//! `STEVEDORE_E2E_KUBECONFIG=~/.kube/config cargo test --test e2e_controller -- --ignored --test-threads=1`.
+//! The cluster only has to reach nothing: the controller runs on this machine and talks to
+//! the harness's daemons through their unix sockets.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+use stevedore::api::{DockerContainer, DockerTarget};
+use stevedore::converge::model::LABEL_NAMESPACE;
+use stevedore::docker::{ConnectOptions, DockerHost, connect};
+
+const FIELD_MANAGER: &str = "stevedore-e2e";
+
+async fn cluster(test: &str) -> Option<(Client, String)> {
+    let Ok(path) = std::env::var("STEVEDORE_E2E_KUBECONFIG") else {
+        eprintln!("SKIPPED {test}: set STEVEDORE_E2E_KUBECONFIG to a kubeconfig to run it");
+        return None;
+    };
+    let kubeconfig = Kubeconfig::read_from(&path).expect("read STEVEDORE_E2E_KUBECONFIG");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig usable");
+    Some((Client::try_from(config).expect("client"), path))
+}
+
+async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in stevedore::api::crds() {
+        let name = crd.metadata.name.clone().expect("CRD name");
+        crds.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("CRD accepted");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+async fn fresh_namespace(client: &Client) -> String {
+    let name = common::fixture::unique("stevedore-e2e-ctl");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns");
+    namespaces
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&ns),
+        )
+        .await
+        .expect("namespace");
+    name
+}
+
+/// The controller binary, watching `namespace`, as its own process.
+struct ControllerProcess(Child);
+
+impl ControllerProcess {
+    fn start(kubeconfig: &str, namespace: &str, extra: &[&str]) -> Self {
+        let port = common::fixture::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_stevedore"))
+            .args([
+                "controller",
+                "--namespace",
+                namespace,
+                "--lease-namespace",
+                namespace,
+            ])
+            .args([
+                "--metrics-address",
+                &format!("127.0.0.1:{port}"),
+                "--manager",
+                namespace,
+            ])
+            .args(["--heartbeat", "2s", "--log-format", "text"])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start stevedore controller");
+        Self(child)
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn main_daemon(env: &TestEnv) -> DockerHost {
+    let (spec, material) = common::hosts::main(env);
+    connect(&spec, &material, ConnectOptions::default())
+        .await
+        .expect("main daemon")
+}
+
+fn is_ready(container: &DockerContainer) -> bool {
+    container.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+async fn event_note(
+    client: &Client,
+    namespace: &str,
+    reason: &str,
+    contains: &str,
+) -> Option<String> {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    events
+        .list(&ListParams::default())
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .filter_map(|e| e.note)
+        .find(|n| n.contains(contains))
+}
+
+async fn apply(client: &Client, namespace: &str, object: Value) {
+    let kind = object["kind"].as_str().unwrap_or_default().to_string();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let result = match kind.as_str() {
+        "DockerTarget" => Api::<DockerTarget>::namespaced(client.clone(), namespace)
+            .patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .map(|_| ()),
+        "DockerContainer" => Api::<DockerContainer>::namespaced(client.clone(), namespace)
+            .patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .map(|_| ()),
+        _ => Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+            .patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .map(|_| ()),
+    };
+    result.unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
+async fn the_controller_converges_repairs_rolls_and_cleans_up() {
+    let Some((client, kubeconfig)) =
+        cluster("the_controller_converges_repairs_rolls_and_cleans_up").await
+    else {
+        return;
+    };
+    let env = TestEnv::load();
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client).await;
+    let _controller = ControllerProcess::start(&kubeconfig, &ns, &["--leader-elect=false"]);
+    let host = main_daemon(&env).await;
+    let containers: Api<DockerContainer> = Api::namespaced(client.clone(), &ns);
+
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
+        "metadata": {"name": "local"}, "spec": {"endpoint": env.get("MAIN_HOST")}}),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"},
+        "stringData": {"token": "first"}}),
+    )
+    .await;
+    let web = |mode: &str| {
+        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
+        "metadata": {"name": "web"}, "spec": {"image": env.get("IMAGE_V1"),
+        "placement": {"target": "local"}, "stopTimeoutSeconds": 1,
+        "env": [{"name": "MODE", "value": mode},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "token", "key": "token"}}}]}})
+    };
+    apply(&client, &ns, web("blue")).await;
+    wait_for("web Ready", Duration::from_secs(60), async || {
+        containers.get("web").await.ok().filter(is_ready)
+    })
+    .await;
+    let running = host
+        .list_labelled(LABEL_NAMESPACE, &ns)
+        .await
+        .expect("list");
+    assert_eq!(running.len(), 1);
+
+    // Edit the spec: replaced, with an Event naming the field.
+    apply(&client, &ns, web("green")).await;
+    wait_for(
+        "Replaced event naming env MODE",
+        Duration::from_secs(60),
+        async || event_note(&client, &ns, "Replaced", "env MODE").await,
+    )
+    .await;
+
+    // Rotate the Secret: replaced again.
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"},
+        "stringData": {"token": "second"}}),
+    )
+    .await;
+    wait_for(
+        "Replaced event naming the Secret",
+        Duration::from_secs(60),
+        async || event_note(&client, &ns, "Replaced", "token").await,
+    )
+    .await;
+
+    // Remove it by hand: repaired, with an Event.
+    let current = host
+        .list_labelled(LABEL_NAMESPACE, &ns)
+        .await
+        .expect("list");
+    host.stop(&current[0].id, &current[0].name, Some(0))
+        .await
+        .expect("stop");
+    host.remove(&current[0].id, &current[0].name)
+        .await
+        .expect("rm");
+    wait_for("repair", Duration::from_secs(10), async || {
+        let list = host.list_labelled(LABEL_NAMESPACE, &ns).await.ok()?;
+        (list.len() == 1 && list[0].id != current[0].id).then_some(())
+    })
+    .await;
+
+    // Delete: containers gone, object gone.
+    containers
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(
+        "containers removed and object gone",
+        Duration::from_secs(60),
+        async || {
+            let list = host.list_labelled(LABEL_NAMESPACE, &ns).await.ok()?;
+            (list.is_empty() && containers.get_opt("web").await.ok()?.is_none()).then_some(())
+        },
+    )
+    .await;
+    let _ = Api::<Namespace>::all(client)
+        .delete(&ns, &DeleteParams::default())
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
+async fn with_two_replicas_only_the_leader_acts() {
+    let Some((client, kubeconfig)) = cluster("with_two_replicas_only_the_leader_acts").await else {
+        return;
+    };
+    let env = TestEnv::load();
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client).await;
+    let first = ControllerProcess::start(&kubeconfig, &ns, &["--identity", "first"]);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    wait_for(
+        "first holds the lease",
+        Duration::from_secs(30),
+        async || {
+            let lease = leases.get_opt("stevedore-controller").await.ok()??;
+            (lease.spec?.holder_identity.as_deref() == Some("first")).then_some(())
+        },
+    )
+    .await;
+    let second = ControllerProcess::start(&kubeconfig, &ns, &["--identity", "second"]);
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
+        "metadata": {"name": "local"}, "spec": {"endpoint": env.get("MAIN_HOST")}}),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
+        "metadata": {"name": "web"}, "spec": {"image": env.get("IMAGE_V1"),
+        "placement": {"target": "local"}, "stopTimeoutSeconds": 1}}),
+    )
+    .await;
+    let containers: Api<DockerContainer> = Api::namespaced(client.clone(), &ns);
+    wait_for("web Ready", Duration::from_secs(60), async || {
+        containers.get("web").await.ok().filter(is_ready)
+    })
+    .await;
+    // Every Event came from the leader.
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns);
+    for event in events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+    {
+        assert_ne!(
+            event.reporting_instance.as_deref(),
+            Some("second"),
+            "{event:?}"
+        );
+    }
+    // The leader goes: the standby takes over and keeps the container converged.
+    drop(first);
+    wait_for(
+        "second holds the lease",
+        Duration::from_secs(60),
+        async || {
+            let lease = leases.get_opt("stevedore-controller").await.ok()??;
+            (lease.spec?.holder_identity.as_deref() == Some("second")).then_some(())
+        },
+    )
+    .await;
+    let host = main_daemon(&env).await;
+    let list = host
+        .list_labelled(LABEL_NAMESPACE, &ns)
+        .await
+        .expect("list");
+    assert_eq!(list.len(), 1, "no duplicate after the hand-over");
+    containers
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("containers removed", Duration::from_secs(60), async || {
+        host.list_labelled(LABEL_NAMESPACE, &ns)
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    drop(second);
+    let _ = Api::<Namespace>::all(client)
+        .delete(&ns, &DeleteParams::default())
+        .await;
+}
