@@ -53,6 +53,12 @@ ensure_packages() {
     fi
     # The package may ship a service on :5000; the harness runs its own registry instead.
     command -v docker-registry >/dev/null || die "docker-registry did not install"
+    # The real Helm engine (Helm's Go SDK, from PyPI) renders and lints the chart in tests.
+    if ! python3 -c 'import helm_python' 2>/dev/null; then
+        log "installing helm-python-sdk"
+        python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+            'helm-python-sdk==0.2.2' >/dev/null
+    fi
 }
 
 # --- processes ---------------------------------------------------------------------------

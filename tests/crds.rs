@@ -233,3 +233,22 @@ fn every_default_satisfies_its_own_field() {
         });
     }
 }
+
+#[test]
+fn the_committed_api_reference_is_the_generated_one() {
+    let committed = std::fs::read_to_string(common::repo_root().join("docs/api-reference.md"))
+        .expect("docs/api-reference.md");
+    assert!(
+        committed == stevedore::reference::markdown(),
+        "docs/api-reference.md is stale: run `stevedore api-reference > docs/api-reference.md`"
+    );
+    // Every field of every kind is in it.
+    for field in [
+        "spec.imagePullPolicy",
+        "spec.placement.targetSelector",
+        "status.instances[].containerName",
+        "spec.catalog.maxTagsPerRepository",
+    ] {
+        assert!(committed.contains(&format!("`{field}`")), "{field} missing");
+    }
+}

@@ -38,6 +38,12 @@ fn every_example_parses_and_validates() {
             "ConfigMap" => {
                 parse::<ConfigMap>(file, doc);
             }
+            // GitOps wiring (Flux, Argo CD, kustomize) around the manifests.
+            "GitRepository" | "HelmRelease" | "Kustomization" | "Application"
+                if file.components().any(|c| c.as_os_str() == "gitops") =>
+            {
+                assert!(doc["metadata"]["name"].is_string() || kind == "Kustomization");
+            }
             other => panic!("{}: unexpected kind {other:?}", file.display()),
         }
         if admission.knows(doc["apiVersion"].as_str().unwrap_or_default(), &kind) {
