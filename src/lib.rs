@@ -8,6 +8,7 @@
 //! - [`converge`]: desired instances, the pure plan and its execution on one host.
 //! - [`docker`]: connecting to daemons and every call made to them.
 //! - [`placement`]: which target runs each replica.
+//! - [`logging`]: the log filter, which keeps Secret values out of logs.
 //! - [`controller`]: `stevedore controller`, the kube-runtime controllers.
 //! - [`registry`]: which Registry serves an image, and its credentials.
 //! - [`standalone`]: `stevedore run`, the same kinds from files, without a cluster.
@@ -20,6 +21,7 @@ pub mod controller;
 pub mod converge;
 pub mod crd;
 pub mod docker;
+pub mod logging;
 pub mod placement;
 pub mod reference;
 pub mod registry;

@@ -147,8 +147,8 @@ fn main() -> ExitCode {
         Command::Controller(args) => ("info", matches!(args.log_format, LogFormat::Json)),
         _ => ("warn", false),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let directives = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).ok();
+    let filter = stevedore::logging::filter(directives.as_deref(), default_level);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

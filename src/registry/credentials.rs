@@ -14,7 +14,9 @@ pub fn image_host(image: &str) -> Option<&str> {
 }
 
 /// The Registry among `registries` (name, object) that serves `image`: the one named by
-/// `registry_ref`, else the one whose `server` is the image's host.
+/// `registry_ref`, else the one whose `server` is the image's host. When several Registries
+/// name that server, the one whose name sorts first wins, whatever order the caller's
+/// cache holds them in (a container never flips between two sets of credentials).
 pub fn registry_for<'a>(
     image: &str,
     registry_ref: Option<&str>,
@@ -23,10 +25,11 @@ pub fn registry_for<'a>(
     let host = image_host(image);
     registries
         .into_iter()
-        .find(|(name, registry)| match registry_ref {
+        .filter(|(name, registry)| match registry_ref {
             Some(wanted) => *name == wanted,
             None => host == Some(registry.spec.server.as_str()),
         })
+        .min_by_key(|(name, _)| *name)
 }
 
 /// The credentials in a Registry's Secret, or `None` when it names none or the Secret
@@ -77,5 +80,33 @@ mod tests {
         assert_eq!(image_host("localhost/app"), Some("localhost"));
         assert_eq!(image_host("team/app:1"), None);
         assert_eq!(image_host("busybox"), None);
+    }
+
+    fn registry(server: &str) -> Registry {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "stevedore.dev/v1alpha1", "kind": "Registry",
+            "metadata": {"name": "unused"}, "spec": {"server": server},
+        }))
+        .expect("registry")
+    }
+
+    #[test]
+    fn the_registry_is_the_named_one_or_the_first_by_name_serving_the_host() {
+        let (a, b, other) = (
+            registry("reg.example.com"),
+            registry("reg.example.com"),
+            registry("other.example.com"),
+        );
+        let image = "reg.example.com/team/app:1";
+        for order in [
+            vec![("zeta", &b), ("alpha", &a), ("other", &other)],
+            vec![("alpha", &a), ("other", &other), ("zeta", &b)],
+        ] {
+            let name = |r: Option<&str>| registry_for(image, r, order.clone()).map(|(n, _)| n);
+            assert_eq!(name(None), Some("alpha"), "whatever the order");
+            assert_eq!(name(Some("zeta")), Some("zeta"));
+            assert_eq!(name(Some("missing")), None);
+        }
+        assert!(registry_for("team/app:1", None, [("alpha", &a)]).is_none());
     }
 }
