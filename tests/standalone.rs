@@ -549,3 +549,72 @@ async fn the_quickstart_runs_as_the_readme_says() {
     assert!(String::from_utf8_lossy(&plan.stdout).contains("no changes"));
     remove_all(&connected(hosts::main(&env)).await, &namespace).await;
 }
+
+#[tokio::test]
+async fn status_lists_each_registrys_catalog_or_says_why_it_cannot() {
+    let env = TestEnv::load();
+    let ws = Workspace::new();
+    let ca = std::fs::read_to_string(env.get("REGISTRY_CA")).expect("registry CA");
+    let indented_ca: String = ca.lines().map(|l| format!("    {l}\n")).collect();
+    let registry = |name: &str, password: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-pull}}\ntype: kubernetes.io/basic-auth\n\
+             stringData: {{username: {user}, password: {password}}}\n---\n\
+             apiVersion: stevedore.dev/v1alpha1\nkind: Registry\nmetadata: {{name: {name}}}\n\
+             spec:\n  server: \"{server}\"\n  credentials: {{secretRef: {{name: {name}-pull}}}}\n  \
+             ca: {{secretRef: {{name: registry-ca}}}}\n  \
+             catalog: {{repositories: [\"stevedore/busybox\"], maxTagsPerRepository: 5}}\n",
+            user = env.get("REGISTRY_USER"),
+            server = env.get("REGISTRY"),
+        )
+    };
+    ws.write(
+        "registries.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: registry-ca}}\nstringData:\n  ca.crt: |\n{indented_ca}---\n{}---\n{}",
+            registry("harness", &env.get("REGISTRY_PASSWORD")),
+            registry("wrong", &unique("wrong-password")),
+        ),
+    );
+
+    let output = ws.run(&["status", "-o", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let registries: Vec<&serde_json::Value> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|i| i["kind"] == "Registry")
+        .collect();
+    assert_eq!(registries.len(), 2, "{list:#}");
+    let (harness, wrong) = (&registries[0]["status"], &registries[1]["status"]);
+    assert_eq!(registries[0]["metadata"]["name"], "harness");
+    assert_eq!(harness["conditions"][0]["status"], "True", "{harness:#}");
+    assert_eq!(harness["repositoryCount"], 1);
+    assert_eq!(
+        harness["repositories"],
+        serde_json::json!([{"name": "stevedore/busybox", "tags": ["v1", "v2"]}]),
+        "tags in name order"
+    );
+    assert!(harness["lastRefreshTime"].is_string());
+    assert_eq!(wrong["conditions"][0]["status"], "False", "{wrong:#}");
+    assert_eq!(wrong["conditions"][0]["reason"], "Unauthorized");
+    assert!(wrong.get("repositories").is_none());
+
+    // The same shape the CRD declares.
+    let admission = stevedore::api::validation::Admission::stevedore().expect("admission");
+    for item in &registries {
+        let mut object = (*item).clone();
+        object["spec"] = serde_json::json!({"server": env.get("REGISTRY")});
+        let errors = admission.validate(&object);
+        assert!(errors.is_empty(), "{errors:?} in {item}");
+    }
+
+    // The table says the same, with the reason under it.
+    let table = text(&ws.run(&["status"]));
+    assert!(table.contains("REGISTRY"), "{table}");
+    assert!(
+        table.contains(&format!("registry {}/wrong: Unauthorized", ws.namespace)),
+        "{table}"
+    );
+}

@@ -17,9 +17,9 @@ use super::container::{FIELD_MANAGER, publish};
 use super::context::Context;
 use super::error::{Error, Result, kube_failed};
 use crate::api::registry::{REFRESH_REQUESTED_ANNOTATION, RegistryStatus};
-use crate::api::{API_VERSION, CONDITION_READY, Registry};
-use crate::converge::status::{condition, keep_transition_times, now_time};
-use crate::registry::refresh::{refresh, refresh_interval};
+use crate::api::{API_VERSION, Registry};
+use crate::converge::status::{keep_transition_times, now_time};
+use crate::registry::refresh::{record_refresh, refresh, refresh_interval};
 
 /// Refreshes one Registry when it is due and writes its status when it changed.
 pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Action> {
@@ -53,31 +53,12 @@ pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Act
         observed_refresh_request: requested,
         ..previous.clone()
     };
-    let mut ready = match refresh(&registry, &sources).await {
-        Ok(refreshed) => {
-            let listed = refreshed.repositories.len();
-            status.repositories = refreshed.repositories;
-            status.repository_count = i32::try_from(refreshed.matched).unwrap_or(i32::MAX);
-            status.last_refresh_time = Some(now.clone());
-            let message = match (registry.spec.catalog.is_some(), refreshed.cut) {
-                (false, _) => "the registry answers".to_string(),
-                (true, false) => format!("{listed} repositories listed"),
-                (true, true) => format!(
-                    "{listed} of {} repositories listed; the rest are counted in repositoryCount \
-                     only, to keep this object within the API server's size limit",
-                    refreshed.matched
-                ),
-            };
-            condition(CONDITION_READY, true, "Refreshed", message, &now)
-        }
-        Err(error) => condition(
-            CONDITION_READY,
-            false,
-            error.kind.reason(),
-            error.message,
-            &now,
-        ),
-    };
+    let mut ready = record_refresh(
+        &mut status,
+        refresh(&registry, &sources).await,
+        registry.spec.catalog.is_some(),
+        &now,
+    );
     keep_transition_times(std::slice::from_mut(&mut ready), &previous.conditions);
     let ready_changed = previous.conditions.first().map(|c| (&c.status, &c.reason))
         != Some((&ready.status, &ready.reason));

@@ -7,9 +7,11 @@ use std::time::Duration;
 use super::catalog::{bounded, newest_tags, wanted};
 use super::client::{RegistryClient, RegistryError, RegistryErrorKind};
 use super::credentials::credentials_of;
-use crate::api::Registry;
-use crate::api::registry::RepositoryStatus;
+use crate::api::registry::{RegistryStatus, RepositoryStatus};
+use crate::api::{CONDITION_READY, Registry};
 use crate::converge::env::EnvSources;
+use crate::converge::status::condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// How long one registry call may take.
 pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -123,4 +125,40 @@ pub async fn refresh(
         matched,
         cut,
     })
+}
+
+/// Records one refresh in `status` and returns its `Ready` condition: on success the
+/// catalog, its count and `lastRefreshTime` (saying so when the list was cut to fit the
+/// object); on failure the last catalog stays and the condition carries the reason.
+pub fn record_refresh(
+    status: &mut RegistryStatus,
+    result: Result<Refreshed, RegistryError>,
+    has_catalog: bool,
+    now: &Time,
+) -> Condition {
+    match result {
+        Ok(refreshed) => {
+            let listed = refreshed.repositories.len();
+            status.repositories = refreshed.repositories;
+            status.repository_count = i32::try_from(refreshed.matched).unwrap_or(i32::MAX);
+            status.last_refresh_time = Some(now.clone());
+            let message = match (has_catalog, refreshed.cut) {
+                (false, _) => "the registry answers".to_string(),
+                (true, false) => format!("{listed} repositories listed"),
+                (true, true) => format!(
+                    "{listed} of {} repositories listed; the rest are counted in repositoryCount \
+                     only, to keep this object within the API server's size limit",
+                    refreshed.matched
+                ),
+            };
+            condition(CONDITION_READY, true, "Refreshed", message, now)
+        }
+        Err(error) => condition(
+            CONDITION_READY,
+            false,
+            error.kind.reason(),
+            error.message,
+            now,
+        ),
+    }
 }

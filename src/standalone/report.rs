@@ -4,17 +4,20 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 
 use super::manifests::{Manifests, ObjectKey};
-use super::world::{Round, uid_of};
+use super::world::{Round, sources_for, uid_of};
 use crate::api::container::{DockerContainerStatus, InstanceStatus};
+use crate::api::registry::RegistryStatus;
 use crate::api::target::DockerTargetStatus;
 use crate::api::{API_VERSION, CONDITION_READY};
 use crate::converge::model::LABEL_SPEC_HASH;
 use crate::converge::status::{
     condition, container_conditions, instance_statuses, is_ready, now_time,
 };
+use crate::registry::refresh::{record_refresh, refresh};
 
 /// One object with its status, as `kubectl get -o json` would show it.
 #[derive(Clone, Debug, Serialize)]
@@ -47,11 +50,14 @@ pub struct StatusReport {
     pub api_version: &'static str,
     /// `List`.
     pub kind: &'static str,
-    /// Targets first, then containers, each sorted by namespace and name.
+    /// Targets first, then registries, then containers, each sorted by namespace and name.
     pub items: Vec<serde_json::Value>,
     /// Targets, for the table.
     #[serde(skip)]
     pub targets: Vec<ObjectStatus<DockerTargetStatus>>,
+    /// Registries, for the table (only in a [`Detail::Full`] report).
+    #[serde(skip)]
+    pub registries: Vec<ObjectStatus<RegistryStatus>>,
     /// Containers, for the table.
     #[serde(skip)]
     pub containers: Vec<(ObjectStatus<DockerContainerStatus>, String, i32)>,
@@ -60,8 +66,9 @@ pub struct StatusReport {
 /// How much a status report asks the daemons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Detail {
-    /// Everything: the daemon's info and images per target, one inspect per container
-    /// (addresses, ports, start time, exit code and log of exited containers).
+    /// Everything: the daemon's info and images per target, each Registry reached and its
+    /// catalog listed, one inspect per container (addresses, ports, start time, exit code
+    /// and log of exited containers).
     Full,
     /// Only what the round's list calls already showed: enough for readiness and the table.
     Summary,
@@ -108,6 +115,11 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
             status,
         });
     }
+
+    let registries = match detail {
+        Detail::Full => registry_statuses(manifests, &now).await,
+        Detail::Summary => Vec::new(),
+    };
 
     let mut containers = Vec::new();
     for (key, sourced) in &manifests.containers {
@@ -221,6 +233,11 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
         .iter()
         .map(|t| serde_json::to_value(t).unwrap_or_default())
         .chain(
+            registries
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap_or_default()),
+        )
+        .chain(
             containers
                 .iter()
                 .map(|(c, _, _)| serde_json::to_value(c).unwrap_or_default()),
@@ -231,8 +248,34 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
         kind: "List",
         items,
         targets,
+        registries,
         containers,
     }
+}
+
+/// Every Registry reached with its own Secrets and its catalog listed, all at once.
+async fn registry_statuses(manifests: &Manifests, now: &Time) -> Vec<ObjectStatus<RegistryStatus>> {
+    let refreshes = manifests
+        .registries
+        .iter()
+        .map(|(key, sourced)| async move {
+            let sources = sources_for(manifests, &key.namespace);
+            let registry = &sourced.object;
+            let mut status = RegistryStatus {
+                observed_generation: registry.metadata.generation,
+                ..Default::default()
+            };
+            let result = refresh(registry, &sources).await;
+            let ready = record_refresh(&mut status, result, registry.spec.catalog.is_some(), now);
+            status.conditions = vec![ready];
+            ObjectStatus {
+                api_version: API_VERSION,
+                kind: "Registry",
+                metadata: metadata(key),
+                status,
+            }
+        });
+    futures::future::join_all(refreshes).await
 }
 
 /// Instance statuses from list data alone (no inspect).
@@ -314,6 +357,31 @@ pub fn table(report: &StatusReport) -> String {
         }
     }
     let mut out = align(&rows);
+    if !report.registries.is_empty() {
+        let mut rows: Vec<Vec<String>> = vec![vec![
+            "NAMESPACE".into(),
+            "REGISTRY".into(),
+            "READY".into(),
+            "REPOSITORIES".into(),
+        ]];
+        for registry in &report.registries {
+            let ready = registry.status.conditions.first();
+            rows.push(vec![
+                registry.metadata.namespace.clone(),
+                registry.metadata.name.clone(),
+                ready.map(|c| c.status.clone()).unwrap_or_default(),
+                registry.status.repository_count.to_string(),
+            ]);
+            if let Some(c) = ready.filter(|c| c.status != "True") {
+                notes.push(format!(
+                    "registry {}/{}: {}: {}",
+                    registry.metadata.namespace, registry.metadata.name, c.reason, c.message
+                ));
+            }
+        }
+        out.push('\n');
+        out.push_str(&align(&rows));
+    }
     let mut rows: Vec<Vec<String>> = vec![vec![
         "NAMESPACE".into(),
         "CONTAINER".into(),

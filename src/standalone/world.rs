@@ -98,7 +98,8 @@ pub fn uid_of(key: &ObjectKey) -> String {
     key.derived_uid()
 }
 
-fn sources_for(manifests: &Manifests, namespace: &str) -> StaticSources {
+/// The Secrets and ConfigMaps of one namespace of the manifests.
+pub(crate) fn sources_for(manifests: &Manifests, namespace: &str) -> StaticSources {
     StaticSources {
         secrets: manifests
             .secrets
