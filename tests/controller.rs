@@ -470,32 +470,6 @@ fn the_committed_cluster_role_is_the_one_the_code_needs() {
     }
 }
 
-/// A Secret fixture with string data.
-fn mk_secret(
-    namespace: &str,
-    name: &str,
-    data: &[(&str, &str)],
-) -> k8s_openapi::api::core::v1::Secret {
-    k8s_openapi::api::core::v1::Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        k8s_openapi::ByteString(v.as_bytes().to_vec()),
-                    )
-                })
-                .collect(),
-        ),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn a_container_removed_by_hand_signals_its_owner_and_is_recreated() {
     let env = TestEnv::load();
@@ -577,7 +551,11 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
     let world = |container: &DockerContainer, value: &str| World {
         targets: vec![target.clone()],
         containers: vec![container.clone()],
-        secrets: vec![mk_secret(&ns, "api-token", &[("token", value)])],
+        secrets: vec![common::fixture::secret(
+            &ns,
+            "api-token",
+            &[("token", value.as_bytes().to_vec())],
+        )],
         ..Default::default()
     };
     let (client, recorded) = fake_api::start(&[serde_json::to_value(&web).expect("json")]);

@@ -14,11 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::TestEnv;
-use common::fixture::unique;
+use common::fixture::{secret, unique};
 use fake_api::{Recorded, World};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::ObjectMeta;
 use proxy::Proxy;
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget};
@@ -40,23 +38,16 @@ fn with_uid<T: kube::Resource>(mut object: T) -> T {
 }
 
 fn tls_secret(env: &TestEnv, namespace: &str) -> Secret {
-    let read = |key: &str| ByteString(std::fs::read(env.get(key)).expect("harness file"));
-    Secret {
-        metadata: ObjectMeta {
-            name: Some("edge-tls".into()),
-            namespace: Some(namespace.into()),
-            ..Default::default()
-        },
-        data: Some(
-            [
-                ("ca.crt".to_string(), read("CA")),
-                ("tls.crt".to_string(), read("CLIENT_CERT")),
-                ("tls.key".to_string(), read("CLIENT_KEY")),
-            ]
-            .into(),
-        ),
-        ..Default::default()
-    }
+    let read = |key: &str| std::fs::read(env.get(key)).expect("harness file");
+    secret(
+        namespace,
+        "edge-tls",
+        &[
+            ("ca.crt", read("CA")),
+            ("tls.crt", read("CLIENT_CERT")),
+            ("tls.key", read("CLIENT_KEY")),
+        ],
+    )
 }
 
 struct Fleet {

@@ -13,11 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestEnv;
-use common::fixture::unique;
+use common::fixture::{secret, unique};
 use fake_api::{Recorded, World};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::ObjectMeta;
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget, Registry};
 use stevedore::controller::container;
@@ -71,22 +68,6 @@ fn with_meta<T: kube::Resource>(mut object: T, ns: &str) -> T {
 
 fn object<T: serde::de::DeserializeOwned>(json: Value) -> T {
     serde_json::from_value(json).expect("fixture")
-}
-
-fn secret(ns: &str, name: &str, data: Vec<(&str, Vec<u8>)>) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            ..Default::default()
-        },
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v)))
-                .collect(),
-        ),
-        ..Default::default()
-    }
 }
 
 /// A DockerContainer whose status follows what the reconciler writes, as the API server's
@@ -213,7 +194,7 @@ async fn one_digest_everywhere_pinned_follow_tag_and_a_failed_rollout() {
                 secret(
                     &ns,
                     "pull",
-                    vec![
+                    &[
                         ("username", env.get("REGISTRY_USER").into_bytes()),
                         ("password", password.clone().into_bytes()),
                     ],
@@ -221,7 +202,7 @@ async fn one_digest_everywhere_pinned_follow_tag_and_a_failed_rollout() {
                 secret(
                     &ns,
                     "ca",
-                    vec![("ca.crt", std::fs::read(env.get("REGISTRY_CA")).expect("ca"))],
+                    &[("ca.crt", std::fs::read(env.get("REGISTRY_CA")).expect("ca"))],
                 ),
             ],
             ..Default::default()

@@ -129,30 +129,11 @@ mod through_the_controller {
     use std::sync::Arc;
 
     use super::common::TestEnv;
-    use super::common::fixture::unique;
+    use super::common::fixture::{secret, unique};
     use super::fake_api::{self, World};
-    use k8s_openapi::ByteString;
-    use k8s_openapi::api::core::v1::Secret;
-    use kube::api::ObjectMeta;
     use serde_json::{Value, json};
     use stevedore::api::Registry;
     use stevedore::controller::registry::reconcile;
-
-    fn secret(ns: &str, name: &str, data: &[(&str, Vec<u8>)]) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
-                ..Default::default()
-            },
-            data: Some(
-                data.iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.clone())))
-                    .collect(),
-            ),
-            ..Default::default()
-        }
-    }
 
     fn registry(env: &TestEnv, ns: &str, annotation: Option<&str>) -> Registry {
         let mut registry: Registry = serde_json::from_value(json!({

@@ -18,12 +18,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use common::TestEnv;
-use common::fixture::unique;
+use common::fixture::{secret, unique};
 use common::wait::connected;
 use fake_api::World;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::ObjectMeta;
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget, Registry};
 use stevedore::controller::{container, registry, target};
@@ -116,22 +113,6 @@ impl Needles {
                 panic!("{what} appears in {place}: {line}");
             }
         }
-    }
-}
-
-fn secret(namespace: &str, name: &str, data: &[(&str, Vec<u8>)]) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
-            ..Default::default()
-        },
-        data: Some(
-            data.iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.clone())))
-                .collect(),
-        ),
-        ..Default::default()
     }
 }
 

@@ -191,6 +191,27 @@ pub mod fixture {
     use stevedore::converge::model::{DesiredInstance, InstanceContext, Owner, desired_instances};
     use stevedore::docker::{DockerHost, LABEL_TARGET};
 
+    /// A Secret `namespace/name` holding `data`.
+    pub fn secret(
+        namespace: &str,
+        name: &str,
+        data: &[(&str, Vec<u8>)],
+    ) -> k8s_openapi::api::core::v1::Secret {
+        k8s_openapi::api::core::v1::Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.clone())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
     /// A name no other test (or earlier run) uses: `prefix-<pid>-<n>`.
     pub fn unique(prefix: &str) -> String {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
