@@ -26,6 +26,7 @@ fn messages(paths: &[PathBuf]) -> (Manifests, Vec<String>) {
         &Connections::new(),
         &BTreeMap::new(),
         &BTreeMap::new(),
+        &BTreeMap::new(),
         &WorldOptions::default(),
         0,
     );

@@ -8,12 +8,12 @@ mod common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestEnv;
 use common::fixture::{secret, unique};
+use common::registry::{pinned_image, push};
 use fake_api::{Recorded, World};
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget, Registry};
@@ -21,42 +21,6 @@ use stevedore::controller::container;
 use stevedore::controller::context::Context;
 use stevedore::converge::model::LABEL_UID;
 use stevedore::docker::{DockerHost, HostContainer};
-use stevedore::registry::client::RegistryClient;
-
-/// Pushes a local image to the harness registry under `target`, with a private docker
-/// config (the machine's own login is not touched).
-fn push(env: &TestEnv, local: &str, target: &str) {
-    let config = std::env::temp_dir().join(unique("docker-config"));
-    std::fs::create_dir_all(&config).expect("config dir");
-    let docker = |args: &[&str], stdin: Option<&str>| {
-        let mut command = Command::new("docker");
-        command.arg("--config").arg(&config).args(args);
-        if stdin.is_some() {
-            command.stdin(std::process::Stdio::piped());
-        }
-        let mut child = command.spawn().expect("docker CLI");
-        if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-            use std::io::Write as _;
-            input.write_all(text.as_bytes()).expect("stdin");
-        }
-        let status = child.wait().expect("docker");
-        assert!(status.success(), "docker {args:?} failed");
-    };
-    let user = env.get("REGISTRY_USER");
-    docker(
-        &[
-            "login",
-            "-u",
-            &user,
-            "--password-stdin",
-            &env.get("REGISTRY"),
-        ],
-        Some(&env.get("REGISTRY_PASSWORD")),
-    );
-    docker(&["tag", local, target], None);
-    docker(&["push", target], None);
-    let _ = std::fs::remove_dir_all(&config);
-}
 
 fn with_meta<T: kube::Resource>(mut object: T, ns: &str) -> T {
     let meta = object.meta_mut();
@@ -213,19 +177,7 @@ async fn one_digest_everywhere_pinned_follow_tag_and_a_failed_rollout() {
         common::wait::connected(common::hosts::tls(&env)).await,
         common::wait::connected(common::hosts::second(&env)).await,
     ];
-    let direct = RegistryClient::new(
-        &object(json!({"server": env.get("REGISTRY")})),
-        Some(&std::fs::read(env.get("REGISTRY_CA")).expect("ca")),
-        Some(&stevedore::docker::PullCredentials {
-            username: env.get("REGISTRY_USER"),
-            password: password.clone(),
-            server: env.get("REGISTRY"),
-        }),
-        Duration::from_secs(5),
-    )
-    .expect("registry client");
-    let first_digest = direct.digest(&repository, "live").await.expect("digest");
-    let first_image = format!("{}/{repository}@{first_digest}", env.get("REGISTRY"));
+    let first_image = pinned_image(&env, &repository, "live").await;
 
     // Pulled with the Registry's credentials on both daemons; one digest on both.
     for tracked in [&mut pinned, &mut follow, &mut guarded] {
@@ -262,9 +214,8 @@ async fn one_digest_everywhere_pinned_follow_tag_and_a_failed_rollout() {
 
     // The tag moves to another image.
     push(&env, &env.get("IMAGE_V2"), &image);
-    let second_digest = direct.digest(&repository, "live").await.expect("digest");
-    assert_ne!(second_digest, first_digest);
-    let second_image = format!("{}/{repository}@{second_digest}", env.get("REGISTRY"));
+    let second_image = pinned_image(&env, &repository, "live").await;
+    assert_ne!(second_image, first_image);
     tokio::time::sleep(Duration::from_millis(1100)).await; // past the 1 s refresh interval
 
     // Pinned: nothing changes.

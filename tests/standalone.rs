@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fixture::{free_port, unique};
+use common::registry::{pinned_image, push};
 use common::wait::connected;
 use common::{TestEnv, hosts};
 use stevedore::converge::model::LABEL_NAMESPACE;
@@ -550,30 +551,43 @@ async fn the_quickstart_runs_as_the_readme_says() {
     remove_all(&connected(hosts::main(&env)).await, &namespace).await;
 }
 
+/// A Secret `registry-ca` with the harness registry's CA.
+fn registry_ca_secret(env: &TestEnv) -> String {
+    let ca = std::fs::read_to_string(env.get("REGISTRY_CA")).expect("registry CA");
+    let indented_ca: String = ca.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: registry-ca}}\nstringData:\n  ca.crt: |\n{indented_ca}"
+    )
+}
+
+/// The `catalog` of a Registry that lists the harness's busybox repository.
+const CATALOG: &str = r#"{repositories: ["stevedore/busybox"], maxTagsPerRepository: 5}"#;
+
+/// A Registry `name` for the harness registry, trusting `registry-ca`, with a basic-auth
+/// Secret `<name>-pull` holding `password`.
+fn registry(env: &TestEnv, name: &str, password: &str, catalog: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-pull}}\ntype: kubernetes.io/basic-auth\n\
+         stringData: {{username: {user}, password: {password}}}\n---\n\
+         apiVersion: stevedore.dev/v1alpha1\nkind: Registry\nmetadata: {{name: {name}}}\n\
+         spec:\n  server: \"{server}\"\n  credentials: {{secretRef: {{name: {name}-pull}}}}\n  \
+         ca: {{secretRef: {{name: registry-ca}}}}\n  catalog: {catalog}\n",
+        user = env.get("REGISTRY_USER"),
+        server = env.get("REGISTRY"),
+    )
+}
+
 #[tokio::test]
 async fn status_lists_each_registrys_catalog_or_says_why_it_cannot() {
     let env = TestEnv::load();
     let ws = Workspace::new();
-    let ca = std::fs::read_to_string(env.get("REGISTRY_CA")).expect("registry CA");
-    let indented_ca: String = ca.lines().map(|l| format!("    {l}\n")).collect();
-    let registry = |name: &str, password: &str| {
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-pull}}\ntype: kubernetes.io/basic-auth\n\
-             stringData: {{username: {user}, password: {password}}}\n---\n\
-             apiVersion: stevedore.dev/v1alpha1\nkind: Registry\nmetadata: {{name: {name}}}\n\
-             spec:\n  server: \"{server}\"\n  credentials: {{secretRef: {{name: {name}-pull}}}}\n  \
-             ca: {{secretRef: {{name: registry-ca}}}}\n  \
-             catalog: {{repositories: [\"stevedore/busybox\"], maxTagsPerRepository: 5}}\n",
-            user = env.get("REGISTRY_USER"),
-            server = env.get("REGISTRY"),
-        )
-    };
     ws.write(
         "registries.yaml",
         &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: registry-ca}}\nstringData:\n  ca.crt: |\n{indented_ca}---\n{}---\n{}",
-            registry("harness", &env.get("REGISTRY_PASSWORD")),
-            registry("wrong", &unique("wrong-password")),
+            "{}---\n{}---\n{}",
+            registry_ca_secret(&env),
+            registry(&env, "harness", &env.get("REGISTRY_PASSWORD"), CATALOG),
+            registry(&env, "wrong", &unique("wrong-password"), CATALOG),
         ),
     );
 
@@ -617,4 +631,179 @@ async fn status_lists_each_registrys_catalog_or_says_why_it_cannot() {
         table.contains(&format!("registry {}/wrong: Unauthorized", ws.namespace)),
         "{table}"
     );
+}
+
+/// `status.resolvedImage` of each DockerContainer, by name, from `stevedore status -o json`.
+fn resolved_images(ws: &Workspace) -> std::collections::BTreeMap<String, String> {
+    let output = ws.run(&["status", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|i| i["kind"] == "DockerContainer")
+        .map(|i| {
+            (
+                i["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                i["status"]["resolvedImage"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_digest_on_every_target_and_pins_that_outlive_the_process() {
+    let env = TestEnv::load();
+    let main = connected(hosts::main(&env)).await;
+    let second = connected(hosts::second(&env)).await;
+    let repository = format!("stevedore/{}", unique("pins"));
+    let image = format!("{}/{repository}:live", env.get("REGISTRY"));
+    push(&env, &env.get("IMAGE_V1"), &image);
+    let ws = pinning_workspace(
+        &env,
+        &image,
+        &[
+            ("pinned", "  imageUpdatePolicy: Pinned\n"),
+            ("follow", "  imageUpdatePolicy: FollowTag\n"),
+        ],
+    );
+    // Another run, whose new image will fail its health check.
+    let guarded = pinning_workspace(
+        &env,
+        &image,
+        &[(
+            "guarded",
+            "  imageUpdatePolicy: FollowTag\n  healthCheck:\n    command: [grep, -q, v1, /etc/stevedore-image-version]\n    \
+             intervalSeconds: 1\n    timeoutSeconds: 1\n    retries: 1\n    startPeriodSeconds: 0\n",
+        )],
+    );
+    let first_image = pinned_image(&env, &repository, "live").await;
+
+    // Pulled with the Registry's credentials on both daemons: one replica each, one digest.
+    let first = ws.run_once();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let first = guarded.run_once();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let by_owner = |list: Vec<HostContainer>, name: &str| {
+        list.into_iter()
+            .filter(|c| {
+                c.name.ends_with(&format!("_{name}_0")) || c.name.ends_with(&format!("_{name}_1"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let on_both = |ws: &Workspace, name: &'static str| {
+        let (main, second, namespace) = (&main, &second, ws.namespace.clone());
+        async move {
+            let mut all = by_owner(containers(main, &namespace).await, name);
+            all.extend(by_owner(containers(second, &namespace).await, name));
+            assert_eq!(all.len(), 2, "one replica on each daemon: {all:?}");
+            all
+        }
+    };
+    for name in ["pinned", "follow"] {
+        let running = on_both(&ws, name).await;
+        assert_eq!(
+            running[0].image_id, running[1].image_id,
+            "{name}: one image"
+        );
+        assert!(running.iter().all(|c| c.state == ContainerState::Running));
+    }
+    let resolved = resolved_images(&ws);
+    assert_eq!(resolved["pinned"], first_image);
+    assert_eq!(resolved["follow"], first_image);
+    let ids_of = |list: Vec<HostContainer>| list.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    let pinned_ids = ids_of(on_both(&ws, "pinned").await);
+    let guarded_ids = ids_of(on_both(&guarded, "guarded").await);
+
+    // The tag moves. Each `run --once` is a new process: what it pinned before, it finds
+    // in the labels of the containers.
+    push(&env, &env.get("IMAGE_V2"), &image);
+    let second_image = pinned_image(&env, &repository, "live").await;
+    assert_ne!(second_image, first_image);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the 1 s refresh interval
+    let again = ws.run_once();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+
+    // Pinned: the same containers, the old digest.
+    let ids: Vec<String> = on_both(&ws, "pinned")
+        .await
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, pinned_ids, "Pinned keeps its containers");
+    // FollowTag: replaced on both daemons, with the one new digest.
+    let follow = on_both(&ws, "follow").await;
+    assert_eq!(follow[0].image_id, follow[1].image_id);
+    let v2_id = main
+        .image_id(&second_image)
+        .await
+        .expect("inspect")
+        .expect("the new digest was pulled");
+    assert_eq!(follow[0].image_id, v2_id);
+    let resolved = resolved_images(&ws);
+    assert_eq!(resolved["pinned"], first_image);
+    assert_eq!(resolved["follow"], second_image);
+
+    // The tag has not moved since: nothing left to do.
+    let plan = ws.run(&["plan"]);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+
+    // FollowTag with a health check the new image fails: the rollout stops, the old
+    // containers keep serving, and the run says why it is not ready.
+    let stopped = guarded.run(&["run", "--once", "--timeout", "8s", "--no-progress"]);
+    assert_eq!(stopped.status.code(), Some(1), "{}", text(&stopped));
+    let table = String::from_utf8_lossy(&stopped.stdout);
+    assert!(table.contains("rollout stopped"), "{}", text(&stopped));
+    let stderr = String::from_utf8_lossy(&stopped.stderr);
+    assert_eq!(
+        stderr.matches("the rollout stopped").count(),
+        2,
+        "said once per replica: {stderr}"
+    );
+    assert_eq!(
+        ids_of(on_both(&guarded, "guarded").await),
+        guarded_ids,
+        "the old containers serve"
+    );
+    for ws in [&ws, &guarded] {
+        remove_all(&main, &ws.namespace).await;
+        remove_all(&second, &ws.namespace).await;
+    }
+}
+
+/// Manifests with targets `edge-1` (the machine's daemon) and `edge-2` (the second), the
+/// harness Registry refreshed every second, and per `(name, extra spec)` a DockerContainer
+/// running `image` with one replica on each target.
+fn pinning_workspace(env: &TestEnv, image: &str, containers: &[(&str, &str)]) -> Workspace {
+    let ws = Workspace::new();
+    ws.write(
+        "edge-1.yaml",
+        &target("edge-1", &env.get("MAIN_HOST"), "edge"),
+    );
+    ws.write(
+        "edge-2.yaml",
+        &target("edge-2", &env.get("SECOND_HOST"), "edge"),
+    );
+    let password = env.get("REGISTRY_PASSWORD");
+    ws.write(
+        "registry.yaml",
+        &format!(
+            "{}---\n{}",
+            registry_ca_secret(env),
+            registry(env, "harness", &password, "{refreshInterval: 1s}")
+        ),
+    );
+    for (name, extra) in containers {
+        ws.write(
+            &format!("{name}.yaml"),
+            &format!("{}{extra}", spread(name, 2).replace("IMAGE", image)),
+        );
+    }
+    ws
 }

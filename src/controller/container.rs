@@ -42,8 +42,8 @@ use crate::docker::material::target_material;
 use crate::docker::{DockerError, DockerHost, HostContainer, LABEL_TARGET};
 use crate::placement::{Existing, TargetInfo, Workload, place};
 use crate::registry::credentials::{credentials_of, registry_for};
-use crate::registry::pinning::{Decision, Resolved, decide, resolve};
-use crate::registry::refresh::{client_for, refresh_interval};
+use crate::registry::pinning::{Resolved, image_to_run, pin};
+use crate::registry::refresh::refresh_interval;
 
 /// The finalizer that removes an object's containers before it goes.
 pub const FINALIZER: &str = "stevedore.dev/cleanup";
@@ -312,19 +312,8 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         },
         None => None,
     };
-    let (run_image, image_identity) = match (&source, &resolved) {
-        (Some(source), _) => (
-            source.image(&container.spec.image),
-            format!("source:{}", source.digest),
-        ),
-        (None, Some(r)) => (
-            r.image.clone(),
-            r.image
-                .rsplit_once('@')
-                .map_or(r.image.clone(), |(_, d)| d.to_string()),
-        ),
-        (None, None) => (container.spec.image.clone(), container.spec.image.clone()),
-    };
+    let (run_image, image_identity) =
+        image_to_run(&container.spec.image, source.as_ref(), resolved.as_ref());
     let owner = Owner {
         namespace: namespace.clone(),
         name: name.clone(),
@@ -341,6 +330,7 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
             image_identity: &image_identity,
             pull_credentials: credentials.as_ref(),
             image_source: source.as_ref(),
+            resolved: resolved.as_ref(),
         };
         match desired_instances(&owner, &container.spec, &env, replicas, &ctx_instance) {
             Ok(instances) => wanted.push(instances),
@@ -385,11 +375,7 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         updated_replicas: count_n(updated),
         resolved_image: resolved.as_ref().map(|r| r.image.clone()),
         resolved_from: resolved.as_ref().map(|r| r.from.clone()),
-        resolved_at: resolved.as_ref().and_then(|r| {
-            k8s_openapi::jiff::Timestamp::from_second(r.at)
-                .ok()
-                .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
-        }),
+        resolved_at: resolved.as_ref().and_then(Resolved::at_time),
         instances,
         conditions,
     };
@@ -631,9 +617,8 @@ async fn hold(
     Ok(then)
 }
 
-/// The digest to run, when a Registry serves the image (see [`crate::registry::pinning`]).
-/// `Err` when the tag cannot be resolved and nothing was resolved before: then nothing
-/// may change. A failed check with a digest already known keeps it, with a problem noted.
+/// The digest to run, when a Registry serves the image (see [`crate::registry::pinning`]),
+/// remembered between reconciles in `status.resolvedImage`.
 async fn resolve_image(
     container: &DockerContainer,
     registry: Option<&crate::api::Registry>,
@@ -641,7 +626,6 @@ async fn resolve_image(
     previous: &DockerContainerStatus,
     problems: &mut Vec<String>,
 ) -> Result<Option<Resolved>, String> {
-    let image = &container.spec.image;
     if container.spec.image_source.is_some() {
         // A source image is named by its content's digest already.
         return Ok(None);
@@ -655,41 +639,17 @@ async fn resolve_image(
         _ => None,
     };
     let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-    let interval = registry.map_or(Duration::from_secs(600), refresh_interval);
-    let decision = decide(
-        image,
-        registry.is_some(),
+    let pinned = pin(
+        &container.spec.image,
         container.spec.image_update_policy,
-        before.as_ref(),
-        interval,
+        registry,
+        sources,
+        before,
         now,
-    );
-    let registry = match (decision, registry) {
-        (Decision::AsWritten, _) | (_, None) => return Ok(None),
-        (Decision::Keep(kept), _) => return Ok(Some(kept)),
-        (Decision::Resolve, Some(registry)) => registry,
-    };
-    let resolved = match client_for(registry, sources) {
-        Ok(client) => resolve(&client, image, now).await,
-        Err(e) => Err(e),
-    };
-    match (resolved, before.filter(|b| &b.from == image)) {
-        (Ok(resolved), _) => Ok(Some(resolved)),
-        (Err(e), Some(kept)) => {
-            problems.push(format!(
-                "could not check {image} for a new digest ({}: {}); {} keeps running",
-                e.kind.reason(),
-                e.message,
-                kept.image
-            ));
-            Ok(Some(kept))
-        }
-        (Err(e), None) => Err(format!(
-            "spec.image: cannot resolve {image} to a digest ({}: {}); nothing is changed until it can be",
-            e.kind.reason(),
-            e.message
-        )),
-    }
+    )
+    .await?;
+    problems.extend(pinned.problem);
+    Ok(pinned.resolved)
 }
 
 /// Removes the object's containers from every target (gracefully), unless its

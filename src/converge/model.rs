@@ -32,6 +32,13 @@ pub const LABEL_MANAGER: &str = "stevedore.dev/manager";
 pub const LABEL_SPEC_HASH: &str = "stevedore.dev/spec-hash";
 /// `stevedore.dev/spec-fields`: a digest per field, so a replacement can say what changed.
 pub const LABEL_SPEC_FIELDS: &str = "stevedore.dev/spec-fields";
+/// `stevedore.dev/resolved-image`: the `repository@digest` a tag was resolved to.
+pub const LABEL_RESOLVED_IMAGE: &str = "stevedore.dev/resolved-image";
+/// `stevedore.dev/resolved-from`: the `spec.image` that was resolved.
+pub const LABEL_RESOLVED_FROM: &str = "stevedore.dev/resolved-from";
+/// `stevedore.dev/resolved-at`: when it was resolved (unix seconds). With the two above,
+/// this lets standalone mode, which keeps no state file, find its pin again after a restart.
+pub const LABEL_RESOLVED_AT: &str = "stevedore.dev/resolved-at";
 
 /// The container name of one replica: `<namespace>_<name>_<replica>`. Kubernetes names
 /// never contain `_`, so the name cannot collide across owners.
@@ -173,6 +180,8 @@ pub struct InstanceContext<'a> {
     pub pull_credentials: Option<&'a PullCredentials>,
     /// The fetched `imageSource`, when the image is imported or built instead of pulled.
     pub image_source: Option<&'a crate::registry::source::LocalSource>,
+    /// The digest `image` was pinned to, recorded in labels (see [`LABEL_RESOLVED_IMAGE`]).
+    pub resolved: Option<&'a crate::registry::pinning::Resolved>,
 }
 
 /// The instances `spec` wants on one target: one per replica index in `replicas`.
@@ -211,6 +220,13 @@ pub fn desired_instances(
                     format_field_digests(&field_digests),
                 ),
             ]);
+            if let Some(resolved) = ctx.resolved {
+                labels.extend([
+                    (LABEL_RESOLVED_IMAGE.to_string(), resolved.image.clone()),
+                    (LABEL_RESOLVED_FROM.to_string(), resolved.from.clone()),
+                    (LABEL_RESOLVED_AT.to_string(), resolved.at.to_string()),
+                ]);
+            }
             Ok(DesiredInstance {
                 owner: owner.clone(),
                 replica,
@@ -392,6 +408,7 @@ mod tests {
             image_identity: "sha256:aaa",
             pull_credentials: None,
             image_source: None,
+            resolved: None,
         }
     }
 

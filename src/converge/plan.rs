@@ -573,6 +573,7 @@ mod tests {
             image_identity: "app:1",
             pull_credentials: None,
             image_source: None,
+            resolved: None,
         };
         owners
             .iter()
@@ -1013,6 +1014,7 @@ mod tests {
             image_identity: "app:1",
             pull_credentials: None,
             image_source: None,
+            resolved: None,
         };
         let with_port: crate::api::DockerContainerSpec =
             serde_json::from_value(serde_json::json!({

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use super::client::{RegistryClient, RegistryError};
 use super::credentials::image_host;
+use super::refresh::{client_for, refresh_interval};
+use super::source::LocalSource;
+use crate::api::Registry;
 use crate::api::container::ImageUpdatePolicy;
+use crate::converge::env::EnvSources;
 use crate::docker::split_reference;
 
 /// A tag resolved to a digest.
@@ -19,6 +23,15 @@ pub struct Resolved {
     pub from: String,
     /// When (unix seconds).
     pub at: i64,
+}
+
+impl Resolved {
+    /// When it was resolved, as `status.resolvedAt` carries it.
+    pub fn at_time(&self) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+        k8s_openapi::jiff::Timestamp::from_second(self.at)
+            .ok()
+            .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+    }
 }
 
 /// What to do about an image this round.
@@ -78,6 +91,97 @@ pub async fn resolve(
         from: image.to_string(),
         at: now,
     })
+}
+
+/// The outcome of [`pin`] for one container this round.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pin {
+    /// The digest to run, or `None` to run the reference as written.
+    pub resolved: Option<Resolved>,
+    /// A check that failed while a digest was already known: it keeps running, and this
+    /// says why nothing newer was looked for.
+    pub problem: Option<String>,
+}
+
+/// The digest `image` runs this round, given what was resolved `before` (from the
+/// controller's status, or from the labels of the running containers in standalone mode).
+///
+/// `Err` when the tag must be resolved, cannot be, and nothing was resolved before: then
+/// nothing may change. A failed check with a digest already known keeps that digest.
+pub async fn pin(
+    image: &str,
+    policy: ImageUpdatePolicy,
+    registry: Option<&Registry>,
+    sources: &(dyn EnvSources + Sync),
+    before: Option<Resolved>,
+    now: i64,
+) -> Result<Pin, String> {
+    let interval = registry.map_or(Duration::from_secs(600), refresh_interval);
+    let decision = decide(
+        image,
+        registry.is_some(),
+        policy,
+        before.as_ref(),
+        interval,
+        now,
+    );
+    let registry = match (decision, registry) {
+        (Decision::AsWritten, _) | (_, None) => return Ok(Pin::default()),
+        (Decision::Keep(kept), _) => {
+            return Ok(Pin {
+                resolved: Some(kept),
+                problem: None,
+            });
+        }
+        (Decision::Resolve, Some(registry)) => registry,
+    };
+    let resolved = match client_for(registry, sources) {
+        Ok(client) => resolve(&client, image, now).await,
+        Err(e) => Err(e),
+    };
+    match (resolved, before.filter(|b| b.from == image)) {
+        (Ok(resolved), _) => Ok(Pin {
+            resolved: Some(resolved),
+            problem: None,
+        }),
+        (Err(e), Some(kept)) => Ok(Pin {
+            problem: Some(format!(
+                "could not check {image} for a new digest ({}: {}); {} keeps running",
+                e.kind.reason(),
+                e.message,
+                kept.image
+            )),
+            resolved: Some(kept),
+        }),
+        (Err(e), None) => Err(format!(
+            "spec.image: cannot resolve {image} to a digest ({}: {}); nothing is changed until \
+             it can be",
+            e.kind.reason(),
+            e.message
+        )),
+    }
+}
+
+/// The reference to run and the image's identity for the spec hash: a source image by its
+/// content digest, a resolved tag by its manifest digest, anything else as written.
+pub fn image_to_run(
+    spec_image: &str,
+    source: Option<&LocalSource>,
+    resolved: Option<&Resolved>,
+) -> (String, String) {
+    match (source, resolved) {
+        (Some(source), _) => (
+            source.image(spec_image),
+            format!("source:{}", source.digest),
+        ),
+        (None, Some(r)) => (
+            r.image.clone(),
+            r.image
+                .rsplit_once('@')
+                .map_or(r.image.clone(), |(_, d)| d.to_string()),
+        ),
+        (None, None) => (spec_image.to_string(), spec_image.to_string()),
+    }
 }
 
 #[cfg(test)]

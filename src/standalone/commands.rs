@@ -1,6 +1,6 @@
 //! The standalone commands: `run` (once or watching), `plan` and `status`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,12 +11,13 @@ use tokio::sync::{mpsc, watch};
 
 use super::manifests::{self, DEFAULT_NAMESPACE, Manifests, ObjectKey};
 use super::report::{self, StatusReport};
-use super::world::{self, Connections, Round, WorldOptions};
+use super::world::{self, Memory, Round, WorldOptions};
 use crate::api::validation::Admission;
 use crate::converge::engine::{
     self, ConvergeReport, DesiredSet, LoopOptions, TargetMemory, observe_and_plan, unix_now,
 };
 use crate::converge::executor::{Executor, Progress};
+use crate::converge::plan::Finding;
 use crate::docker::DockerError;
 
 /// What every standalone command reads.
@@ -109,17 +110,23 @@ fn keep_last_good(manifests: &mut Manifests, good: &Manifests) {
     }
 }
 
-async fn round(
-    manifests: &Manifests,
-    connections: &mut Connections,
-    options: &WorldOptions,
-) -> Round {
+async fn round(manifests: &Manifests, memory: &mut Memory, options: &WorldOptions) -> Round {
     let now = unix_now();
+    let Memory { connections, pins } = memory;
     world::connect_targets(manifests, connections, options, now).await;
     let observed = world::observe(manifests, connections).await;
     world::remember_listed(connections, &observed);
     let sources = world::fetch_sources(manifests, &options.fetcher).await;
-    world::plan_round(manifests, connections, &observed, &sources, options, now)
+    let pinned = world::pin_images(manifests, connections, &observed, pins, now).await;
+    world::plan_round(
+        manifests,
+        connections,
+        &observed,
+        &sources,
+        &pinned,
+        options,
+        now,
+    )
 }
 
 /// `stevedore plan`: what would change on each target, nothing done. Exit 0 when nothing
@@ -128,8 +135,8 @@ pub async fn plan(source: &Source, out: &mut impl Write) -> i32 {
     let Some((_, manifests)) = first_load(source) else {
         return 1;
     };
-    let mut connections = Connections::new();
-    let round = round(&manifests, &mut connections, &source.options).await;
+    let mut memory = Memory::default();
+    let round = round(&manifests, &mut memory, &source.options).await;
     let mut changes = 0;
     let mut failed = !manifests.errors.is_empty();
     for (key, target) in &round.targets {
@@ -216,8 +223,8 @@ pub async fn status(source: &Source, format: Format, out: &mut impl Write) -> i3
     let Some((_, manifests)) = first_load(source) else {
         return 1;
     };
-    let mut connections = Connections::new();
-    let round = round(&manifests, &mut connections, &source.options).await;
+    let mut memory = Memory::default();
+    let round = round(&manifests, &mut memory, &source.options).await;
     let report = report::status_report(&manifests, &round, report::Detail::Full).await;
     print_report(&report, format, out);
     i32::from(!manifests.errors.is_empty())
@@ -259,17 +266,34 @@ fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
     tx
 }
 
-fn print_converge(key: &ObjectKey, result: &Result<ConvergeReport, DockerError>) {
-    match result {
-        Ok(report) => {
-            for finding in report.plan.blocked.iter().chain(&report.plan.drift) {
-                eprintln!(
-                    "{}/{}: {}: {}",
-                    key.namespace, key.name, finding.container, finding.reason
-                );
+/// Prints what converges could not do, each finding once while it lasts: a converge that
+/// runs every half second must not repeat the same line (with a countdown in it) each time.
+#[derive(Default)]
+struct FindingPrinter {
+    /// Per target, the findings of its last converge, digits left out.
+    last: HashMap<ObjectKey, HashSet<String>>,
+}
+
+impl FindingPrinter {
+    fn print(&mut self, key: &ObjectKey, result: &Result<ConvergeReport, DockerError>) {
+        let report = match result {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("target {}/{}: {e}", key.namespace, key.name);
+                return;
             }
+        };
+        let before = self.last.remove(key).unwrap_or_default();
+        let mut now = HashSet::new();
+        for finding in report.plan.blocked.iter().chain(&report.plan.drift) {
+            let line = format!("{}: {}", finding.container, finding.reason);
+            let shape: String = line.chars().filter(|c| !c.is_ascii_digit()).collect();
+            if !before.contains(&shape) {
+                eprintln!("{}/{}: {line}", key.namespace, key.name);
+            }
+            now.insert(shape);
         }
-        Err(e) => eprintln!("target {}/{}: {e}", key.namespace, key.name),
+        self.last.insert(key.clone(), now);
     }
 }
 
@@ -280,11 +304,14 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
         return 1;
     };
     let progress = spawn_progress_printer(quiet);
-    let mut connections = Connections::new();
+    let mut memory = Memory::default();
     let mut memories: HashMap<ObjectKey, TargetMemory> = HashMap::new();
+    let mut printer = FindingPrinter::default();
+    // What the last converge of each target could not do: the table reports it.
+    let mut findings: HashMap<ObjectKey, Vec<Finding>> = HashMap::new();
     let deadline = Instant::now() + timeout;
     let settled_round = loop {
-        let round = round(&manifests, &mut connections, &source.options).await;
+        let round = round(&manifests, &mut memory, &source.options).await;
         let runs = round.targets.iter().filter_map(|(key, target)| {
             let host = target.host.clone()?;
             let executor = Executor::new(host.clone(), concurrency).with_progress(progress.clone());
@@ -306,7 +333,11 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
         let mut settled = true;
         let mut all_succeeded = true;
         for (key, memory, result) in join_all(runs).await {
-            print_converge(&key, &result);
+            printer.print(&key, &result);
+            if let Ok(report) = &result {
+                let plan = &report.plan;
+                findings.insert(key.clone(), [&plan.blocked[..], &plan.drift[..]].concat());
+            }
             settled &= result.as_ref().is_ok_and(|r| r.plan.is_empty());
             all_succeeded &= result
                 .as_ref()
@@ -326,10 +357,13 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
-    let round = match settled_round {
+    let mut round = match settled_round {
         Some(round) => round,
-        None => round(&manifests, &mut connections, &source.options).await,
+        None => round(&manifests, &mut memory, &source.options).await,
     };
+    for (key, target) in &mut round.targets {
+        target.findings = findings.remove(key).unwrap_or_default();
+    }
     // The table needs readiness only: what the last round listed, no inspect per container.
     let report = report::status_report(&manifests, &round, report::Detail::Summary).await;
     print_report(&report, Format::Table, &mut std::io::stdout());
@@ -391,7 +425,8 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
     let progress = spawn_progress_printer(quiet);
     let (reports_tx, mut reports) =
         mpsc::unbounded_channel::<(ObjectKey, Result<ConvergeReport, DockerError>)>();
-    let mut connections = Connections::new();
+    let mut memory = Memory::default();
+    let mut printer = FindingPrinter::default();
     let mut tasks: BTreeMap<ObjectKey, TargetTask> = BTreeMap::new();
     let mut last_good: Option<Manifests> = None;
     let mut fingerprint = None;
@@ -407,7 +442,7 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
                 eprintln!("interrupted; containers keep running");
                 break;
             }
-            Some((key, result)) = reports.recv() => print_converge(&key, &result),
+            Some((key, result)) = reports.recv() => printer.print(&key, &result),
             _ = file_tick.tick() => {
                 let now = files_fingerprint(&source.paths);
                 if fingerprint != Some(now) {
@@ -425,7 +460,7 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
         if !reload {
             continue;
         }
-        let round = round(&manifests, &mut connections, &source.options).await;
+        let round = round(&manifests, &mut memory, &source.options).await;
         for (key, problems) in &round.unplaced {
             for (replica, reason) in problems {
                 eprintln!("{key} replica {replica}: {reason}");
@@ -433,6 +468,13 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
         }
         for (key, error) in &round.container_errors {
             eprintln!("{key}: {error}");
+        }
+        for (key, problem) in round
+            .pins
+            .iter()
+            .filter_map(|(k, p)| Some((k, p.problem.as_ref()?)))
+        {
+            eprintln!("{key}: {problem}");
         }
         // Targets gone from the manifests (or unreachable) lose their loop. A removed
         // target's host is no longer managed by this run: its containers are left as they

@@ -17,6 +17,7 @@ use crate::converge::model::LABEL_SPEC_HASH;
 use crate::converge::status::{
     condition, container_conditions, instance_statuses, is_ready, now_time,
 };
+use crate::registry::pinning::Resolved;
 use crate::registry::refresh::{record_refresh, refresh};
 
 /// One object with its status, as `kubectl get -o json` would show it.
@@ -139,6 +140,13 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
             if desired.is_empty() {
                 continue;
             }
+            problems.extend(
+                target
+                    .findings
+                    .iter()
+                    .filter(|f| desired.iter().any(|d| d.name == f.container))
+                    .map(|f| format!("{} on {}: {}", f.container, target_key.name, f.reason)),
+            );
             updated += desired
                 .iter()
                 .filter(|d| {
@@ -178,6 +186,9 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
         if let Some(error) = round.container_errors.get(key) {
             problems.push(error.clone());
         }
+        let pin = round.pins.get(key);
+        problems.extend(pin.and_then(|p| p.problem.clone()));
+        let resolved = pin.and_then(|p| p.resolved.as_ref());
         for (replica, reason) in round.unplaced.get(key).into_iter().flatten() {
             problems.push(format!("replica {replica} not placed: {reason}"));
         }
@@ -211,9 +222,9 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
             .unwrap_or(i32::MAX),
             ready_replicas: ready_count,
             updated_replicas: updated,
-            resolved_image: None,
-            resolved_from: None,
-            resolved_at: None,
+            resolved_image: resolved.map(|r| r.image.clone()),
+            resolved_from: resolved.map(|r| r.from.clone()),
+            resolved_at: resolved.and_then(Resolved::at_time),
             instances,
             conditions,
         };

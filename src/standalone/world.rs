@@ -7,12 +7,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use futures::future::join_all;
 
 use super::manifests::{Manifests, ObjectKey};
+use crate::api::Registry;
 use crate::api::{DockerContainer, DockerTarget};
 use crate::converge::engine::{DesiredSet, TargetIdentity};
 use crate::converge::env::{StaticSources, resolve_env};
 use crate::converge::model::{
-    InstanceContext, LABEL_REPLICA, LABEL_UID, Owner, desired_instances, host_ports,
+    InstanceContext, LABEL_REPLICA, LABEL_RESOLVED_AT, LABEL_RESOLVED_FROM, LABEL_RESOLVED_IMAGE,
+    LABEL_UID, Owner, desired_instances, host_ports,
 };
+use crate::converge::plan::Finding;
 use crate::docker::material::{fingerprint, target_material};
 use crate::docker::{
     ConnectOptions, DockerError, DockerHost, ErrorKind, HostContainer, LABEL_TARGET,
@@ -20,6 +23,7 @@ use crate::docker::{
 };
 use crate::placement::{Existing, Placements, TargetInfo, Workload, place};
 use crate::registry::credentials::{credentials_of, registry_for};
+use crate::registry::pinning::{Pin, Resolved, image_to_run, pin};
 use crate::registry::source::{LocalSource, SourceFetcher};
 
 /// Settings of a standalone run.
@@ -63,6 +67,19 @@ pub struct Connection {
 /// Connections by target, across rounds.
 pub type Connections = BTreeMap<ObjectKey, Connection>;
 
+/// The digest each container's image was pinned to, across the rounds of one run. A new
+/// run finds its pins again in the labels of the containers it placed.
+pub type Pins = BTreeMap<ObjectKey, Resolved>;
+
+/// What a run carries from one round to the next.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// Connections to the targets.
+    pub connections: Connections,
+    /// Pinned digests.
+    pub pins: Pins,
+}
+
 /// One target in a round.
 #[derive(Clone, Debug)]
 pub struct TargetRound {
@@ -78,6 +95,8 @@ pub struct TargetRound {
     pub observed: Vec<HostContainer>,
     /// What should run there.
     pub desired: DesiredSet,
+    /// What the converge could not do (blocked work, drift reported), once one ran.
+    pub findings: Vec<Finding>,
 }
 
 /// Everything one round decided.
@@ -91,6 +110,8 @@ pub struct Round {
     pub container_errors: BTreeMap<ObjectKey, String>,
     /// The placements.
     pub placements: Placements,
+    /// Each container's image pin, for those a Registry serves.
+    pub pins: BTreeMap<ObjectKey, Pin>,
 }
 
 /// The UID of an object: derived from kind, namespace and name.
@@ -163,13 +184,12 @@ pub async fn connect_targets(
     }
 }
 
-/// Credentials for a container's image, from the Registries of its namespace.
-fn pull_credentials(
-    manifests: &Manifests,
+/// The Registry that serves a container's image, among those of its namespace.
+fn registry_of<'a>(
+    manifests: &'a Manifests,
     key: &ObjectKey,
     container: &DockerContainer,
-    sources: &StaticSources,
-) -> Option<PullCredentials> {
+) -> Option<&'a Registry> {
     let registries = manifests
         .registries
         .iter()
@@ -180,8 +200,96 @@ fn pull_credentials(
         .registry_ref
         .as_ref()
         .map(|r| r.name.as_str());
-    let (_, registry) = registry_for(&container.spec.image, registry_ref, registries)?;
-    credentials_of(registry, sources)
+    registry_for(&container.spec.image, registry_ref, registries).map(|(_, registry)| registry)
+}
+
+/// Credentials for a container's image, from the Registries of its namespace.
+fn pull_credentials(
+    manifests: &Manifests,
+    key: &ObjectKey,
+    container: &DockerContainer,
+    sources: &StaticSources,
+) -> Option<PullCredentials> {
+    credentials_of(registry_of(manifests, key, container)?, sources)
+}
+
+/// The pin an earlier run left in the labels of `owner_uid`'s containers: the newest one
+/// resolved from `image`. Several can be running in the middle of a rollout.
+fn pin_in_labels<'a>(
+    containers: impl Iterator<Item = &'a HostContainer>,
+    owner_uid: &str,
+    image: &str,
+) -> Option<Resolved> {
+    containers
+        .filter(|c| c.labels.get(LABEL_UID).map(String::as_str) == Some(owner_uid))
+        .filter(|c| c.labels.get(LABEL_RESOLVED_FROM).map(String::as_str) == Some(image))
+        .filter_map(|c| {
+            Some(Resolved {
+                image: c.labels.get(LABEL_RESOLVED_IMAGE)?.clone(),
+                from: image.to_string(),
+                at: c.labels.get(LABEL_RESOLVED_AT)?.parse().ok()?,
+            })
+        })
+        .max_by_key(|r| r.at)
+}
+
+/// Pins the image of every container a Registry serves to one digest for all its targets
+/// (see [`crate::registry::pinning`]). What was pinned before comes from `pins` (earlier
+/// rounds of this run) or else from the labels of what the targets run; `pins` keeps the
+/// outcome for the next round.
+pub async fn pin_images(
+    manifests: &Manifests,
+    connections: &Connections,
+    observed: &BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>>,
+    pins: &mut Pins,
+    now: u64,
+) -> BTreeMap<ObjectKey, Result<Pin, String>> {
+    pins.retain(|key, _| manifests.containers.contains_key(key));
+    let now = i64::try_from(now).unwrap_or(i64::MAX);
+    let listed: Vec<&HostContainer> = manifests
+        .targets
+        .keys()
+        .filter_map(|key| match observed.get(key) {
+            Some(Ok(listed)) => Some(listed),
+            _ => connections.get(key)?.last_listed.as_ref(),
+        })
+        .flatten()
+        .collect();
+    let pinning = manifests.containers.iter().filter_map(|(key, sourced)| {
+        let container = &sourced.object;
+        if container.spec.image_source.is_some() {
+            // A source image is named by its content's digest already.
+            return None;
+        }
+        let registry = registry_of(manifests, key, container)?;
+        let image = &container.spec.image;
+        let before = pins
+            .get(key)
+            .filter(|p| &p.from == image)
+            .cloned()
+            .or_else(|| pin_in_labels(listed.iter().copied(), &uid_of(key), image));
+        let sources = sources_for(manifests, &key.namespace);
+        Some(async move {
+            let pinned = pin(
+                image,
+                container.spec.image_update_policy,
+                Some(registry),
+                &sources,
+                before,
+                now,
+            )
+            .await;
+            (key.clone(), pinned)
+        })
+    });
+    let pinned: BTreeMap<_, _> = join_all(pinning).await.into_iter().collect();
+    for (key, outcome) in &pinned {
+        match outcome.as_ref().ok().and_then(|p| p.resolved.clone()) {
+            Some(resolved) => pins.insert(key.clone(), resolved),
+            None => pins.remove(key),
+        };
+    }
+    pinned
 }
 
 /// Lists each reachable target's managed containers (one call each).
@@ -227,6 +335,7 @@ pub fn plan_round(
     connections: &Connections,
     observed: &BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>>,
     sources: &BTreeMap<ObjectKey, Result<LocalSource, String>>,
+    pins: &BTreeMap<ObjectKey, Result<Pin, String>>,
     options: &WorldOptions,
     now: u64,
 ) -> Round {
@@ -242,6 +351,7 @@ pub fn plan_round(
         connections,
         observed,
         sources_fetched: sources,
+        pins,
         options,
         now,
     };
@@ -257,6 +367,7 @@ struct RoundInputs<'a> {
     connections: &'a Connections,
     observed: &'a BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>>,
     sources_fetched: &'a BTreeMap<ObjectKey, Result<LocalSource, String>>,
+    pins: &'a BTreeMap<ObjectKey, Result<Pin, String>>,
     options: &'a WorldOptions,
     now: u64,
 }
@@ -267,6 +378,7 @@ fn place_namespace(inputs: &RoundInputs<'_>, namespace: &str, round: &mut Round)
         connections,
         observed,
         sources_fetched,
+        pins,
         options,
         now,
     } = *inputs;
@@ -380,14 +492,19 @@ fn place_namespace(inputs: &RoundInputs<'_>, namespace: &str, round: &mut Round)
             }
             None => None,
         };
-        let run_image = source.map_or_else(
-            || container.spec.image.clone(),
-            |s| s.image(&container.spec.image),
-        );
-        let identity = source.map_or_else(
-            || container.spec.image.clone(),
-            |s| format!("source:{}", s.digest),
-        );
+        let resolved = match pins.get(*key) {
+            Some(Ok(pin)) => {
+                round.pins.insert((*key).clone(), pin.clone());
+                pin.resolved.as_ref()
+            }
+            Some(Err(e)) => {
+                round.container_errors.insert((*key).clone(), e.clone());
+                protected.insert(uid);
+                continue;
+            }
+            None => None,
+        };
+        let (run_image, identity) = image_to_run(&container.spec.image, source, resolved);
         let owner = Owner {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
@@ -403,11 +520,10 @@ fn place_namespace(inputs: &RoundInputs<'_>, namespace: &str, round: &mut Round)
                 target_uid: &target_uid,
                 manager: &options.manager,
                 image: &run_image,
-                // Standalone mode runs tags as written: the reference (or the source's
-                // digest) is the identity, so a container is replaced when it changes.
                 image_identity: &identity,
                 pull_credentials: credentials.as_ref(),
                 image_source: source,
+                resolved,
             };
             match desired_instances(&owner, &container.spec, &env, &replicas, &ctx) {
                 Ok(instances) => instances_by_target
@@ -462,6 +578,7 @@ fn place_namespace(inputs: &RoundInputs<'_>, namespace: &str, round: &mut Round)
                     protected_owners: protected_here,
                     owner_scope: None,
                 },
+                findings: Vec::new(),
             },
         );
     }

@@ -328,6 +328,7 @@ pub mod fixture {
                 image_identity: &identity,
                 pull_credentials: None,
                 image_source: None,
+                resolved: None,
             };
             desired_instances(&self.owner(name), spec, env, replicas, &ctx).expect("instances")
         }
@@ -398,6 +399,69 @@ pub mod fixture {
 }
 
 /// Waiting for the daemons, and connecting to them.
+/// The harness's registry.
+pub mod registry {
+    use std::process::Command;
+
+    use super::TestEnv;
+
+    /// Pushes a local image to the harness registry under `target`, with a private docker
+    /// config (the machine's own login is not touched).
+    pub fn push(env: &TestEnv, local: &str, target: &str) {
+        let config = std::env::temp_dir().join(super::fixture::unique("docker-config"));
+        std::fs::create_dir_all(&config).expect("config dir");
+        let docker = |args: &[&str], stdin: Option<&str>| {
+            let mut command = Command::new("docker");
+            command.arg("--config").arg(&config).args(args);
+            if stdin.is_some() {
+                command.stdin(std::process::Stdio::piped());
+            }
+            let mut child = command.spawn().expect("docker CLI");
+            if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+                use std::io::Write as _;
+                input.write_all(text.as_bytes()).expect("stdin");
+            }
+            let status = child.wait().expect("docker");
+            assert!(status.success(), "docker {args:?} failed");
+        };
+        let user = env.get("REGISTRY_USER");
+        docker(
+            &[
+                "login",
+                "-u",
+                &user,
+                "--password-stdin",
+                &env.get("REGISTRY"),
+            ],
+            Some(&env.get("REGISTRY_PASSWORD")),
+        );
+        docker(&["tag", local, target], None);
+        docker(&["push", target], None);
+        let _ = std::fs::remove_dir_all(&config);
+    }
+
+    /// `registry/repository@digest` for what `tag` names now, asked of the registry
+    /// directly (not through anything under test but the client).
+    pub async fn pinned_image(env: &TestEnv, repository: &str, tag: &str) -> String {
+        let registry: stevedore::api::RegistrySpec =
+            serde_json::from_value(serde_json::json!({"server": env.get("REGISTRY")}))
+                .expect("registry spec");
+        let client = stevedore::registry::client::RegistryClient::new(
+            &registry,
+            Some(&std::fs::read(env.get("REGISTRY_CA")).expect("registry CA")),
+            Some(&stevedore::docker::PullCredentials {
+                username: env.get("REGISTRY_USER"),
+                password: env.get("REGISTRY_PASSWORD"),
+                server: env.get("REGISTRY"),
+            }),
+            std::time::Duration::from_secs(5),
+        )
+        .expect("registry client");
+        let digest = client.digest(repository, tag).await.expect("digest");
+        format!("{}/{repository}@{digest}", env.get("REGISTRY"))
+    }
+}
+
 pub mod wait {
     use std::collections::HashSet;
     use std::time::{Duration, Instant};
