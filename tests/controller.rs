@@ -685,3 +685,124 @@ async fn metrics_health_and_readiness_are_served() {
     server.abort();
     remove_all(&main_daemon(&env).await, &uid).await;
 }
+
+/// The whole controller — CRD check, leader election, the watches of five kinds, the three
+/// reconcilers, Events — runs against the fake API server until every permission of
+/// [`rbac::PERMISSIONS`] has been used, and uses nothing else: the ClusterRole asks for
+/// exactly what the controller does.
+#[tokio::test]
+async fn the_running_controller_uses_every_permission_it_asks_for_and_no_other() {
+    use std::collections::BTreeSet;
+    use std::time::{Duration, Instant};
+    use stevedore::controller::context::Settings;
+    use stevedore::controller::{LeaderElection, Options, run_with};
+
+    let env = TestEnv::load();
+    let ns = unique("rbac");
+    let registry: stevedore::api::Registry = serde_json::from_value(json!({
+        "apiVersion": "stevedore.dev/v1alpha1", "kind": "Registry",
+        "metadata": {"name": "harness", "namespace": ns, "uid": unique("uid")},
+        "spec": {"server": env.get("REGISTRY"),
+                 "credentials": {"secretRef": {"name": "pull"}},
+                 "ca": {"secretRef": {"name": "registry-ca"}}},
+    }))
+    .expect("registry fixture");
+    let settings: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "settings", "namespace": ns},
+        "data": {"greeting": "hello"},
+    }))
+    .expect("config map fixture");
+    let mut web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "main").finalized();
+    web.spec.env = serde_json::from_value(json!([{"name": "GREETING",
+        "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}}]))
+    .expect("env");
+    // Without the finalizer: the first reconcile adds it.
+    let fresh = mk_container(&ns, "fresh", &env.get("IMAGE_V1"), "main");
+    let mut objects = vec![
+        serde_json::to_value(mk_target(&ns, "main", &env.get("MAIN_HOST"))).expect("json"),
+        // Unreachable: its heartbeat repeats the same Warning, which Events count by patch.
+        serde_json::to_value(mk_target(&ns, "gone", "unix:///nonexistent/docker.sock"))
+            .expect("json"),
+        serde_json::to_value(&web).expect("json"),
+        serde_json::to_value(&fresh).expect("json"),
+        serde_json::to_value(&registry).expect("json"),
+        serde_json::to_value(&settings).expect("json"),
+    ];
+    for secret in [
+        common::fixture::secret(
+            &ns,
+            "pull",
+            &[
+                ("username", env.get("REGISTRY_USER").into_bytes()),
+                ("password", env.get("REGISTRY_PASSWORD").into_bytes()),
+            ],
+        ),
+        common::fixture::secret(
+            &ns,
+            "registry-ca",
+            &[(
+                "ca.crt",
+                std::fs::read(env.get("REGISTRY_CA")).expect("registry CA"),
+            )],
+        ),
+    ] {
+        let mut json = serde_json::to_value(secret).expect("json");
+        json["apiVersion"] = json!("v1");
+        json["kind"] = json!("Secret");
+        objects.push(json);
+    }
+    let (client, recorded) = fake_api::start(&objects);
+    let options = Options {
+        namespace: Some(ns.clone()),
+        leader_election: Some(LeaderElection {
+            lease_name: "stevedore".into(),
+            lease_namespace: ns.clone(),
+            identity: "replica-a".into(),
+        }),
+        listen: "127.0.0.1:0".parse().expect("address"),
+        settings: Settings {
+            manager: unique("ctl-rbac"),
+            heartbeat: Duration::from_secs(1),
+            ..Settings::default()
+        },
+    };
+    let controller = tokio::spawn(run_with(client, options));
+
+    let asked: BTreeSet<(String, String, String)> = rbac::PERMISSIONS
+        .iter()
+        .flat_map(|p| {
+            p.verbs
+                .iter()
+                .map(|v| (p.group.to_string(), p.resource.to_string(), v.to_string()))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let used: BTreeSet<_> = recorded.all().iter().map(|c| c.rbac()).collect();
+        let unused: Vec<_> = asked.difference(&used).collect();
+        if unused.is_empty() {
+            break;
+        }
+        assert!(
+            !controller.is_finished(),
+            "the controller stopped before using {unused:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "asked for but never used in a minute: {unused:?}\ncalls: {:#?}",
+            recorded.all().iter().map(|c| c.line()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    controller.abort();
+    assert_rbac_allows(&recorded);
+
+    let host = main_daemon(&env).await;
+    for uid in [&web, &fresh].map(|c| c.metadata.uid.clone().unwrap_or_default()) {
+        for c in host.list_labelled(LABEL_UID, &uid).await.expect("list") {
+            let _ = host.stop(&c.id, &c.name, Some(0)).await;
+            let _ = host.remove(&c.id, &c.name).await;
+        }
+    }
+}

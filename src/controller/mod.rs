@@ -206,9 +206,15 @@ fn channel_stream<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
-/// Runs the controller until a shutdown signal (SIGTERM, Ctrl-C) or the loss of the lease.
+/// Runs the controller until a shutdown signal (SIGTERM, Ctrl-C) or the loss of the lease,
+/// with the in-cluster or `KUBECONFIG` configuration.
 pub async fn run(options: Options) -> Result<(), RunError> {
     let client = Client::try_default().await.map_err(RunError::Config)?;
+    run_with(client, options).await
+}
+
+/// Like [`run`], through `client`.
+pub async fn run_with(client: Client, options: Options) -> Result<(), RunError> {
     let namespace = options.namespace.as_deref();
     let (signals_tx, signals_rx) = mpsc::unbounded_channel();
     let hosts = Arc::new(Hosts::new(

@@ -124,21 +124,64 @@ impl Recorded {
     }
 }
 
-/// Answers every request the way the API server would for these tests: patches and
-/// creates echo the object back; everything else is 404.
-fn answer(call: &ApiCall, objects: &HashMap<String, Value>) -> (StatusCode, Value) {
-    match call.method.as_str() {
-        "POST" if call.is_event() => (StatusCode::CREATED, call.body.clone()),
-        "PATCH" if call.is_event() => (StatusCode::OK, call.body.clone()),
-        "PATCH" => {
+/// How the fake API server answers one call.
+enum Reply {
+    /// At once, with this status and body.
+    Now(StatusCode, Value),
+    /// Never: a watch that stays open and quiet, as an API server's does while nothing
+    /// changes.
+    Never,
+}
+
+/// Answers every request the way the API server would for these tests, keeping the
+/// objects it knows: lists and gets return them, creates add them, merge patches and
+/// server-side applies change them, JSON patches (the finalizer's) are echoed back,
+/// Events are accepted and watches stay open. Anything else is 404.
+fn answer(call: &ApiCall, objects: &mut HashMap<String, Value>) -> Reply {
+    let (_, _, verb) = call.rbac();
+    match (call.method.as_str(), verb.as_str()) {
+        (_, "watch") => Reply::Never,
+        ("POST", _) if call.is_event() => Reply::Now(StatusCode::CREATED, call.body.clone()),
+        ("PATCH", _) if call.is_event() => Reply::Now(StatusCode::OK, call.body.clone()),
+        (_, "list") => {
+            let items: Vec<Value> = objects
+                .iter()
+                .filter(|(path, _)| in_collection(path, &call.path))
+                .map(|(_, object)| object.clone())
+                .collect();
+            Reply::Now(
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "List",
+                       "metadata": {"resourceVersion": "1"}, "items": items}),
+            )
+        }
+        (_, "get") => match objects.get(&call.path) {
+            Some(object) => Reply::Now(StatusCode::OK, object.clone()),
+            None => not_found(),
+        },
+        (_, "create") => {
+            let name = call.body["metadata"]["name"].as_str().unwrap_or_default();
+            let path = format!("{}/{name}", call.path);
+            if objects.contains_key(&path) {
+                return Reply::Now(
+                    StatusCode::CONFLICT,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": "AlreadyExists", "code": 409}),
+                );
+            }
+            let mut object = call.body.clone();
+            object["metadata"]["resourceVersion"] = json!("1");
+            objects.insert(path, object.clone());
+            Reply::Now(StatusCode::CREATED, object)
+        }
+        (_, "patch") => {
             let object_path = call.path.trim_end_matches("/status");
-            match objects.get(object_path) {
+            match objects.get_mut(object_path) {
                 Some(object) => {
-                    let mut object = object.clone();
-                    if let Some(status) = call.body.get("status") {
-                        object["status"] = status.clone();
+                    if call.body.is_object() {
+                        merge(object, &call.body);
                     }
-                    (StatusCode::OK, object)
+                    Reply::Now(StatusCode::OK, object.clone())
                 }
                 None => not_found(),
             }
@@ -147,17 +190,51 @@ fn answer(call: &ApiCall, objects: &HashMap<String, Value>) -> (StatusCode, Valu
     }
 }
 
-fn not_found() -> (StatusCode, Value) {
-    (
+/// Whether the object at `path` is listed by a list call on `collection` (namespaced, or
+/// across namespaces).
+fn in_collection(path: &str, collection: &str) -> bool {
+    let Some((parent, _)) = path.rsplit_once('/') else {
+        return false;
+    };
+    if parent == collection {
+        return true;
+    }
+    // `/…/namespaces/NS/PLURAL` is in `/…/PLURAL`.
+    match parent.split_once("/namespaces/") {
+        Some((prefix, rest)) => rest
+            .split_once('/')
+            .is_some_and(|(_, plural)| format!("{prefix}/{plural}") == collection),
+        None => false,
+    }
+}
+
+/// A JSON merge patch (RFC 7386): objects merge, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(target), Some(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (_, _) => *target = patch.clone(),
+    }
+}
+
+fn not_found() -> Reply {
+    Reply::Now(
         StatusCode::NOT_FOUND,
         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
     )
 }
 
-/// Starts a fake API server that knows `objects` (the custom resources patches may
-/// target); returns a client for it and the record of its calls.
+/// Starts a fake API server that knows `objects` (any kind, each at its API path); returns
+/// a client for it and the record of its calls.
 pub fn start(objects: &[Value]) -> (Client, Recorded) {
-    let known: HashMap<String, Value> = objects
+    let mut known: HashMap<String, Value> = objects
         .iter()
         .map(|o| (object_path(o), o.clone()))
         .collect();
@@ -165,6 +242,7 @@ pub fn start(objects: &[Value]) -> (Client, Recorded) {
     let recorded = Recorded::default();
     let calls = recorded.clone();
     tokio::spawn(async move {
+        let mut open_watches = Vec::new();
         while let Some((request, send)) = handle.next_request().await {
             let method = request.method().to_string();
             let path = request.uri().path().to_string();
@@ -180,8 +258,15 @@ pub fn start(objects: &[Value]) -> (Client, Recorded) {
                 query,
                 body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             };
-            let (status, body) = answer(&call, &known);
+            let reply = answer(&call, &mut known);
             calls.0.lock().expect("calls").push(call);
+            let (status, body) = match reply {
+                Reply::Now(status, body) => (status, body),
+                Reply::Never => {
+                    open_watches.push(send);
+                    continue;
+                }
+            };
             let response = Response::builder()
                 .status(status)
                 .header("content-type", "application/json")
@@ -193,16 +278,22 @@ pub fn start(objects: &[Value]) -> (Client, Recorded) {
     (Client::new(service, "default"), recorded)
 }
 
-/// `/apis/stevedore.dev/v1alpha1/namespaces/NS/PLURAL/NAME` of a custom resource.
+/// The API path of an object: `/api/v1/…` for the core group, `/apis/GROUP/VERSION/…`
+/// otherwise, `namespaces/NS/PLURAL/NAME`.
 fn object_path(object: &Value) -> String {
-    let kind = object["kind"].as_str().unwrap_or_default();
-    let plural = match kind {
-        "DockerContainer" => "dockercontainers",
-        "DockerTarget" => "dockertargets",
-        _ => "registries",
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let root = if api_version.contains('/') {
+        format!("/apis/{api_version}")
+    } else {
+        format!("/api/{api_version}")
+    };
+    let kind = object["kind"].as_str().unwrap_or_default().to_lowercase();
+    let plural = match kind.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{kind}s"),
     };
     format!(
-        "/apis/stevedore.dev/v1alpha1/namespaces/{}/{plural}/{}",
+        "{root}/namespaces/{}/{plural}/{}",
         object["metadata"]["namespace"].as_str().unwrap_or_default(),
         object["metadata"]["name"].as_str().unwrap_or_default()
     )
