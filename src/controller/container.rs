@@ -15,18 +15,18 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
 use super::context::Context;
-use super::error::{Error, Result, kube_failed};
+use super::error::{Error, Result};
+use super::outcome::apply_status;
 use crate::api::container::ImageUpdatePolicy;
 use crate::api::container::{DeletionPolicy, DockerContainerStatus, InstanceStatus};
-use crate::api::{API_VERSION, CONDITION_READY, DockerContainer, DockerTarget};
+use crate::api::{CONDITION_READY, DockerContainer, DockerTarget};
 use crate::converge::engine::{DesiredSet, TargetIdentity, converge_listed, unix_now};
 use crate::converge::env::{StaticSources, resolve_env};
 use crate::converge::executor::{Executor, Outcome};
@@ -47,8 +47,6 @@ use crate::registry::refresh::refresh_interval;
 
 /// The finalizer that removes an object's containers before it goes.
 pub const FINALIZER: &str = "stevedore.dev/cleanup";
-/// The field manager of every status write.
-pub const FIELD_MANAGER: &str = "stevedore";
 /// How soon an object with an unreachable target is looked at again.
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(15);
 /// The longest note an Event may carry.
@@ -71,23 +69,6 @@ pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Re
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled("DockerContainer", started.elapsed());
     result
-}
-
-/// What to do after a failed reconcile: wait for a change when retrying cannot help,
-/// else retry with a per-object back-off.
-pub fn error_policy(container: Arc<DockerContainer>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failed("DockerContainer", error.metric_label());
-    tracing::warn!(
-        namespace = container.namespace().unwrap_or_default(),
-        name = container.name_any(),
-        error = %crate::docker::error::error_chain(error),
-        "reconcile failed"
-    );
-    if error.is_permanent() {
-        Action::await_change()
-    } else {
-        Action::requeue(ctx.retry_delay(&container.uid().unwrap_or_default()))
-    }
 }
 
 /// One target as this reconcile sees it.
@@ -554,24 +535,7 @@ async fn write_status(
     if &status == previous && container.status.is_some() {
         return Ok(());
     }
-    let namespace = container.namespace().unwrap_or_default();
-    let name = container.name_any();
-    let api: Api<DockerContainer> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = json!({
-        "apiVersion": API_VERSION,
-        "kind": "DockerContainer",
-        "status": status,
-    });
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_failed(format!(
-        "patch the status of DockerContainer {namespace}/{name}"
-    )))?;
-    Ok(())
+    apply_status(ctx, container, &status).await
 }
 
 /// An object that cannot converge as written: say why in its conditions (and an Event,

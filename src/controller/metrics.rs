@@ -89,7 +89,7 @@ impl Metrics {
     }
 
     /// Counts one failed reconcile of `kind`.
-    pub fn failed(&self, kind: &'static str, reason: &'static str) {
+    pub fn failed(&self, kind: &str, reason: &'static str) {
         self.errors
             .get_or_create(&vec![
                 ("kind", kind.to_string()),

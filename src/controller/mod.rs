@@ -19,6 +19,7 @@ pub mod error;
 pub mod hosts;
 pub mod http;
 pub mod metrics;
+pub mod outcome;
 pub mod rbac;
 pub mod registry;
 pub mod target;
@@ -41,6 +42,7 @@ use tokio::sync::mpsc;
 use self::context::{Context, Settings, Stores};
 use self::hosts::{HostSignal, Hosts};
 use self::metrics::Metrics;
+use self::outcome::error_policy;
 use crate::api::{DockerContainer, DockerTarget, Registry};
 use crate::docker::ConnectOptions;
 
@@ -278,7 +280,7 @@ async fn become_leader(
             .with_identity(&election.identity)
             .with_duration(15)
             .with_grace(5)
-            .with_field_manager(container::FIELD_MANAGER)
+            .with_field_manager(outcome::FIELD_MANAGER)
             .build()
             .await
             .map_err(RunError::Lease)?;
@@ -437,17 +439,17 @@ async fn run_controllers(
         )
         .reconcile_on(channel_stream(container_rx))
         .shutdown_on_signal()
-        .run(container::reconcile, container::error_policy, ctx.clone())
+        .run(container::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
     let targets_done = target_controller
         .reconcile_on(channel_stream(target_rx))
         .shutdown_on_signal()
-        .run(target::reconcile, target::error_policy, ctx.clone())
+        .run(target::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
     let registries_done = registry_controller
         .reconcile_on(channel_stream(registry_rx))
         .shutdown_on_signal()
-        .run(registry::reconcile, registry::error_policy, ctx.clone())
+        .run(registry::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
     tracing::info!(
         namespace = namespace.unwrap_or("<all>"),

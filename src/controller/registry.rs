@@ -7,17 +7,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use super::container::{FIELD_MANAGER, publish};
+use super::container::publish;
 use super::context::Context;
-use super::error::{Error, Result, kube_failed};
+use super::error::{Error, Result};
+use super::outcome::apply_status;
+use crate::api::Registry;
 use crate::api::registry::{REFRESH_REQUESTED_ANNOTATION, RegistryStatus};
-use crate::api::{API_VERSION, Registry};
 use crate::converge::status::{keep_transition_times, now_time};
 use crate::registry::refresh::{record_refresh, refresh, refresh_interval};
 
@@ -80,18 +79,7 @@ pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Act
             )
             .await;
         }
-        let api: Api<Registry> = Api::namespaced(ctx.client.clone(), &namespace);
-        let name = registry.name_any();
-        let patch = json!({ "apiVersion": API_VERSION, "kind": "Registry", "status": status });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(kube_failed(format!(
-            "patch the status of Registry {namespace}/{name}"
-        )))?;
+        apply_status(ctx.as_ref(), registry.as_ref(), &status).await?;
     }
     ctx.metrics.reconciled("Registry", started.elapsed());
     let wait = if ready.status == "True" {
@@ -101,14 +89,4 @@ pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Act
         interval.min(Duration::from_secs(60))
     };
     Ok(Action::requeue(wait))
-}
-
-/// Retries a failed status write with back-off.
-pub fn error_policy(registry: Arc<Registry>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failed("Registry", error.metric_label());
-    if error.is_permanent() {
-        Action::await_change()
-    } else {
-        Action::requeue(ctx.retry_delay(&registry.uid().unwrap_or_default()))
-    }
 }

@@ -9,17 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use super::container::{FIELD_MANAGER, publish};
+use super::container::publish;
 use super::context::Context;
-use super::error::{Error, Result, kube_failed};
+use super::error::{Error, Result};
+use super::outcome::apply_status;
 use crate::api::target::DockerTargetStatus;
-use crate::api::{API_VERSION, CONDITION_READY, DockerTarget};
+use crate::api::{CONDITION_READY, DockerTarget};
 use crate::converge::model::{LABEL_MANAGER, LABEL_UID};
 use crate::converge::status::{condition, keep_transition_times, now_time};
 use crate::docker::LABEL_TARGET;
@@ -35,18 +34,6 @@ pub async fn reconcile(target: Arc<DockerTarget>, ctx: Arc<Context>) -> Result<A
     let result = heartbeat(&target, &ctx).await;
     ctx.metrics.reconciled("DockerTarget", started.elapsed());
     result
-}
-
-/// Retries a failed status write with back-off (daemon failures are status, not errors).
-pub fn error_policy(target: Arc<DockerTarget>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failed("DockerTarget", error.metric_label());
-    tracing::warn!(
-        namespace = target.namespace().unwrap_or_default(),
-        name = target.name_any(),
-        error = %crate::docker::error::error_chain(error),
-        "reconcile failed"
-    );
-    Action::requeue(ctx.retry_delay(&target.uid().unwrap_or_default()))
 }
 
 async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
@@ -157,18 +144,7 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
             };
             publish(ctx, &target.object_ref(&()), type_, reason, "Connect", note).await;
         }
-        let api: Api<DockerTarget> = Api::namespaced(ctx.client.clone(), &namespace);
-        let name = target.name_any();
-        let patch = json!({ "apiVersion": API_VERSION, "kind": "DockerTarget", "status": status });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(kube_failed(format!(
-            "patch the status of DockerTarget {namespace}/{name}"
-        )))?;
+        apply_status(ctx, target, &status).await?;
     }
     ctx.succeeded(&uid);
     Ok(Action::requeue(ctx.settings.heartbeat))
