@@ -13,61 +13,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestEnv;
+use common::cluster::{
+    FIELD_MANAGER, connect as cluster, delete_namespace, fresh_namespace, install_crds,
+};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget};
 use stevedore::converge::model::LABEL_NAMESPACE;
 use stevedore::docker::{ConnectOptions, DockerHost, connect};
-
-const FIELD_MANAGER: &str = "stevedore-e2e";
-
-async fn cluster(test: &str) -> Option<(Client, String)> {
-    let Ok(path) = std::env::var("STEVEDORE_E2E_KUBECONFIG") else {
-        eprintln!("SKIPPED {test}: set STEVEDORE_E2E_KUBECONFIG to a kubeconfig to run it");
-        return None;
-    };
-    let kubeconfig = Kubeconfig::read_from(&path).expect("read STEVEDORE_E2E_KUBECONFIG");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig usable");
-    Some((Client::try_from(config).expect("client"), path))
-}
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in stevedore::api::crds() {
-        let name = crd.metadata.name.clone().expect("CRD name");
-        crds.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("CRD accepted");
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-}
-
-async fn fresh_namespace(client: &Client) -> String {
-    let name = common::fixture::unique("stevedore-e2e-ctl");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns");
-    namespaces
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&ns),
-        )
-        .await
-        .expect("namespace");
-    name
-}
 
 /// The controller binary, watching `namespace`, as its own process.
 struct ControllerProcess(Child);
@@ -280,9 +236,7 @@ async fn the_controller_converges_repairs_rolls_and_cleans_up() {
         },
     )
     .await;
-    let _ = Api::<Namespace>::all(client)
-        .delete(&ns, &DeleteParams::default())
-        .await;
+    delete_namespace(&client, &ns).await;
 }
 
 #[tokio::test]
@@ -370,7 +324,5 @@ async fn with_two_replicas_only_the_leader_acts() {
     })
     .await;
     drop(second);
-    let _ = Api::<Namespace>::all(client)
-        .delete(&ns, &DeleteParams::default())
-        .await;
+    delete_namespace(&client, &ns).await;
 }

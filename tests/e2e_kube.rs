@@ -10,74 +10,17 @@
 
 mod common;
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use common::cluster::{FIELD_MANAGER, delete_namespace, fresh_namespace, install_crds};
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, Config};
 use serde_json::{Value, json};
 
-const FIELD_MANAGER: &str = "stevedore-e2e";
-
-/// A client for the cluster named by `STEVEDORE_E2E_KUBECONFIG`, or `None` (after saying so)
-/// when the variable is unset.
+/// A client for the test cluster, or `None` after saying that `test` skipped.
 async fn cluster(test: &str) -> Option<Client> {
-    let Ok(path) = std::env::var("STEVEDORE_E2E_KUBECONFIG") else {
-        eprintln!("SKIPPED {test}: set STEVEDORE_E2E_KUBECONFIG to a kubeconfig to run it");
-        return None;
-    };
-    let kubeconfig = Kubeconfig::read_from(&path).expect("read STEVEDORE_E2E_KUBECONFIG");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    common::cluster::connect(test)
         .await
-        .expect("kubeconfig usable");
-    Some(Client::try_from(config).expect("client"))
-}
-
-async fn install_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in stevedore::api::crds() {
-        let name = crd.metadata.name.clone().expect("CRD name");
-        crds.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("the API server refused CRD {name}: {e}"));
-        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
-        tokio::time::timeout(std::time::Duration::from_secs(30), established)
-            .await
-            .unwrap_or_else(|_| panic!("CRD {name} not established within 30 s"))
-            .expect("watch CRD");
-    }
-}
-
-/// A fresh namespace for one test; `delete_namespace` removes it.
-async fn fresh_namespace(client: &Client) -> String {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
-    let name = format!("stevedore-e2e-{}-{stamp}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
-    namespaces
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&ns),
-        )
-        .await
-        .expect("create namespace");
-    name
-}
-
-async fn delete_namespace(client: &Client, name: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(name, &DeleteParams::default()).await;
+        .map(|(client, _)| client)
 }
 
 /// Server-side applies one object (with strict field validation) into `namespace`.

@@ -3,6 +3,7 @@
 
 pub mod cases;
 pub mod chart;
+pub mod cluster;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
