@@ -769,14 +769,7 @@ async fn the_running_controller_uses_every_permission_it_asks_for_and_no_other()
     };
     let controller = tokio::spawn(run_with(client, options));
 
-    let asked: BTreeSet<(String, String, String)> = rbac::PERMISSIONS
-        .iter()
-        .flat_map(|p| {
-            p.verbs
-                .iter()
-                .map(|v| (p.group.to_string(), p.resource.to_string(), v.to_string()))
-        })
-        .collect();
+    let asked: BTreeSet<(String, String, String)> = rbac::grants();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let used: BTreeSet<_> = recorded.all().iter().map(|c| c.rbac()).collect();

@@ -45,6 +45,19 @@ impl Workspace {
         );
     }
 
+    /// `edge-1.yaml` and `edge-2.yaml`: DockerTargets labelled `site: edge` for the
+    /// machine's own daemon and the second one.
+    fn write_edge_targets(&self, env: &TestEnv) {
+        self.write(
+            "edge-1.yaml",
+            &target("edge-1", &env.get("MAIN_HOST"), "edge"),
+        );
+        self.write(
+            "edge-2.yaml",
+            &target("edge-2", &env.get("SECOND_HOST"), "edge"),
+        );
+    }
+
     fn remove(&self, file: &str) {
         std::fs::remove_file(self.dir.join(file)).expect("remove manifest");
     }
@@ -243,14 +256,7 @@ async fn replicas_spread_two_and_one_stay_put_across_restarts_and_move_when_a_ta
     let main = connected(hosts::main(&env)).await;
     let second = connected(hosts::second(&env)).await;
     let ws = Workspace::new();
-    ws.write(
-        "edge-1.yaml",
-        &target("edge-1", &env.get("MAIN_HOST"), "edge"),
-    );
-    ws.write(
-        "edge-2.yaml",
-        &target("edge-2", &env.get("SECOND_HOST"), "edge"),
-    );
+    ws.write_edge_targets(&env);
     ws.write("lab.yaml", &target("lab", &env.get("MAIN_HOST"), "lab"));
     ws.write(
         "collector.yaml",
@@ -782,14 +788,7 @@ async fn one_digest_on_every_target_and_pins_that_outlive_the_process() {
 /// running `image` with one replica on each target.
 fn pinning_workspace(env: &TestEnv, image: &str, containers: &[(&str, &str)]) -> Workspace {
     let ws = Workspace::new();
-    ws.write(
-        "edge-1.yaml",
-        &target("edge-1", &env.get("MAIN_HOST"), "edge"),
-    );
-    ws.write(
-        "edge-2.yaml",
-        &target("edge-2", &env.get("SECOND_HOST"), "edge"),
-    );
+    ws.write_edge_targets(env);
     let password = env.get("REGISTRY_PASSWORD");
     ws.write(
         "registry.yaml",

@@ -89,6 +89,18 @@ pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
         .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
 }
 
+/// Every `(group, resource, verb)` of [`PERMISSIONS`], one entry per verb.
+pub fn grants() -> std::collections::BTreeSet<(String, String, String)> {
+    PERMISSIONS
+        .iter()
+        .flat_map(|p| {
+            p.verbs
+                .iter()
+                .map(|v| (p.group.to_string(), p.resource.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 /// The ClusterRole the controller needs: exactly [`PERMISSIONS`].
 pub fn cluster_role(name: &str) -> ClusterRole {
     ClusterRole {
