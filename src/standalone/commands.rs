@@ -266,34 +266,65 @@ fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
     tx
 }
 
-/// Prints what converges could not do, each finding once while it lasts: a converge that
-/// runs every half second must not repeat the same line (with a countdown in it) each time.
+/// Prints problems once while they last: a converge that runs every half second, or a
+/// round every ten, must not repeat the same line (with a countdown in it) each time. A
+/// line is printed again once it went away and came back.
 #[derive(Default)]
-struct FindingPrinter {
-    /// Per target, the findings of its last converge, digits left out.
-    last: HashMap<ObjectKey, HashSet<String>>,
+struct Announcer {
+    /// Per scope, what its previous call printed or held back, digits left out.
+    last: HashMap<String, HashSet<String>>,
 }
 
-impl FindingPrinter {
-    fn print(&mut self, key: &ObjectKey, result: &Result<ConvergeReport, DockerError>) {
-        let report = match result {
-            Ok(report) => report,
-            Err(e) => {
-                eprintln!("target {}/{}: {e}", key.namespace, key.name);
-                return;
-            }
-        };
-        let before = self.last.remove(key).unwrap_or_default();
+impl Announcer {
+    /// Prints `lines` on stderr, leaving out those the previous call for `scope` had.
+    fn announce(&mut self, scope: &str, lines: impl IntoIterator<Item = String>) {
+        let before = self.last.remove(scope).unwrap_or_default();
         let mut now = HashSet::new();
-        for finding in report.plan.blocked.iter().chain(&report.plan.drift) {
-            let line = format!("{}: {}", finding.container, finding.reason);
+        for line in lines {
             let shape: String = line.chars().filter(|c| !c.is_ascii_digit()).collect();
             if !before.contains(&shape) {
-                eprintln!("{}/{}: {line}", key.namespace, key.name);
+                eprintln!("{line}");
             }
             now.insert(shape);
         }
-        self.last.insert(key.clone(), now);
+        self.last.insert(scope.to_string(), now);
+    }
+
+    /// What one converge of target `key` could not do (or why it could not run).
+    fn converged(&mut self, key: &ObjectKey, result: &Result<ConvergeReport, DockerError>) {
+        let lines: Vec<String> = match result {
+            Ok(report) => report
+                .plan
+                .blocked
+                .iter()
+                .chain(&report.plan.drift)
+                .map(|f| format!("{key}: {}: {}", f.container, f.reason))
+                .collect(),
+            Err(e) => vec![format!("{key}: {e}")],
+        };
+        self.announce(&key.to_string(), lines);
+    }
+
+    /// What keeps a round's containers from converging: unplaced replicas, bad specs,
+    /// digests that could not be checked.
+    fn round(&mut self, round: &Round) {
+        let unplaced = round.unplaced.iter().flat_map(|(key, problems)| {
+            problems
+                .iter()
+                .map(move |(replica, reason)| format!("{key} replica {replica}: {reason}"))
+        });
+        let errors = round
+            .container_errors
+            .iter()
+            .map(|(key, error)| format!("{key}: {error}"));
+        let pins = round
+            .pins
+            .iter()
+            .filter_map(|(key, pin)| Some(format!("{key}: {}", pin.problem.as_ref()?)));
+        self.announce(
+            "round",
+            unplaced.chain(errors).chain(pins).collect::<Vec<_>>(),
+        );
     }
 }
 
@@ -306,7 +337,7 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
     let progress = spawn_progress_printer(quiet);
     let mut memory = Memory::default();
     let mut memories: HashMap<ObjectKey, TargetMemory> = HashMap::new();
-    let mut printer = FindingPrinter::default();
+    let mut announcer = Announcer::default();
     // What the last converge of each target could not do: the table reports it.
     let mut findings: HashMap<ObjectKey, Vec<Finding>> = HashMap::new();
     let deadline = Instant::now() + timeout;
@@ -333,7 +364,7 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
         let mut settled = true;
         let mut all_succeeded = true;
         for (key, memory, result) in join_all(runs).await {
-            printer.print(&key, &result);
+            announcer.converged(&key, &result);
             if let Ok(report) = &result {
                 let plan = &report.plan;
                 findings.insert(key.clone(), [&plan.blocked[..], &plan.drift[..]].concat());
@@ -426,7 +457,7 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
     let (reports_tx, mut reports) =
         mpsc::unbounded_channel::<(ObjectKey, Result<ConvergeReport, DockerError>)>();
     let mut memory = Memory::default();
-    let mut printer = FindingPrinter::default();
+    let mut announcer = Announcer::default();
     let mut tasks: BTreeMap<ObjectKey, TargetTask> = BTreeMap::new();
     let mut last_good: Option<Manifests> = None;
     let mut fingerprint = None;
@@ -442,7 +473,7 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
                 eprintln!("interrupted; containers keep running");
                 break;
             }
-            Some((key, result)) = reports.recv() => printer.print(&key, &result),
+            Some((key, result)) = reports.recv() => announcer.converged(&key, &result),
             _ = file_tick.tick() => {
                 let now = files_fingerprint(&source.paths);
                 if fingerprint != Some(now) {
@@ -461,21 +492,7 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
             continue;
         }
         let round = round(&manifests, &mut memory, &source.options).await;
-        for (key, problems) in &round.unplaced {
-            for (replica, reason) in problems {
-                eprintln!("{key} replica {replica}: {reason}");
-            }
-        }
-        for (key, error) in &round.container_errors {
-            eprintln!("{key}: {error}");
-        }
-        for (key, problem) in round
-            .pins
-            .iter()
-            .filter_map(|(k, p)| Some((k, p.problem.as_ref()?)))
-        {
-            eprintln!("{key}: {problem}");
-        }
+        announcer.round(&round);
         // Targets gone from the manifests (or unreachable) lose their loop. A removed
         // target's host is no longer managed by this run: its containers are left as they
         // are, as `run --once` would leave them; the replicas move to other targets.
