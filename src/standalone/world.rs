@@ -585,3 +585,56 @@ fn place_namespace(inputs: &RoundInputs<'_>, namespace: &str, round: &mut Round)
     round.placements.assignments.extend(placements.assignments);
     round.placements.unplaced.extend(placements.unplaced);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::ContainerState;
+
+    /// A container of owner `uid`, with the pin `(image, from, at)` in its labels.
+    fn running(uid: &str, pin: Option<(&str, &str, &str)>) -> HostContainer {
+        let mut labels = BTreeMap::from([(LABEL_UID.to_string(), uid.to_string())]);
+        if let Some((image, from, at)) = pin {
+            labels.extend([
+                (LABEL_RESOLVED_IMAGE.to_string(), image.to_string()),
+                (LABEL_RESOLVED_FROM.to_string(), from.to_string()),
+                (LABEL_RESOLVED_AT.to_string(), at.to_string()),
+            ]);
+        }
+        HostContainer {
+            id: "id".into(),
+            name: "ns_web_0".into(),
+            labels,
+            state: ContainerState::Running,
+            health: None,
+            image_id: "sha256:img".into(),
+            exit_code: None,
+        }
+    }
+
+    #[test]
+    fn a_pin_is_found_again_in_the_owners_labels_newest_first() {
+        let live = "reg/app:live";
+        let containers = [
+            // Mid-rollout: the old pin and the new one.
+            running("web", Some(("reg/app@sha256:old", live, "100"))),
+            running("web", Some(("reg/app@sha256:new", live, "200"))),
+            // Another owner's, newer still.
+            running("other", Some(("reg/app@sha256:theirs", live, "300"))),
+            // A pin of an image the spec no longer names.
+            running("web", Some(("reg/app@sha256:before", "reg/app:old", "400"))),
+            // Made before pins were recorded, and a pin whose time is not a number.
+            running("web", None),
+            running("web", Some(("reg/app@sha256:odd", live, "soon"))),
+        ];
+        assert_eq!(
+            pin_in_labels(containers.iter(), "web", live),
+            Some(Resolved {
+                image: "reg/app@sha256:new".into(),
+                from: live.into(),
+                at: 200,
+            })
+        );
+        assert_eq!(pin_in_labels(containers.iter(), "web", "reg/app:2"), None);
+    }
+}
