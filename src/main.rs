@@ -28,8 +28,8 @@ enum Command {
     Run {
         #[command(flatten)]
         source: SourceArgs,
-        /// Converge, wait until every container is ready (or --timeout), print the status
-        /// and exit: 0 when all are ready, 1 otherwise.
+        /// Converge, wait until every replica runs its current spec and is ready (or
+        /// --timeout), print the status and exit: 0 when that was reached, 1 otherwise.
         #[arg(long)]
         once: bool,
         /// How long `--once` waits for readiness, e.g. 120s or 5m.

@@ -328,8 +328,9 @@ impl Announcer {
     }
 }
 
-/// `stevedore run --once`: converge, wait until every container is ready or `timeout`
-/// passes, print the status table. Exit 0 when all are ready, 1 otherwise.
+/// `stevedore run --once`: converge, wait until every replica runs its current spec and is
+/// ready, or `timeout` passes; print the status table. Exit 0 when that was reached, 1
+/// otherwise.
 pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurrency: usize) -> i32 {
     let Some((_, manifests)) = first_load(source) else {
         return 1;
@@ -388,6 +389,7 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
+    let settled = settled_round.is_some();
     let mut round = match settled_round {
         Some(round) => round,
         None => round(&manifests, &mut memory, &source.options).await,
@@ -398,7 +400,12 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
     // The table needs readiness only: what the last round listed, no inspect per container.
     let report = report::status_report(&manifests, &round, report::Detail::Summary).await;
     print_report(&report, Format::Table, &mut std::io::stdout());
-    if report::all_ready(&report) && manifests.errors.is_empty() && round.unplaced.is_empty() {
+    // Ready is not enough: old replicas serving a rollout that has not finished are ready.
+    if settled
+        && report::all_ready(&report)
+        && manifests.errors.is_empty()
+        && round.unplaced.is_empty()
+    {
         0
     } else {
         1
