@@ -15,14 +15,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::api::DockerTarget;
-use crate::converge::engine::{TargetMemory, is_disruptive, is_manual_stop, unix_now};
+use crate::converge::engine::{TargetMemory, unix_now};
+use crate::converge::events::{self, Heard};
 use crate::docker::material::fingerprint;
 use crate::docker::{
-    ConnectOptions, ConnectionMaterial, DockerError, DockerHost, ErrorKind, LABEL_TARGET, connect,
+    ConnectOptions, ConnectionMaterial, DockerError, DockerHost, ErrorKind, connect,
 };
 
 /// What a daemon's event stream asks of the DockerContainer controller.
@@ -258,45 +258,18 @@ async fn follow_events(
     signals: mpsc::UnboundedSender<HostSignal>,
     manual_stops: Arc<Mutex<HashSet<String>>>,
 ) {
-    const INITIAL: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(30);
-    let mut backoff = INITIAL;
-    loop {
-        let started = Instant::now();
-        let mut events = std::pin::pin!(host.container_events(LABEL_TARGET, &target_uid));
-        if signals
-            .send(HostSignal::Resync {
+    events::follow(host, target_uid, manual_stops, |heard| {
+        let signal = match heard {
+            Heard::Connected => HostSignal::Resync {
                 namespace: namespace.clone(),
-            })
-            .is_err()
-        {
-            return;
-        }
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) if is_disruptive(&event.action) => {
-                    if is_manual_stop(&event.action)
-                        && let Ok(mut stops) = manual_stops.lock()
-                    {
-                        stops.insert(event.id.clone());
-                    }
-                    if let Some((namespace, name)) = event.owner
-                        && signals.send(HostSignal::Owner { namespace, name }).is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(endpoint = host.endpoint(), %error, "event stream broke");
-                    break;
-                }
-            }
-        }
-        if started.elapsed() > MAX {
-            backoff = INITIAL;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX);
-    }
+            },
+            Heard::Disruption(event) => match event.owner {
+                Some((namespace, name)) => HostSignal::Owner { namespace, name },
+                None => return true,
+            },
+        };
+        // The receiver is gone only when the controller stops.
+        signals.send(signal).is_ok()
+    })
+    .await;
 }

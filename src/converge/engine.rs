@@ -13,9 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
 use tokio::sync::{Notify, mpsc, watch};
 
+use super::events;
 use super::executor::{Executor, Outcome};
 use super::model::{DesiredInstance, LABEL_SPEC_HASH, LABEL_UID};
 use super::plan::{Action, Plan, PlanInput, RestartBook, plan};
@@ -269,63 +269,6 @@ fn remember(
     });
 }
 
-/// Docker event actions that mean a managed container may need repair.
-pub fn is_disruptive(action: &str) -> bool {
-    matches!(
-        action,
-        "die" | "stop" | "kill" | "destroy" | "oom" | "pause" | "rename"
-    ) || action.starts_with("health_status: unhealthy")
-}
-
-/// Whether an event means someone stopped the container from outside (`docker stop` and
-/// `docker kill` send these before `die`; a crash only dies).
-pub fn is_manual_stop(action: &str) -> bool {
-    matches!(action, "kill" | "stop")
-}
-
-/// Follows the daemon's events for this target's containers and wakes `wake` on every
-/// disruptive one, and after every (re)connect (events may have been missed meanwhile).
-/// IDs of containers stopped from outside are added to `manual_stops`.
-/// Runs until the task is aborted.
-pub async fn watch_events(
-    host: DockerHost,
-    target_uid: String,
-    wake: Arc<Notify>,
-    manual_stops: Arc<Mutex<HashSet<String>>>,
-) {
-    const INITIAL: Duration = Duration::from_millis(250);
-    const MAX: Duration = Duration::from_secs(30);
-    let mut backoff = INITIAL;
-    loop {
-        let started = tokio::time::Instant::now();
-        let mut events = std::pin::pin!(host.container_events(LABEL_TARGET, &target_uid));
-        wake.notify_one();
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) if is_disruptive(&event.action) => {
-                    tracing::debug!(action = %event.action, id = %event.id, "container event");
-                    if is_manual_stop(&event.action)
-                        && let Ok(mut stops) = manual_stops.lock()
-                    {
-                        stops.insert(event.id);
-                    }
-                    wake.notify_one();
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(endpoint = host.endpoint(), %error, "event stream broke");
-                    break;
-                }
-            }
-        }
-        if started.elapsed() > MAX {
-            backoff = INITIAL;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX);
-    }
-}
-
 /// How soon an event-triggered converge that found nothing to do looks once more.
 const EVENT_RECHECK: Duration = Duration::from_millis(200);
 
@@ -363,11 +306,16 @@ pub async fn run_target(
 ) {
     let wake = Arc::new(Notify::new());
     let manual_stops = Arc::new(Mutex::new(HashSet::new()));
-    let watcher = tokio::spawn(watch_events(
+    // Every (re)connect and every disruption wakes the loop.
+    let waker = wake.clone();
+    let watcher = tokio::spawn(events::follow(
         host.clone(),
         identity.uid.clone(),
-        wake.clone(),
         manual_stops.clone(),
+        move |_| {
+            waker.notify_one();
+            true
+        },
     ));
     let mut memory = TargetMemory::default();
     // Set after a wake-up by an event: the daemon may report a container's death a moment

@@ -11,6 +11,7 @@
 pub mod container_config;
 pub mod engine;
 pub mod env;
+pub mod events;
 pub mod executor;
 pub mod model;
 pub mod plan;
