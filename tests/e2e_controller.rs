@@ -77,6 +77,12 @@ async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -
     }
 }
 
+/// A DockerTarget `local` for the machine's own daemon.
+fn local_target(env: &TestEnv) -> Value {
+    json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
+    "metadata": {"name": "local"}, "spec": {"endpoint": env.get("MAIN_HOST")}})
+}
+
 async fn main_daemon(env: &TestEnv) -> DockerHost {
     let (spec, material) = common::hosts::main(env);
     connect(&spec, &material, ConnectOptions::default())
@@ -149,13 +155,7 @@ async fn the_controller_converges_repairs_rolls_and_cleans_up() {
     let host = main_daemon(&env).await;
     let containers: Api<DockerContainer> = Api::namespaced(client.clone(), &ns);
 
-    apply(
-        &client,
-        &ns,
-        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
-        "metadata": {"name": "local"}, "spec": {"endpoint": env.get("MAIN_HOST")}}),
-    )
-    .await;
+    apply(&client, &ns, local_target(&env)).await;
     apply(
         &client,
         &ns,
@@ -260,13 +260,7 @@ async fn with_two_replicas_only_the_leader_acts() {
     )
     .await;
     let second = ControllerProcess::start(&kubeconfig, &ns, &["--identity", "second"]);
-    apply(
-        &client,
-        &ns,
-        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
-        "metadata": {"name": "local"}, "spec": {"endpoint": env.get("MAIN_HOST")}}),
-    )
-    .await;
+    apply(&client, &ns, local_target(&env)).await;
     apply(
         &client,
         &ns,

@@ -17,10 +17,10 @@ use super::container::publish;
 use super::context::Context;
 use super::error::{Error, Result};
 use super::outcome::apply_status;
+use crate::api::DockerTarget;
 use crate::api::target::DockerTargetStatus;
-use crate::api::{CONDITION_READY, DockerTarget};
 use crate::converge::model::{LABEL_MANAGER, LABEL_UID};
-use crate::converge::status::{condition, keep_transition_times, now_time};
+use crate::converge::status::{keep_transition_times, now_time, target_ready};
 use crate::docker::LABEL_TARGET;
 use crate::docker::material::target_material;
 
@@ -105,22 +105,13 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         },
         Err(e) => Err(e),
     };
-    let ready = match &checked {
-        Ok(()) => condition(
-            CONDITION_READY,
-            true,
-            "Connected",
-            "the daemon answers".into(),
-            &now,
-        ),
-        Err(e) => condition(
-            CONDITION_READY,
-            false,
-            e.kind.reason(),
-            e.message.clone(),
-            &now,
-        ),
-    };
+    let ready = target_ready(
+        checked
+            .as_ref()
+            .err()
+            .map(|e| (e.kind.reason(), e.message.as_str())),
+        &now,
+    );
     status.conditions = vec![ready];
     keep_transition_times(&mut status.conditions, &previous.conditions);
     let ready_changed = status.conditions.first().map(|c| &c.status)

@@ -565,8 +565,9 @@ mod tests {
         }
     }
 
-    fn desired(owners: &[(usize, Vec<u32>, &str, &str)]) -> Vec<DesiredInstance> {
-        let ctx = InstanceContext {
+    /// Instances of `app:1` on the test target, pulled without credentials.
+    fn plain_context() -> InstanceContext<'static> {
+        InstanceContext {
             target_uid: TARGET,
             manager: MANAGER,
             image: "app:1",
@@ -574,7 +575,11 @@ mod tests {
             pull_credentials: None,
             image_source: None,
             resolved: None,
-        };
+        }
+    }
+
+    fn desired(owners: &[(usize, Vec<u32>, &str, &str)]) -> Vec<DesiredInstance> {
+        let ctx = plain_context();
         owners
             .iter()
             .flat_map(|(i, replicas, command, restart)| {
@@ -1007,15 +1012,7 @@ mod tests {
 
     #[test]
     fn equal_host_ports_on_one_target_are_blocked_not_attempted() {
-        let ctx = InstanceContext {
-            target_uid: TARGET,
-            manager: MANAGER,
-            image: "app:1",
-            image_identity: "app:1",
-            pull_credentials: None,
-            image_source: None,
-            resolved: None,
-        };
+        let ctx = plain_context();
         let with_port: crate::api::DockerContainerSpec =
             serde_json::from_value(serde_json::json!({
                 "image": "app:1", "ports": [{"containerPort": 80, "hostPort": 8080}],

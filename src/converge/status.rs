@@ -93,6 +93,23 @@ pub fn condition(kind: &str, ok: bool, reason: &str, message: String, now: &Time
     }
 }
 
+/// A DockerTarget's `Ready`: `Connected` while the daemon answers, else the reason (as
+/// [`crate::docker::ErrorKind::reason`] names it) and what went wrong.
+pub fn target_ready(problem: Option<(&str, &str)>, now: &Time) -> Condition {
+    match problem {
+        None => condition(
+            CONDITION_READY,
+            true,
+            "Connected",
+            "the daemon answers".into(),
+            now,
+        ),
+        Some((reason, message)) => {
+            condition(CONDITION_READY, false, reason, message.to_string(), now)
+        }
+    }
+}
+
 /// The current time in whole seconds, as the API server stores it.
 pub fn now_time() -> Time {
     let now = k8s_openapi::jiff::Timestamp::now();

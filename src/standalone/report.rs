@@ -15,7 +15,7 @@ use crate::api::target::DockerTargetStatus;
 use crate::api::{API_VERSION, CONDITION_READY};
 use crate::converge::model::LABEL_SPEC_HASH;
 use crate::converge::status::{
-    condition, container_conditions, instance_statuses, is_ready, now_time,
+    container_conditions, instance_statuses, is_ready, now_time, target_ready,
 };
 use crate::registry::pinning::Resolved;
 use crate::registry::refresh::{record_refresh, refresh};
@@ -99,16 +99,11 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
             }
             status.last_seen_time = Some(now.clone());
         }
-        status.conditions = vec![match ready {
-            Ok(()) => condition(
-                CONDITION_READY,
-                true,
-                "Connected",
-                "the daemon answers".into(),
-                &now,
-            ),
-            Err((reason, message)) => condition(CONDITION_READY, false, &reason, message, &now),
-        }];
+        let problem = ready.as_ref().err();
+        status.conditions = vec![target_ready(
+            problem.map(|(reason, message)| (reason.as_str(), message.as_str())),
+            &now,
+        )];
         targets.push(ObjectStatus {
             api_version: API_VERSION,
             kind: "DockerTarget",
