@@ -806,3 +806,46 @@ fn pinning_workspace(env: &TestEnv, image: &str, containers: &[(&str, &str)]) ->
     }
     ws
 }
+
+#[tokio::test]
+async fn an_image_that_cannot_be_pulled_keeps_the_old_container_and_run_once_fails() {
+    let env = TestEnv::load();
+    let main = connected(hosts::main(&env)).await;
+    let ws = Workspace::new();
+    ws.write_main_target(&env);
+    let app = |image: &str| {
+        format!(
+            "apiVersion: stevedore.dev/v1alpha1\nkind: DockerContainer\nmetadata: {{name: app}}\n\
+             spec:\n  image: {image}\n  stopTimeoutSeconds: 1\n  placement: {{target: main}}\n"
+        )
+    };
+    ws.write("app.yaml", &app(&env.get("IMAGE_V1")));
+    let first = ws.run_once();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let before = containers(&main, &ws.namespace).await;
+    assert_eq!(before.len(), 1);
+
+    // An image the registry refuses to hand out (no Registry, so no credentials): the old
+    // replica is ready all along, but the spec is not running, so `run --once` fails.
+    let refused = format!("{}/stevedore/{}:1", env.get("REGISTRY"), ws.namespace);
+    ws.write("app.yaml", &app(&refused));
+    let failed = ws.run(&["run", "--once", "--timeout", "5s", "--no-progress"]);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    let table = String::from_utf8_lossy(&failed.stdout);
+    assert!(
+        table.contains("Replace failed") && table.contains(&refused),
+        "the table says why: {}",
+        text(&failed)
+    );
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(
+        stderr.matches("Replace: failed").count(),
+        1,
+        "the same failure is said once, not every round: {stderr}"
+    );
+    let after = containers(&main, &ws.namespace).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id, before[0].id, "the old container serves");
+    assert_eq!(after[0].state, ContainerState::Running);
+    remove_all(&main, &ws.namespace).await;
+}

@@ -245,6 +245,9 @@ fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Progress>();
     let live = !quiet && std::io::stderr().is_terminal();
     tokio::spawn(async move {
+        // The last failure per subject: an action that fails the same way every round is
+        // said once (until something else happens to the subject).
+        let mut last_failure: HashMap<String, String> = HashMap::new();
         while let Some(progress) = rx.recv().await {
             let mut err = std::io::stderr();
             if progress.message.starts_with("Pull: ") {
@@ -257,10 +260,24 @@ fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
                 }
                 continue;
             }
+            let shape: String = progress
+                .message
+                .chars()
+                .filter(|c| !c.is_ascii_digit())
+                .collect();
+            let failed = progress.message.contains(": failed");
+            if failed && last_failure.get(&progress.subject) == Some(&shape) {
+                continue;
+            }
             if live {
                 let _ = write!(err, "\r\x1b[2K");
             }
             let _ = writeln!(err, "{}: {}", progress.subject, progress.message);
+            if failed {
+                last_failure.insert(progress.subject, shape);
+            } else {
+                last_failure.remove(&progress.subject);
+            }
         }
     });
     tx
@@ -367,8 +384,7 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
         for (key, memory, result) in join_all(runs).await {
             announcer.converged(&key, &result);
             if let Ok(report) = &result {
-                let plan = &report.plan;
-                findings.insert(key.clone(), [&plan.blocked[..], &plan.drift[..]].concat());
+                findings.insert(key.clone(), unfinished(report));
             }
             settled &= result.as_ref().is_ok_and(|r| r.plan.is_empty());
             all_succeeded &= result
@@ -410,6 +426,29 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
     } else {
         1
     }
+}
+
+/// What one converge left undone, per container: work it could not do, drift it only
+/// reports, and actions that failed. A failed pull is not listed itself: the create or
+/// replace that waited for the image fails with it, and names the container.
+fn unfinished(report: &ConvergeReport) -> Vec<Finding> {
+    let plan = &report.plan;
+    let failed = report.outcomes.iter().filter(|o| o.verb != "Pull");
+    plan.blocked
+        .iter()
+        .chain(&plan.drift)
+        .cloned()
+        .chain(failed.filter_map(|outcome| {
+            Some(Finding {
+                container: outcome.subject.clone(),
+                reason: format!(
+                    "{} failed: {}",
+                    outcome.verb,
+                    outcome.result.as_ref().err()?
+                ),
+            })
+        }))
+        .collect()
 }
 
 /// Whether every desired instance runs its current spec, and is healthy where checked.
