@@ -2,7 +2,9 @@
 # Build stage: the release binary, with dependencies cached apart from the sources.
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# Cargo reads every target the manifest declares (the benchmark too) before it builds one.
 COPY Cargo.toml Cargo.lock ./
+COPY benches benches
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked --bin stevedore || true
 COPY src src
