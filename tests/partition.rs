@@ -17,12 +17,13 @@ use common::TestEnv;
 use common::fixture::{secret, unique};
 use fake_api::{Recorded, World};
 use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Action;
 use proxy::Proxy;
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget};
 use stevedore::controller::context::Context;
 use stevedore::controller::{container, target};
-use stevedore::converge::model::LABEL_UID;
+use stevedore::converge::model::{LABEL_SPEC_HASH, LABEL_UID};
 use stevedore::docker::{ConnectOptions, DockerHost, HostContainer, connect};
 
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -149,14 +150,20 @@ impl Fleet {
     }
 
     async fn reconcile(&self, which: &DockerContainer) -> Value {
+        self.reconcile_and_requeue(which).await.0
+    }
+
+    /// The status a reconcile wrote, and when it asked to be run again.
+    async fn reconcile_and_requeue(&self, which: &DockerContainer) -> (Value, Action) {
         self.recorded.clear();
-        container::reconcile(Arc::new(which.clone()), self.ctx.clone())
+        let action = container::reconcile(Arc::new(which.clone()), self.ctx.clone())
             .await
             .expect("reconcile");
-        self.last_status(&format!(
+        let status = self.last_status(&format!(
             "dockercontainers/{}",
             which.metadata.name.as_deref().unwrap_or_default()
-        ))
+        ));
+        (status, action)
     }
 
     fn last_status(&self, suffix: &str) -> Value {
@@ -277,52 +284,68 @@ async fn a_cut_in_the_middle_of_a_converge_fails_that_target_only_and_heals() {
     fleet.heartbeat(&fleet.edge).await;
     fleet.heartbeat(&fleet.local).await;
     fleet.reconcile(&fleet.solo).await;
-    // Cut while `spread` is being created on edge (its reconcile lists, then creates).
-    let cutter = {
-        let started = Instant::now();
-        async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            started.elapsed()
-        }
-    };
+    // `spread` lands on edge (the emptier target), and its status says so.
+    let mut spread = fleet.spread.clone();
+    let status = fleet.reconcile(&spread).await;
+    assert_eq!(status["instances"][0]["target"], "edge", "{status:#}");
+    spread.status = Some(serde_json::from_value(status).expect("status"));
+    let before = fleet.containers(&fleet.edge_host, &spread).await;
+    assert_eq!(before.len(), 1);
+
+    // A spec change replaces the container; the link is cut while that is under way.
+    // Wherever the cut falls — before the list, between the steps of the replacement —
+    // the placement holds: nothing moves to `local`.
+    spread.spec.env =
+        serde_json::from_value(json!([{"name": "MODE", "value": "second"}])).expect("env");
+    spread.metadata.generation = Some(2);
     let (_, _) = tokio::join!(
         async {
-            container::reconcile(Arc::new(fleet.spread.clone()), fleet.ctx.clone())
+            container::reconcile(Arc::new(spread.clone()), fleet.ctx.clone())
                 .await
                 .expect("reconcile reports, never fails, on a cut target")
         },
         async {
-            cutter.await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             fleet.proxy.cut();
         }
     );
-    // Whatever got through, nothing landed anywhere else and nothing is duplicated.
     assert!(
         fleet
-            .containers(&fleet.local_host, &fleet.spread)
+            .containers(&fleet.local_host, &spread)
             .await
-            .is_empty()
-    );
-    assert!(
-        fleet
-            .containers(&fleet.edge_host, &fleet.spread)
-            .await
-            .len()
-            <= 1
+            .is_empty(),
+        "moved to local"
     );
     let status = fleet.heartbeat(&fleet.edge).await;
     assert_eq!(ready_reason(&status).1, "Unreachable", "{status:#}");
 
+    // Heal: the replacement finishes on edge, with one container, of the new spec. A
+    // reconcile that changed something looks again soon (the old container goes only once
+    // the new one runs), and one that finds nothing to do no longer hurries.
     fleet.proxy.heal();
     fleet.heartbeat(&fleet.edge).await;
-    let status = fleet.reconcile(&fleet.spread).await;
+    let mut looks = 0;
+    let status = loop {
+        let (status, action) = fleet.reconcile_and_requeue(&spread).await;
+        looks += 1;
+        if action != Action::requeue(container::LOOK_AGAIN_AFTER_CHANGES) {
+            break status;
+        }
+        assert!(looks < 5, "still changing after {looks} looks: {status:#}");
+    };
     assert_eq!(ready_reason(&status).0, "True", "{status:#}");
-    assert_eq!(
+    let after = fleet.containers(&fleet.edge_host, &spread).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(
+        after[0].labels.get(LABEL_SPEC_HASH),
+        before[0].labels.get(LABEL_SPEC_HASH),
+        "the new spec runs"
+    );
+    assert!(
         fleet
-            .containers(&fleet.edge_host, &fleet.spread)
+            .containers(&fleet.local_host, &spread)
             .await
-            .len(),
-        1
+            .is_empty()
     );
     fleet.cleanup().await;
 }

@@ -49,6 +49,10 @@ use crate::registry::refresh::refresh_interval;
 pub const FINALIZER: &str = "stevedore.dev/cleanup";
 /// How soon an object with an unreachable target is looked at again.
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(15);
+/// How soon an object whose reconcile changed something is looked at again: a change can
+/// leave work that waits on it (a leftover removed only once its replacement runs), and a
+/// look that finds nothing to do costs one list call.
+pub const LOOK_AGAIN_AFTER_CHANGES: Duration = Duration::from_secs(2);
 /// The longest note an Event may carry.
 const EVENT_NOTE_LIMIT: usize = 1024;
 
@@ -231,6 +235,8 @@ struct TargetOutcome {
     problems: Vec<String>,
     retry_at: Option<u64>,
     unreachable: bool,
+    /// Whether an action succeeded (failed ones wait for their back-off instead).
+    changed: bool,
 }
 
 async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
@@ -329,6 +335,7 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
     let mut updated = 0;
     let mut retry_at: Option<u64> = None;
     let mut unreachable = false;
+    let mut changed = false;
     for outcome in outcomes {
         instances.extend(outcome.instances);
         updated += outcome.updated;
@@ -338,6 +345,7 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
             (a, b) => a.or(b),
         };
         unreachable |= outcome.unreachable;
+        changed |= outcome.changed;
     }
     instances.sort_by(|a, b| a.container_name.cmp(&b.container_name));
     ctx.metrics
@@ -374,6 +382,9 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
     }
     if unreachable {
         wait = wait.min(RETRY_UNREACHABLE);
+    }
+    if changed {
+        wait = wait.min(LOOK_AGAIN_AFTER_CHANGES);
     }
     Ok(Action::requeue(wait))
 }
@@ -489,6 +500,7 @@ async fn converge_target(
         problems,
         retry_at: report.plan.retry_at,
         unreachable: false,
+        changed: report.outcomes.iter().any(|o| o.result.is_ok()),
     }
 }
 

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use super::client::{RegistryClient, RegistryError};
 use super::credentials::image_host;
 use super::refresh::{client_for, refresh_interval};
@@ -27,10 +29,10 @@ pub struct Resolved {
 
 impl Resolved {
     /// When it was resolved, as `status.resolvedAt` carries it.
-    pub fn at_time(&self) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    pub fn at_time(&self) -> Option<Time> {
         k8s_openapi::jiff::Timestamp::from_second(self.at)
             .ok()
-            .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+            .map(Time)
     }
 }
 

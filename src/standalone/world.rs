@@ -7,8 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use futures::future::join_all;
 
 use super::manifests::{Manifests, ObjectKey};
-use crate::api::Registry;
-use crate::api::{DockerContainer, DockerTarget};
+use crate::api::{DockerContainer, DockerTarget, Registry};
 use crate::converge::engine::{DesiredSet, TargetIdentity};
 use crate::converge::env::{StaticSources, resolve_env};
 use crate::converge::model::{
@@ -95,7 +94,8 @@ pub struct TargetRound {
     pub observed: Vec<HostContainer>,
     /// What should run there.
     pub desired: DesiredSet,
-    /// What the converge could not do (blocked work, drift reported), once one ran.
+    /// What the last converge left undone (blocked work, reported drift, failed actions),
+    /// once one ran.
     pub findings: Vec<Finding>,
 }
 
