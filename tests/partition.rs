@@ -328,7 +328,7 @@ async fn a_cut_in_the_middle_of_a_converge_fails_that_target_only_and_heals() {
     let status = loop {
         let (status, action) = fleet.reconcile_and_requeue(&spread).await;
         looks += 1;
-        if action != Action::requeue(container::LOOK_AGAIN_AFTER_CHANGES) {
+        if action != Action::requeue(stevedore::converge::engine::LOOK_AGAIN_AFTER_CHANGES) {
             break status;
         }
         assert!(looks < 5, "still changing after {looks} looks: {status:#}");

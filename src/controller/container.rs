@@ -27,7 +27,9 @@ use super::outcome::apply_status;
 use crate::api::container::ImageUpdatePolicy;
 use crate::api::container::{DeletionPolicy, DockerContainerStatus, InstanceStatus};
 use crate::api::{CONDITION_READY, DockerContainer, DockerTarget};
-use crate::converge::engine::{DesiredSet, TargetIdentity, converge_listed, unix_now};
+use crate::converge::engine::{
+    DesiredSet, LOOK_AGAIN_AFTER_CHANGES, TargetIdentity, converge_listed, unix_now,
+};
 use crate::converge::env::{StaticSources, resolve_env};
 use crate::converge::executor::{Executor, Outcome};
 use crate::converge::model::{
@@ -49,10 +51,6 @@ use crate::registry::refresh::refresh_interval;
 pub const FINALIZER: &str = "stevedore.dev/cleanup";
 /// How soon an object with an unreachable target is looked at again.
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(15);
-/// How soon an object whose reconcile changed something is looked at again: a change can
-/// leave work that waits on it (a leftover removed only once its replacement runs), and a
-/// look that finds nothing to do costs one list call.
-pub const LOOK_AGAIN_AFTER_CHANGES: Duration = Duration::from_secs(2);
 /// The longest note an Event may carry.
 const EVENT_NOTE_LIMIT: usize = 1024;
 

@@ -269,6 +269,12 @@ fn remember(
     });
 }
 
+/// How soon a converge whose actions changed something is followed by another: a change
+/// can leave work that waits on it (a leftover removed only once its replacement runs),
+/// and a look that finds nothing to do costs one list call. The controller requeues by it
+/// too.
+pub const LOOK_AGAIN_AFTER_CHANGES: Duration = Duration::from_secs(2);
+
 /// How soon an event-triggered converge that found nothing to do looks once more.
 const EVENT_RECHECK: Duration = Duration::from_millis(200);
 
@@ -337,6 +343,12 @@ pub async fn run_target(
         };
         if std::mem::take(&mut look_again) && result.as_ref().is_ok_and(|r| r.plan.is_empty()) {
             wait = wait.min(EVENT_RECHECK);
+        }
+        if result
+            .as_ref()
+            .is_ok_and(|r| r.outcomes.iter().any(|o| o.result.is_ok()))
+        {
+            wait = wait.min(LOOK_AGAIN_AFTER_CHANGES);
         }
         if reports.send(result).is_err() {
             break;
