@@ -33,8 +33,8 @@ use crate::converge::engine::{
 use crate::converge::env::{StaticSources, resolve_env};
 use crate::converge::executor::{Executor, Outcome};
 use crate::converge::model::{
-    DesiredInstance, InstanceContext, LABEL_REPLICA, LABEL_SPEC_HASH, LABEL_UID, Owner,
-    desired_instances, host_ports,
+    DesiredInstance, InstanceContext, LABEL_REPLICA, LABEL_UID, Owner, desired_instances,
+    host_ports,
 };
 use crate::converge::plan::{Action as PlanAction, ContainerRef, Plan};
 use crate::converge::status::{
@@ -484,13 +484,7 @@ async fn converge_target(
     let updated = desired
         .instances
         .iter()
-        .filter(|d| {
-            observed.iter().any(|c| {
-                c.name == d.name
-                    && c.labels.get(LABEL_SPEC_HASH).map(String::as_str)
-                        == Some(d.spec_hash.as_str())
-            })
-        })
+        .filter(|d| d.current_in(&observed).is_some())
         .count();
     TargetOutcome {
         instances: statuses(host, &view.name, &desired.instances, &observed, previous).await,

@@ -16,7 +16,7 @@ use super::env::{EnvOrigin, ResolvedEnv};
 use crate::api::container::{
     DockerContainerSpec, DriftPolicy, ImagePullPolicy, Protocol, RestartPolicy,
 };
-use crate::docker::{LABEL_MANAGED, LABEL_TARGET, PullCredentials};
+use crate::docker::{HostContainer, LABEL_MANAGED, LABEL_TARGET, PullCredentials};
 
 /// `stevedore.dev/namespace`: the owner's namespace.
 pub const LABEL_NAMESPACE: &str = "stevedore.dev/namespace";
@@ -141,6 +141,18 @@ pub struct DesiredInstance {
     pub image_source: Option<crate::registry::source::LocalSource>,
     /// The create body, labels included.
     pub body: ContainerCreateBody,
+}
+
+impl DesiredInstance {
+    /// The container among `observed` that is this instance with its current spec (its
+    /// name and spec hash), if one is there.
+    pub fn current_in<'a>(&self, observed: &'a [HostContainer]) -> Option<&'a HostContainer> {
+        observed.iter().find(|c| {
+            c.name == self.name
+                && c.labels.get(LABEL_SPEC_HASH).map(String::as_str)
+                    == Some(self.spec_hash.as_str())
+        })
+    }
 }
 
 /// How long a health check may take to give its first verdict.

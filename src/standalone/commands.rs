@@ -458,11 +458,8 @@ fn round_ready(round: &Round) -> bool {
         && round.targets.values().all(|target| {
             target.error.is_none()
                 && target.desired.instances.iter().all(|d| {
-                    target.observed.iter().any(|c| {
-                        c.name == d.name
-                            && c.state == crate::docker::ContainerState::Running
-                            && c.labels.get(crate::converge::model::LABEL_SPEC_HASH)
-                                == Some(&d.spec_hash)
+                    d.current_in(&target.observed).is_some_and(|c| {
+                        c.state == crate::docker::ContainerState::Running
                             && (d.health_check.is_none()
                                 || c.health == Some(crate::docker::Health::Healthy))
                     })

@@ -13,7 +13,6 @@ use crate::api::container::{DockerContainerStatus, InstanceStatus};
 use crate::api::registry::RegistryStatus;
 use crate::api::target::DockerTargetStatus;
 use crate::api::{API_VERSION, CONDITION_READY};
-use crate::converge::model::LABEL_SPEC_HASH;
 use crate::converge::status::{
     container_conditions, instance_statuses, is_ready, now_time, target_ready,
 };
@@ -144,13 +143,7 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
             );
             updated += desired
                 .iter()
-                .filter(|d| {
-                    target.observed.iter().any(|c| {
-                        c.name == d.name
-                            && c.labels.get(LABEL_SPEC_HASH).map(String::as_str)
-                                == Some(d.spec_hash.as_str())
-                    })
-                })
+                .filter(|d| d.current_in(&target.observed).is_some())
                 .count();
             match &target.host {
                 Some(host) if detail == Detail::Full => instances.extend(
