@@ -453,22 +453,14 @@ async fn converge_target(
     let seen: Vec<String> = report.observed.iter().map(|c| c.id.clone()).collect();
     ctx.hosts.put_memory(&view.uid, uid, memory, &seen);
 
-    let mut problems = Vec::new();
     for outcome in &report.outcomes {
         publish_outcome(ctx, reference, &view.name, outcome).await;
-        if let Err(e) = &outcome.result {
-            problems.push(format!(
-                "{} {} on {}: {e}",
-                outcome.verb, outcome.subject, view.name
-            ));
-        }
     }
-    for finding in report.plan.blocked.iter().chain(&report.plan.drift) {
-        problems.push(format!(
-            "{} on {}: {}",
-            finding.container, view.name, finding.reason
-        ));
-    }
+    let problems = report
+        .unfinished()
+        .iter()
+        .map(|f| f.on(&view.name))
+        .collect();
     // After changes, look again: the status must show what runs now.
     let observed = if report.outcomes.is_empty() {
         report.observed

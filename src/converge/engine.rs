@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::events;
 use super::executor::{Executor, Outcome};
 use super::model::{DesiredInstance, LABEL_SPEC_HASH, LABEL_UID};
-use super::plan::{Action, Plan, PlanInput, RestartBook, plan};
+use super::plan::{Action, Finding, Plan, PlanInput, RestartBook, plan};
 use crate::docker::{DockerError, DockerHost, HostContainer, LABEL_TARGET};
 
 /// What one target remembers between converges.
@@ -70,6 +70,31 @@ pub struct ConvergeReport {
     pub outcomes: Vec<Outcome>,
     /// The managed containers the list call returned, before the actions ran.
     pub observed: Vec<HostContainer>,
+}
+
+impl ConvergeReport {
+    /// What this converge left undone, per container: work it could not do, drift it only
+    /// reports, and actions that failed. A failed pull is not listed itself: the create or
+    /// replace that waited for the image fails with it, and names the container.
+    pub fn unfinished(&self) -> Vec<Finding> {
+        let failed = self.outcomes.iter().filter(|o| o.verb != "Pull");
+        self.plan
+            .blocked
+            .iter()
+            .chain(&self.plan.drift)
+            .cloned()
+            .chain(failed.filter_map(|outcome| {
+                Some(Finding {
+                    container: outcome.subject.clone(),
+                    reason: format!(
+                        "{} failed: {}",
+                        outcome.verb,
+                        outcome.result.as_ref().err()?
+                    ),
+                })
+            }))
+            .collect()
+    }
 }
 
 /// Unix time in seconds.

@@ -215,6 +215,13 @@ pub struct Finding {
     pub reason: String,
 }
 
+impl Finding {
+    /// `<container> on <target>: <reason>`, as conditions and the status table say it.
+    pub fn on(&self, target: &str) -> String {
+        format!("{} on {target}: {}", self.container, self.reason)
+    }
+}
+
 /// The outcome of planning one target.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {

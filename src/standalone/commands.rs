@@ -384,7 +384,7 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
         for (key, memory, result) in join_all(runs).await {
             announcer.converged(&key, &result);
             if let Ok(report) = &result {
-                findings.insert(key.clone(), unfinished(report));
+                findings.insert(key.clone(), report.unfinished());
             }
             settled &= result.as_ref().is_ok_and(|r| r.plan.is_empty());
             all_succeeded &= result
@@ -426,29 +426,6 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
     } else {
         1
     }
-}
-
-/// What one converge left undone, per container: work it could not do, drift it only
-/// reports, and actions that failed. A failed pull is not listed itself: the create or
-/// replace that waited for the image fails with it, and names the container.
-fn unfinished(report: &ConvergeReport) -> Vec<Finding> {
-    let plan = &report.plan;
-    let failed = report.outcomes.iter().filter(|o| o.verb != "Pull");
-    plan.blocked
-        .iter()
-        .chain(&plan.drift)
-        .cloned()
-        .chain(failed.filter_map(|outcome| {
-            Some(Finding {
-                container: outcome.subject.clone(),
-                reason: format!(
-                    "{} failed: {}",
-                    outcome.verb,
-                    outcome.result.as_ref().err()?
-                ),
-            })
-        }))
-        .collect()
 }
 
 /// Whether every desired instance runs its current spec, and is healthy where checked.

@@ -139,7 +139,7 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
                     .findings
                     .iter()
                     .filter(|f| desired.iter().any(|d| d.name == f.container))
-                    .map(|f| format!("{} on {}: {}", f.container, target_key.name, f.reason)),
+                    .map(|f| f.on(&target_key.name)),
             );
             updated += desired
                 .iter()
