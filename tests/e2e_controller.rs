@@ -77,6 +77,15 @@ async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -
     }
 }
 
+/// Waits until `identity` holds the controller's lease.
+async fn wait_for_leader(leases: &Api<Lease>, identity: &str, limit: Duration) {
+    wait_for(&format!("{identity} holds the lease"), limit, async || {
+        let lease = leases.get_opt("stevedore-controller").await.ok()??;
+        (lease.spec?.holder_identity.as_deref() == Some(identity)).then_some(())
+    })
+    .await;
+}
+
 /// A DockerTarget `local` for the machine's own daemon.
 fn local_target(env: &TestEnv) -> Value {
     json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
@@ -250,15 +259,7 @@ async fn with_two_replicas_only_the_leader_acts() {
     let ns = fresh_namespace(&client).await;
     let first = ControllerProcess::start(&kubeconfig, &ns, &["--identity", "first"]);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    wait_for(
-        "first holds the lease",
-        Duration::from_secs(30),
-        async || {
-            let lease = leases.get_opt("stevedore-controller").await.ok()??;
-            (lease.spec?.holder_identity.as_deref() == Some("first")).then_some(())
-        },
-    )
-    .await;
+    wait_for_leader(&leases, "first", Duration::from_secs(30)).await;
     let second = ControllerProcess::start(&kubeconfig, &ns, &["--identity", "second"]);
     apply(&client, &ns, local_target(&env)).await;
     apply(
@@ -290,15 +291,7 @@ async fn with_two_replicas_only_the_leader_acts() {
     }
     // The leader goes: the standby takes over and keeps the container converged.
     drop(first);
-    wait_for(
-        "second holds the lease",
-        Duration::from_secs(60),
-        async || {
-            let lease = leases.get_opt("stevedore-controller").await.ok()??;
-            (lease.spec?.holder_identity.as_deref() == Some("second")).then_some(())
-        },
-    )
-    .await;
+    wait_for_leader(&leases, "second", Duration::from_secs(60)).await;
     let host = main_daemon(&env).await;
     let list = host
         .list_labelled(LABEL_NAMESPACE, &ns)

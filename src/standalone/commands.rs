@@ -260,11 +260,7 @@ fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
                 }
                 continue;
             }
-            let shape: String = progress
-                .message
-                .chars()
-                .filter(|c| !c.is_ascii_digit())
-                .collect();
+            let shape = without_digits(&progress.message);
             let failed = progress.message.contains(": failed");
             if failed && last_failure.get(&progress.subject) == Some(&shape) {
                 continue;
@@ -283,6 +279,12 @@ fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
     tx
 }
 
+/// A line with its digits left out: the same problem with another countdown or count is
+/// the same problem.
+fn without_digits(line: &str) -> String {
+    line.chars().filter(|c| !c.is_ascii_digit()).collect()
+}
+
 /// Prints problems once while they last: a converge that runs every half second, or a
 /// round every ten, must not repeat the same line (with a countdown in it) each time. A
 /// line is printed again once it went away and came back.
@@ -298,7 +300,7 @@ impl Announcer {
         let before = self.last.remove(scope).unwrap_or_default();
         let mut now = HashSet::new();
         for line in lines {
-            let shape: String = line.chars().filter(|c| !c.is_ascii_digit()).collect();
+            let shape = without_digits(&line);
             if !before.contains(&shape) {
                 eprintln!("{line}");
             }

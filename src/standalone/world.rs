@@ -249,10 +249,7 @@ pub async fn pin_images(
     let listed: Vec<&HostContainer> = manifests
         .targets
         .keys()
-        .filter_map(|key| match observed.get(key) {
-            Some(Ok(listed)) => Some(listed),
-            _ => connections.get(key)?.last_listed.as_ref(),
-        })
+        .filter_map(|key| last_known(key, observed, connections))
         .flatten()
         .collect();
     let pinning = manifests.containers.iter().filter_map(|(key, sourced)| {
@@ -315,6 +312,18 @@ pub async fn fetch_sources(
         Some(async move { (key.clone(), fetcher.fetch(spec).await) })
     });
     join_all(fetches).await.into_iter().collect()
+}
+
+/// What a target runs: this round's list, or while it cannot be listed, the last one.
+fn last_known<'a>(
+    key: &ObjectKey,
+    observed: &'a BTreeMap<ObjectKey, Result<Vec<HostContainer>, DockerError>>,
+    connections: &'a Connections,
+) -> Option<&'a Vec<HostContainer>> {
+    match observed.get(key) {
+        Some(Ok(listed)) => Some(listed),
+        _ => connections.get(key)?.last_listed.as_ref(),
+    }
 }
 
 /// Keeps each target's latest successful list for the rounds in which it cannot be listed.
@@ -421,10 +430,7 @@ fn place_namespace(inputs: &RoundInputs<'_>, namespace: &str, round: &mut Round)
     // A target that cannot be listed now keeps what it ran when it last could.
     let existing: Vec<Existing> = targets
         .iter()
-        .filter_map(|(key, _)| match observed.get(*key) {
-            Some(Ok(listed)) => Some((key, listed)),
-            _ => Some((key, connections.get(*key)?.last_listed.as_ref()?)),
-        })
+        .filter_map(|(key, _)| Some((key, last_known(key, observed, connections)?)))
         .flat_map(|(key, containers)| {
             containers.iter().filter_map(|c| {
                 Some(Existing {
