@@ -613,17 +613,8 @@ impl DockerHost {
             serveraddress: Some(c.server.clone()),
             ..Default::default()
         });
-        let mut stream = std::pin::pin!(self.docker.create_image(Some(options), None, credentials));
-        while let Some(progress) = stream.next().await {
-            let progress = progress.map_err(|e| {
-                DockerError::from_bollard(&format!("failed to pull {reference}"), e)
-            })?;
-            if let Some(error) = progress.error_detail.and_then(|d| d.message) {
-                return Err(DockerError::new(
-                    ErrorKind::ServerError,
-                    format!("failed to pull {reference}: {error}"),
-                ));
-            }
+        let stream = self.docker.create_image(Some(options), None, credentials);
+        drain(stream, &format!("failed to pull {reference}"), |progress| {
             if let Some(status) = progress.status {
                 let layer = progress.id.map(|id| format!("{id}: ")).unwrap_or_default();
                 let detail = progress
@@ -632,8 +623,8 @@ impl DockerHost {
                     .unwrap_or_default();
                 on_progress(format!("{layer}{status}{detail}"));
             }
-        }
-        Ok(())
+        })
+        .await
     }
 
     /// Imports `rootfs` (a tar archive, optionally compressed) as the image `repository:tag`
@@ -652,17 +643,8 @@ impl DockerHost {
             .tag(tag)
             .build();
         let body = bollard::body_full(rootfs);
-        let mut stream = std::pin::pin!(self.docker.create_image(Some(options), Some(body), None));
-        while let Some(progress) = stream.next().await {
-            let progress = progress.map_err(|e| DockerError::from_bollard(&what, e))?;
-            if let Some(error) = progress.error_detail.and_then(|d| d.message) {
-                return Err(DockerError::new(
-                    ErrorKind::ServerError,
-                    format!("{what}: {error}"),
-                ));
-            }
-        }
-        Ok(())
+        let stream = self.docker.create_image(Some(options), Some(body), None);
+        drain(stream, &what, |_| {}).await
     }
 
     /// Builds `context` (a tar or tar.gz build context) into `image` with `dockerfile` and
@@ -685,17 +667,8 @@ impl DockerHost {
             .buildargs(&args)
             .build();
         let body = bollard::body_full(context);
-        let mut stream = std::pin::pin!(self.docker.build_image(options, None, Some(body)));
-        while let Some(step) = stream.next().await {
-            let step = step.map_err(|e| DockerError::from_bollard(&what, e))?;
-            if let Some(error) = step.error_detail.and_then(|d| d.message) {
-                return Err(DockerError::new(
-                    ErrorKind::ServerError,
-                    format!("{what}: {error}"),
-                ));
-            }
-        }
-        Ok(())
+        let stream = self.docker.build_image(options, None, Some(body));
+        drain(stream, &what, |_| {}).await
     }
 
     /// Creates a container; returns its ID.
@@ -886,6 +859,47 @@ impl ContainerEvent {
                 .zip(attributes.get(LABEL_NAME).cloned()),
         })
     }
+}
+
+/// An item of a daemon's progress stream (pull, import, build), which can carry an error:
+/// the daemon answers 200 and reports failures inside the stream.
+trait ProgressItem {
+    /// The error this item reports, if any.
+    fn error_message(&self) -> Option<String>;
+}
+
+impl ProgressItem for bollard::models::CreateImageInfo {
+    fn error_message(&self) -> Option<String> {
+        self.error_detail.as_ref()?.message.clone()
+    }
+}
+
+impl ProgressItem for bollard::models::BuildInfo {
+    fn error_message(&self) -> Option<String> {
+        self.error_detail.as_ref()?.message.clone()
+    }
+}
+
+/// Reads a progress stream to its end (the operation is only done when the stream says
+/// so), handing each item to `each`. A broken stream or an error inside it fails with
+/// `what` in front.
+async fn drain<T: ProgressItem>(
+    stream: impl Stream<Item = Result<T, bollard::errors::Error>>,
+    what: &str,
+    mut each: impl FnMut(T),
+) -> Result<(), DockerError> {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        let item = item.map_err(|e| DockerError::from_bollard(what, e))?;
+        if let Some(error) = item.error_message() {
+            return Err(DockerError::new(
+                ErrorKind::ServerError,
+                format!("{what}: {error}"),
+            ));
+        }
+        each(item);
+    }
+    Ok(())
 }
 
 /// `repo:tag` → (`repo`, `tag`); `repo@sha256:…` → (`repo@sha256:…`, ""); `repo` →
