@@ -21,7 +21,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::context::Context;
+use super::context::{Context, registry_serving};
 use super::error::{Error, Result};
 use super::outcome::apply_status;
 use crate::api::container::ImageUpdatePolicy;
@@ -43,7 +43,7 @@ use crate::converge::status::{
 use crate::docker::material::target_material;
 use crate::docker::{DockerError, DockerHost, HostContainer, LABEL_TARGET};
 use crate::placement::{Existing, TargetInfo, Workload, place};
-use crate::registry::credentials::{credentials_of, registry_for};
+use crate::registry::credentials::credentials_of;
 use crate::registry::pinning::{Resolved, image_to_run, pin};
 use crate::registry::refresh::refresh_interval;
 
@@ -248,20 +248,8 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         Ok(env) => env,
         Err(e) => return invalid(container, ctx, e.to_string()).await,
     };
-    let registries = ctx.stores.registries.state();
-    let registry = registry_for(
-        &container.spec.image,
-        container
-            .spec
-            .registry_ref
-            .as_ref()
-            .map(|r| r.name.as_str()),
-        registries
-            .iter()
-            .filter(|r| r.namespace().as_deref() == Some(namespace.as_str()))
-            .map(|r| (r.metadata.name.as_deref().unwrap_or_default(), r.as_ref())),
-    )
-    .map(|(_, registry)| registry);
+    let registry = registry_serving(&ctx.stores.registries, &namespace, &container.spec);
+    let registry = registry.as_deref();
     let credentials = registry.and_then(|registry| credentials_of(registry, &sources));
     let previous = container.status.clone().unwrap_or_default();
 

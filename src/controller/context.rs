@@ -12,8 +12,9 @@ use kube::runtime::reflector::Store;
 
 use super::hosts::Hosts;
 use super::metrics::Metrics;
-use crate::api::{DockerContainer, DockerTarget, Registry};
+use crate::api::{DockerContainer, DockerContainerSpec, DockerTarget, Registry};
 use crate::converge::env::StaticSources;
+use crate::registry::credentials::registry_for;
 
 /// The objects the controllers watch, read from their caches (never fetched per reconcile).
 #[derive(Clone)]
@@ -81,6 +82,29 @@ impl Stores {
         targets.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         targets
     }
+}
+
+/// The Registry in `registries` that serves a container of `namespace` with `spec` (see
+/// [`registry_for`]).
+pub fn registry_serving(
+    registries: &Store<Registry>,
+    namespace: &str,
+    spec: &DockerContainerSpec,
+) -> Option<Arc<Registry>> {
+    let state = registries.state();
+    let in_namespace = state
+        .iter()
+        .filter(|r| r.metadata.namespace.as_deref() == Some(namespace))
+        .map(|r| (r.metadata.name.as_deref().unwrap_or_default(), r.as_ref()));
+    let registry_ref = spec.registry_ref.as_ref().map(|r| r.name.as_str());
+    let (name, _) = registry_for(&spec.image, registry_ref, in_namespace)?;
+    state
+        .iter()
+        .find(|r| {
+            r.metadata.namespace.as_deref() == Some(namespace)
+                && r.metadata.name.as_deref() == Some(name)
+        })
+        .cloned()
 }
 
 /// Tunables of the controller.

@@ -39,7 +39,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
-use self::context::{Context, Settings, Stores};
+use self::context::{Context, Settings, Stores, registry_serving};
 use self::hosts::{HostSignal, Hosts};
 use self::metrics::Metrics;
 use self::outcome::error_policy;
@@ -175,17 +175,13 @@ fn users_of(
                 };
                 reference.as_ref().is_some_and(|r| r.name == name)
             });
-            let in_registry = secret && {
-                let state = registries.state();
-                let in_namespace = state
-                    .iter()
-                    .filter(|r| r.namespace().as_deref() == Some(namespace))
-                    .map(|r| (r.metadata.name.as_deref().unwrap_or_default(), r.as_ref()));
-                let registry_ref = spec.registry_ref.as_ref().map(|r| r.name.as_str());
-                crate::registry::credentials::registry_for(&spec.image, registry_ref, in_namespace)
-                    .and_then(|(_, r)| r.spec.credentials.as_ref())
-                    .is_some_and(|c| c.secret_ref.name == name)
-            };
+            let in_registry = secret
+                && registry_serving(registries, namespace, spec).is_some_and(|r| {
+                    r.spec
+                        .credentials
+                        .as_ref()
+                        .is_some_and(|c| c.secret_ref.name == name)
+                });
             in_env || in_env_from || in_registry
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
