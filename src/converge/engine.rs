@@ -219,7 +219,7 @@ pub async fn converge_listed(
             .get(&instance.spec_hash)
             .copied()
             .unwrap_or(now);
-        plan.blocked.push(super::plan::Finding {
+        plan.blocked.push(Finding {
             container: instance.name.clone(),
             reason: format!(
                 "the rollout stopped: the new container failed its health check, so the old \
