@@ -104,7 +104,7 @@ async fn fleet(prefix: &str) -> Fleet {
         serde_json::to_value(&solo).expect("json"),
         serde_json::to_value(&spread).expect("json"),
     ]);
-    let (ctx, _signals, _writers) = fake_api::context_with(
+    let (ctx, _signals) = fake_api::context_with(
         client,
         World {
             targets: vec![edge.clone(), local.clone()],

@@ -299,7 +299,7 @@ fn object_path(object: &Value) -> String {
     )
 }
 
-fn filled<K>(objects: impl IntoIterator<Item = K>) -> (Store<K>, reflector::store::Writer<K>)
+fn filled<K>(objects: impl IntoIterator<Item = K>) -> Store<K>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -310,21 +310,7 @@ where
         writer.apply_watcher_event(&watcher::Event::InitApply(object));
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
-    (reader, writer)
-}
-
-/// Writers of a test context's caches: what a watch event would change.
-pub struct Writers {
-    /// DockerTargets.
-    pub targets: reflector::store::Writer<DockerTarget>,
-}
-
-impl Writers {
-    /// Replaces (or adds) a DockerTarget in the cache.
-    pub fn apply_target(&mut self, target: DockerTarget) {
-        self.targets
-            .apply_watcher_event(&watcher::Event::Apply(target));
-    }
+    reader
 }
 
 /// The objects the controller's caches hold in a test.
@@ -349,17 +335,16 @@ pub fn context(
     world: World,
     manager: &str,
 ) -> (Arc<Context>, mpsc::UnboundedReceiver<HostSignal>) {
-    let (ctx, signals, _) = context_with(client, world, manager, Duration::from_secs(10));
-    (ctx, signals)
+    context_with(client, world, manager, Duration::from_secs(10))
 }
 
-/// Like [`context`], with the Docker call timeout given and the cache writers returned.
+/// Like [`context`], with the Docker call timeout given.
 pub fn context_with(
     client: Client,
     world: World,
     manager: &str,
     docker_timeout: Duration,
-) -> (Arc<Context>, mpsc::UnboundedReceiver<HostSignal>, Writers) {
+) -> (Arc<Context>, mpsc::UnboundedReceiver<HostSignal>) {
     let (signals, receiver) = mpsc::unbounded_channel();
     let hosts = Arc::new(Hosts::new(
         signals,
@@ -368,13 +353,12 @@ pub fn context_with(
         },
         Duration::from_secs(60),
     ));
-    let (targets, target_writer) = filled(world.targets);
     let stores = Stores {
-        targets,
-        containers: filled(world.containers).0,
-        registries: filled(world.registries).0,
-        secrets: filled(world.secrets).0,
-        config_maps: filled(world.config_maps).0,
+        targets: filled(world.targets),
+        containers: filled(world.containers),
+        registries: filled(world.registries),
+        secrets: filled(world.secrets),
+        config_maps: filled(world.config_maps),
     };
     let ctx = Context {
         client: client.clone(),
@@ -395,11 +379,5 @@ pub fn context_with(
         failures: Default::default(),
         fetcher: Default::default(),
     };
-    (
-        Arc::new(ctx),
-        receiver,
-        Writers {
-            targets: target_writer,
-        },
-    )
+    (Arc::new(ctx), receiver)
 }
