@@ -100,6 +100,9 @@ struct ControllerArgs {
     /// Actions run at once per target and object.
     #[arg(long, default_value_t = stevedore::converge::executor::DEFAULT_CONCURRENCY)]
     concurrency: usize,
+    /// Objects reconciled at once, per kind (0 = unbounded).
+    #[arg(long, default_value_t = stevedore::controller::context::DEFAULT_MAX_CONCURRENT_RECONCILES)]
+    max_concurrent_reconciles: u16,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -149,8 +152,10 @@ fn main() -> ExitCode {
     };
     let directives = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).ok();
     let filter = stevedore::logging::filter(directives.as_deref(), default_level);
+    // Colour codes only where a person reads them, never into a file or a log collector.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         logs.json().init();
@@ -256,6 +261,7 @@ async fn run_controller(args: ControllerArgs) -> i32 {
         settings: Settings {
             manager: args.manager,
             concurrency: args.concurrency,
+            max_concurrent_reconciles: args.max_concurrent_reconciles,
             resync: args.resync,
             heartbeat: args.heartbeat,
             ..Settings::default()

@@ -10,7 +10,10 @@ use serde_json::Value;
 pub fn markdown() -> String {
     let mut out = String::from(
         "# API reference: `stevedore.dev/v1alpha1`\n\n\
-         Generated from the CRD schemas by `stevedore api-reference`; do not edit by hand.\n",
+         Generated from the CRD schemas by `stevedore api-reference`; do not edit by hand.\n\n\
+         Every list, map and string is bounded (`≤ N` items, entries or chars), so the \
+         API server can bound the cost of the validation rules; the bounds are far above what \
+         a real object holds.\n",
     );
     for crd in crate::api::crds() {
         let kind = &crd.spec.names.kind;
@@ -62,9 +65,29 @@ fn one_line(text: &str) -> String {
         .replace('|', "\\|")
 }
 
+/// The field's type with its bound: `string, ≤ 253 chars`, `[]object, ≤ 128 items`,
+/// `map[string]string, ≤ 4096 chars, ≤ 64 entries`.
 fn type_of(schema: &Value) -> String {
+    let bound = [
+        ("maxLength", "chars"),
+        ("maxItems", "items"),
+        ("maxProperties", "entries"),
+    ]
+    .iter()
+    .find_map(|(key, unit)| schema[*key].as_u64().map(|max| (max, unit)));
+    let base = unbounded_type_of(schema);
+    match bound {
+        Some((max, unit)) => format!("{base}, ≤ {max} {unit}"),
+        None => base,
+    }
+}
+
+fn unbounded_type_of(schema: &Value) -> String {
     let base = schema["type"].as_str().unwrap_or("object");
     match base {
+        "object" if schema["additionalProperties"].is_object() => {
+            format!("map[string]{}", type_of(&schema["additionalProperties"]))
+        }
         "array" => format!("[]{}", type_of(&schema["items"])),
         "string" => match schema["enum"].as_array() {
             Some(values) => values

@@ -37,7 +37,10 @@ fn mk_target(namespace: &str, name: &str, endpoint: &str) -> DockerTarget {
             max_containers: 0,
         },
     );
-    target.metadata = meta(namespace, name);
+    target.metadata = ObjectMeta {
+        finalizers: Some(vec![target::FINALIZER.into()]),
+        ..meta(namespace, name)
+    };
     target
 }
 
@@ -282,6 +285,88 @@ async fn delete_removes_the_containers_then_drops_the_finalizer() {
 }
 
 #[tokio::test]
+async fn a_target_deleted_with_its_containers_stays_until_they_are_removed() {
+    // `kubectl delete namespace`, `kubectl delete -f dir/` or a GitOps prune delete the
+    // DockerTarget together with its DockerContainers; their cleanups need the target.
+    let env = TestEnv::load();
+    let ns = unique("ctl-gone-together");
+    let local = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
+    let uid = web.metadata.uid.clone().expect("uid");
+    let (ctx, recorded) = setup(vec![local.clone()], &web, "ctl-gone-together");
+    let host = main_daemon(&env).await;
+    container::reconcile(Arc::new(web.clone()), ctx)
+        .await
+        .expect("create");
+    assert_eq!(owned_by(&host, &uid).await.len(), 1);
+    let status = recorded.all().last().expect("status").body["status"].clone();
+
+    // Both are deleted: the target waits for the container's cleanup.
+    let mut deleted_target = local.clone();
+    deleted_target.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+    let deleted_web = web.with_status(&status).deleting();
+    let (client, recorded) = fake_api::start(&[
+        serde_json::to_value(&deleted_target).expect("json"),
+        serde_json::to_value(&deleted_web).expect("json"),
+    ]);
+    let (ctx, _signals) = fake_api::context(
+        client.clone(),
+        World {
+            targets: vec![deleted_target.clone()],
+            containers: vec![deleted_web.clone()],
+            ..Default::default()
+        },
+        "ctl-gone-together",
+    );
+    let target_path = path(&ns, "dockertargets", "local");
+    for _ in 0..2 {
+        target::reconcile(Arc::new(deleted_target.clone()), ctx.clone())
+            .await
+            .expect("target waits");
+    }
+    assert!(
+        !recorded
+            .writes_and_reads()
+            .contains(&format!("PATCH {target_path}")),
+        "the target let go while its DockerContainer still had containers: {:?}",
+        recorded.writes_and_reads()
+    );
+    container::reconcile(Arc::new(deleted_web), ctx)
+        .await
+        .expect("cleanup");
+    assert!(owned_by(&host, &uid).await.is_empty(), "containers removed");
+
+    // The DockerContainer is gone: the target goes too.
+    let (ctx, _signals) = fake_api::context(
+        client,
+        World {
+            targets: vec![deleted_target.clone()],
+            ..Default::default()
+        },
+        "ctl-gone-together",
+    );
+    recorded.clear();
+    target::reconcile(Arc::new(deleted_target.clone()), ctx.clone())
+        .await
+        .expect("settling");
+    tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
+    target::reconcile(Arc::new(deleted_target), ctx)
+        .await
+        .expect("released");
+    let released = recorded
+        .all()
+        .into_iter()
+        .find(|c| c.path == target_path && c.method == "PATCH")
+        .expect("finalizer patch");
+    assert!(
+        released.body.to_string().contains("remove"),
+        "{}",
+        released.body
+    );
+    assert_rbac_allows(&recorded);
+}
+
+#[tokio::test]
 async fn delete_with_an_unreachable_target_keeps_the_finalizer_and_says_which() {
     let env = TestEnv::load();
     let ns = unique("ctl-held");
@@ -381,6 +466,68 @@ async fn a_missing_secret_is_reported_and_nothing_is_touched() {
     );
     let host = main_daemon(&env).await;
     assert!(owned_by(&host, &uid).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_reconcile_waits_until_every_cache_has_listed() {
+    // After a restart or a leader change the Secret cache may not have listed yet; a
+    // reconcile then would find the Secret missing and mark a working object InvalidSpec.
+    let env = TestEnv::load();
+    let ns = unique("ctl-ready");
+    let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let mut web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
+    web.spec.env = serde_json::from_value(json!([
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}
+    ]))
+    .expect("env");
+    let uid = web.metadata.uid.clone().expect("uid");
+    let (secrets, mut secrets_writer) = fake_api::unlisted_cache();
+    let (client, recorded) = fake_api::start(&[serde_json::to_value(&web).expect("json")]);
+    let (ctx, _signals) = fake_api::context(
+        client,
+        World {
+            targets: vec![target],
+            containers: vec![web.clone()],
+            secrets_cache: Some(secrets),
+            ..Default::default()
+        },
+        "ctl-ready",
+    );
+    let host = main_daemon(&env).await;
+
+    let reconcile = tokio::spawn(container::reconcile(Arc::new(web), ctx));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !reconcile.is_finished(),
+        "reconciled before the Secret cache had listed"
+    );
+    assert!(
+        recorded.all().is_empty(),
+        "{:?}",
+        recorded.writes_and_reads()
+    );
+    assert!(owned_by(&host, &uid).await.is_empty());
+
+    let secret = common::fixture::secret(&ns, "api-token", &[("token", b"t0ken".to_vec())]);
+    fake_api::list_now(&mut secrets_writer, [secret]);
+    tokio::time::timeout(std::time::Duration::from_secs(60), reconcile)
+        .await
+        .expect("reconciled once the cache listed")
+        .expect("reconcile task")
+        .expect("reconcile");
+    let status = recorded
+        .all()
+        .into_iter()
+        .rev()
+        .find(|c| c.path.ends_with("/status"))
+        .expect("status written");
+    assert_ne!(
+        status.body["status"]["conditions"][0]["reason"], "InvalidSpec",
+        "{}",
+        status.body
+    );
+    assert_eq!(owned_by(&host, &uid).await.len(), 1);
+    remove_all(&host, &uid).await;
 }
 
 #[tokio::test]
@@ -548,19 +695,25 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
     .expect("env");
     let uid = web.metadata.uid.clone().expect("uid");
     let host = main_daemon(&env).await;
-    let world = |container: &DockerContainer, value: &str| World {
-        targets: vec![target.clone()],
-        containers: vec![container.clone()],
-        secrets: vec![common::fixture::secret(
-            &ns,
-            "api-token",
-            &[("token", value.as_bytes().to_vec())],
-        )],
-        ..Default::default()
+    let token = |value: &str| {
+        common::fixture::secret(&ns, "api-token", &[("token", value.as_bytes().to_vec())])
     };
+    // One controller context throughout, as in a running controller: its Event recorder
+    // sees every replacement, and the Secret changes in its cache.
+    let (secrets, mut secrets_writer) = fake_api::unlisted_cache();
+    fake_api::list_now(&mut secrets_writer, [token(&secret_value)]);
     let (client, recorded) = fake_api::start(&[serde_json::to_value(&web).expect("json")]);
-    let (ctx, _signals) = fake_api::context(client.clone(), world(&web, &secret_value), "ctl-roll");
-    container::reconcile(Arc::new(web.clone()), ctx)
+    let (ctx, _signals) = fake_api::context(
+        client,
+        World {
+            targets: vec![target.clone()],
+            containers: vec![web.clone()],
+            secrets_cache: Some(secrets),
+            ..Default::default()
+        },
+        "ctl-roll",
+    );
+    container::reconcile(Arc::new(web.clone()), ctx.clone())
         .await
         .expect("create");
     let first = owned_by(&host, &uid).await;
@@ -568,8 +721,7 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
     // Edit the spec: the Event names the field.
     web.spec.env[0].value = Some("green".into());
     web.metadata.generation = Some(2);
-    let (ctx, _signals) = fake_api::context(client.clone(), world(&web, &secret_value), "ctl-roll");
-    container::reconcile(Arc::new(web.clone()), ctx)
+    container::reconcile(Arc::new(web.clone()), ctx.clone())
         .await
         .expect("edit");
     let edited = owned_by(&host, &uid).await;
@@ -587,9 +739,12 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
         "{replaced:?}"
     );
 
-    // Rotate the Secret: replaced again, and the Event names the Secret, not its value.
+    // Rotate the Secret: replaced again, and an Event of its own names the Secret, not
+    // its value (a recorder that counted it as a repeat of the edit's would keep the
+    // edit's note).
     recorded.clear();
-    let (ctx, _signals) = fake_api::context(client, world(&web, &rotated_value), "ctl-roll");
+    secrets_writer
+        .apply_watcher_event(&kube::runtime::watcher::Event::Apply(token(&rotated_value)));
     container::reconcile(Arc::new(web.clone()), ctx)
         .await
         .expect("rotate");

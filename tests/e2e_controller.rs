@@ -152,11 +152,8 @@ async fn apply(client: &Client, namespace: &str, object: Value) {
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
 async fn the_controller_converges_repairs_rolls_and_cleans_up() {
-    let Some((client, kubeconfig)) =
-        cluster("the_controller_converges_repairs_rolls_and_cleans_up").await
-    else {
-        return;
-    };
+    let (client, kubeconfig) =
+        cluster("the_controller_converges_repairs_rolls_and_cleans_up").await;
     let env = TestEnv::load();
     install_crds(&client).await;
     let ns = fresh_namespace(&client).await;
@@ -251,9 +248,7 @@ async fn the_controller_converges_repairs_rolls_and_cleans_up() {
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
 async fn with_two_replicas_only_the_leader_acts() {
-    let Some((client, kubeconfig)) = cluster("with_two_replicas_only_the_leader_acts").await else {
-        return;
-    };
+    let (client, kubeconfig) = cluster("with_two_replicas_only_the_leader_acts").await;
     let env = TestEnv::load();
     install_crds(&client).await;
     let ns = fresh_namespace(&client).await;

@@ -78,12 +78,14 @@ async fn fleet(prefix: &str) -> Fleet {
     let proxy = Proxy::start(upstream).await;
     let edge: DockerTarget = with_uid(object(json!({
         "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
-        "metadata": {"name": "edge", "namespace": ns, "labels": {"pool": "a"}},
+        "metadata": {"name": "edge", "namespace": ns, "labels": {"pool": "a"},
+                     "finalizers": [target::FINALIZER]},
         "spec": {"endpoint": format!("tcp://{}", proxy.address), "tls": {"secretRef": {"name": "edge-tls"}}},
     })));
     let local: DockerTarget = with_uid(object(json!({
         "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
-        "metadata": {"name": "local", "namespace": ns, "labels": {"pool": "a"}},
+        "metadata": {"name": "local", "namespace": ns, "labels": {"pool": "a"},
+                     "finalizers": [target::FINALIZER]},
         "spec": {"endpoint": env.get("MAIN_HOST")},
     })));
     let mk = |name: &str, placement: Value| -> DockerContainer {

@@ -153,7 +153,7 @@ async fn the_controller_never_logs_reports_or_labels_a_secret_value() {
 
     let edge: DockerTarget = object(json!({
         "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
-        "metadata": {"name": "edge", "namespace": ns},
+        "metadata": {"name": "edge", "namespace": ns, "finalizers": [target::FINALIZER]},
         "spec": {"endpoint": env.get("TLS_HOST"), "tls": {"secretRef": {"name": "edge-tls"}}},
     }));
     let registry_of = |name: &str, credentials: &str| -> Registry {

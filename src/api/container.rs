@@ -86,28 +86,36 @@ pub struct DockerContainerSpec {
 
     /// Replaces the image's entrypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
     pub command: Vec<String>,
 
     /// Replaces the image's default arguments (its `CMD`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 4096)))]
     pub args: Vec<String>,
 
     /// Environment variables, each with a literal `value` or a `valueFrom` a Secret or
     /// ConfigMap key. Changing a referenced value replaces the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(
+        length(max = 256),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
     pub env: Vec<EnvVar>,
 
     /// Secrets and ConfigMaps whose every key becomes an environment variable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub env_from: Vec<EnvFromSource>,
 
     /// Ports the container listens on, and where they are published on the host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
     pub ports: Vec<PortMapping>,
 
     /// Bind mounts, named volumes and tmpfs mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
     pub volumes: Vec<VolumeMount>,
 
     /// The network the container joins.
@@ -130,14 +138,20 @@ pub struct DockerContainerSpec {
 
     /// Labels put on the container, besides Stevedore's own `stevedore.dev/` labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "additionalProperties" = {"type": "string", "maxLength": 4096}
+    ))]
     pub labels: BTreeMap<String, String>,
 
     /// The user (name or uid[:gid]) the process runs as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub user: Option<String>,
 
     /// The working directory of the process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub working_dir: Option<String>,
 
     /// The container's host name.
@@ -147,10 +161,12 @@ pub struct DockerContainerSpec {
 
     /// Linux capabilities to add, e.g. `NET_ADMIN`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
     pub cap_add: Vec<String>,
 
     /// Linux capabilities to drop, e.g. `ALL`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
     pub cap_drop: Vec<String>,
 
     /// Runs the container with every privilege of the host. Avoid.
@@ -168,7 +184,7 @@ pub struct DockerContainerSpec {
 
     /// The signal that asks the container to stop, e.g. `SIGTERM` or `SIGQUIT`.
     #[serde(default = "default_stop_signal")]
-    #[schemars(regex(pattern = r"^(SIG[A-Z0-9+-]+|[0-9]+)$"))]
+    #[schemars(length(max = 16), regex(pattern = r"^(SIG[A-Z0-9+-]+|[0-9]+)$"))]
     pub stop_signal: String,
 
     /// Which targets run the container: one pinned `target`, or `replicas` spread over the
@@ -251,6 +267,7 @@ pub struct ImportSource {
         validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
             .message("url must be an http:// or https:// URL")
     )]
+    #[schemars(length(max = 2048))]
     pub url: String,
 }
 
@@ -263,12 +280,18 @@ pub struct BuildSource {
         validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
             .message("context must be an http:// or https:// URL")
     )]
+    #[schemars(length(max = 2048))]
     pub context: String,
     /// Path of the Dockerfile inside the context.
     #[serde(default = "default_dockerfile")]
+    #[schemars(length(max = 1024))]
     pub dockerfile: String,
     /// Build arguments (`ARG`) passed to the build.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 64,
+        "additionalProperties" = {"type": "string", "maxLength": 4096}
+    ))]
     pub build_args: BTreeMap<String, String>,
 }
 
@@ -292,6 +315,7 @@ pub struct EnvVar {
     pub name: String,
     /// A literal value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32768))]
     pub value: Option<String>,
     /// Where the value comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,6 +369,7 @@ pub struct EnvFromSource {
     pub config_map_ref: Option<LocalObjectReference>,
     /// Prepended to every variable name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub prefix: Option<String>,
 }
 
@@ -365,6 +390,7 @@ pub struct PortMapping {
     /// The host address the port is published on; all addresses when unset.
     #[serde(default, rename = "hostIP", skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("isIP(self)").message("hostIP must be an IPv4 or IPv6 address"))]
+    #[schemars(length(max = 45))]
     pub host_ip: Option<String>,
 }
 
@@ -399,11 +425,13 @@ pub struct VolumeMount {
     pub kind: VolumeType,
     /// The host path (`bind`, absolute) or the volume name (`volume`); none for `tmpfs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub source: Option<String>,
     /// The absolute path inside the container.
     #[x_kube(
         validation = Rule::new("self.startsWith('/')").message("target must be an absolute path in the container")
     )]
+    #[schemars(length(max = 4096))]
     pub target: String,
     /// Mounts read-only.
     #[serde(default)]
@@ -435,6 +463,7 @@ pub struct NetworkSpec {
     pub mode: String,
     /// Extra DNS names of the container on a user-defined network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 253)))]
     pub aliases: Vec<String>,
 }
 
@@ -461,6 +490,7 @@ pub struct Resources {
         validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
             .message("cpus must be a positive number such as 0.5, 2 or 500m")
     )]
+    #[schemars(length(max = 32))]
     pub cpus: Option<String>,
     /// Memory limit as a Kubernetes quantity, e.g. `256Mi` or `1Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -468,6 +498,7 @@ pub struct Resources {
         validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
             .message("memory must be a positive Kubernetes quantity such as 256Mi or 1Gi")
     )]
+    #[schemars(length(max = 32))]
     pub memory: Option<String>,
 }
 
@@ -486,7 +517,7 @@ pub enum RestartPolicy {
 pub struct HealthCheck {
     /// The command, run without a shell; exit 0 means healthy. Use `["sh", "-c", "…"]` for
     /// a shell.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 256), inner(length(max = 4096)))]
     pub command: Vec<String>,
     /// Seconds between checks.
     #[serde(default = "default_health_interval")]
@@ -539,7 +570,7 @@ pub struct Placement {
     pub target_selector: Option<LabelSelector>,
     /// How many containers to run (at most one per target when they publish a host port).
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 0, max = 10000))]
+    #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
 }
 
@@ -618,9 +649,11 @@ pub struct DockerContainerStatus {
     pub updated_replicas: i32,
     /// The image reference with the digest every target runs, e.g. `app@sha256:…`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub resolved_image: Option<String>,
     /// The `spec.image` that `resolvedImage` was resolved from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub resolved_from: Option<String>,
     /// When the tag was last resolved; with `imageUpdatePolicy: FollowTag` it is resolved
     /// again every `catalog.refreshInterval` of its Registry.
@@ -628,11 +661,15 @@ pub struct DockerContainerStatus {
     pub resolved_at: Option<Time>,
     /// One entry per container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_STATUS_INSTANCES))]
     pub instances: Vec<InstanceStatus>,
     /// `Ready` (all replicas ready), `Progressing` (a rollout is under way) and `Degraded`
     /// (something needs attention; the message says what).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(
+        length(max = 16),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])
+    )]
     pub conditions: Vec<Condition>,
 }
 
@@ -641,25 +678,33 @@ pub struct DockerContainerStatus {
 #[serde(rename_all = "camelCase")]
 pub struct InstanceStatus {
     /// The DockerTarget it is placed on.
+    #[schemars(length(max = 253))]
     pub target: String,
     /// The container's name on the daemon, `<namespace>_<name>_<replica>`.
+    #[schemars(length(max = 512))]
     pub container_name: String,
     /// The container's ID, once created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
     pub container_id: Option<String>,
     /// The daemon's state: `created`, `running`, `restarting`, `exited`, … or `missing`.
+    #[schemars(length(max = 64))]
     pub state: String,
     /// `healthy`, `unhealthy` or `starting`, with a health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub health: Option<String>,
     /// The digest of the image the container runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub image_digest: Option<String>,
     /// The container's addresses, one per network (`network=ip`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 320)))]
     pub ips: Vec<String>,
     /// Published ports as `hostIP:hostPort->containerPort/protocol`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 128)))]
     pub ports: Vec<String>,
     /// How often the container was restarted.
     #[serde(default)]
@@ -673,5 +718,6 @@ pub struct InstanceStatus {
     /// Why the container is in this state: the last action's reason, or the last lines of
     /// the log of a container that exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = super::MAX_STATUS_MESSAGE))]
     pub message: Option<String>,
 }

@@ -7,6 +7,7 @@
 //!   Secret / ConfigMap ──────┘
 //! ```
 
+mod bounds;
 pub mod common;
 pub mod container;
 pub mod registry;
@@ -28,7 +29,23 @@ pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in manifests.
 pub const API_VERSION: &str = "stevedore.dev/v1alpha1";
 
+/// The oldest Kubernetes release whose API server accepts the CRDs: every CEL function
+/// their rules call is available to new rules there (the IP library, `isIP`, from 1.31).
+pub const MIN_KUBERNETES: (u32, u32) = (1, 31);
+
+/// The most `status.instances` entries a DockerContainer reports (replicas, plus the
+/// containers a rollout adds for a while).
+pub const MAX_STATUS_INSTANCES: usize = 2000;
+/// The most `status.images` entries a DockerTarget reports.
+pub const MAX_STATUS_IMAGES: usize = 1000;
+/// The longest `status.instances[].message`, in characters.
+pub const MAX_STATUS_MESSAGE: usize = 4096;
+
 /// Every CRD Stevedore serves, in a stable order (targets, registries, containers).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![DockerTarget::crd(), Registry::crd(), DockerContainer::crd()]
+    let mut crds = vec![DockerTarget::crd(), Registry::crd(), DockerContainer::crd()];
+    for crd in &mut crds {
+        bounds::bound_embedded_types(crd);
+    }
+    crds
 }

@@ -91,13 +91,13 @@ pub struct RegistrySpec {
 pub struct CatalogSpec {
     /// How often the catalog is listed again, as a duration such as `30s`, `10m` or `1h`.
     #[serde(default = "default_refresh_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub refresh_interval: String,
 
     /// Glob patterns (`*` matches within a path segment, `**` across segments) of the
     /// repositories to list; empty lists every repository.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(length(max = 255)))]
     pub repositories: Vec<String>,
 
     /// The most tags listed per repository (the newest by name order); 0 lists none.
@@ -135,12 +135,16 @@ pub struct RegistryStatus {
     /// `Ready` is True when the registry answered with the given credentials; when False
     /// its reason is one of `Unreachable`, `Unauthorized`, `TLSError` or `NotFound`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(
+        length(max = 16),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])
+    )]
     pub conditions: Vec<Condition>,
 
     /// Repositories matching `catalog.repositories`, with their tags. Bounded in size: when
     /// the registry has more, the list is cut and `repositoryCount` tells the full number.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::registry::catalog::MAX_STATUS_REPOSITORIES))]
     pub repositories: Vec<RepositoryStatus>,
 
     /// How many repositories matched, including those cut from `repositories`.
@@ -153,6 +157,7 @@ pub struct RegistryStatus {
 
     /// The value of the `stevedore.dev/refresh-requested` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub observed_refresh_request: Option<String>,
 }
 
@@ -161,8 +166,10 @@ pub struct RegistryStatus {
 #[serde(rename_all = "camelCase")]
 pub struct RepositoryStatus {
     /// Repository name, e.g. `team/app`.
+    #[schemars(length(max = 255))]
     pub name: String,
     /// Tags of the repository, at most `catalog.maxTagsPerRepository`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(length(max = 128)))]
     pub tags: Vec<String>,
 }

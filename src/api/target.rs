@@ -107,7 +107,10 @@ pub struct DockerTargetStatus {
     /// `Ready` is True when the daemon answers; when False its reason is one of
     /// `Unreachable`, `TLSError`, `AuthError`, `VersionUnsupported` or `ServerError`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[schemars(
+        length(max = 16),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])
+    )]
     pub conditions: Vec<Condition>,
 
     /// The daemon's own description of itself.
@@ -120,11 +123,19 @@ pub struct DockerTargetStatus {
 
     /// The images the daemon holds locally.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = super::MAX_STATUS_IMAGES))]
     pub images: Vec<HostImage>,
 
     /// When the daemon last answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_time: Option<Time>,
+}
+
+impl DockerTargetStatus {
+    /// Records the host's images, as many as the status may hold.
+    pub fn record_images(&mut self, images: Vec<HostImage>) {
+        self.images = images.into_iter().take(super::MAX_STATUS_IMAGES).collect();
+    }
 }
 
 /// The daemon's version and the machine it runs on.
@@ -133,18 +144,23 @@ pub struct DockerTargetStatus {
 pub struct ServerInfo {
     /// Docker Engine version, e.g. `20.10.24`.
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub version: String,
     /// The Engine API version negotiated with the daemon, e.g. `1.41`.
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub api_version: String,
     /// Operating system of the host, e.g. `linux`.
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub os: String,
     /// CPU architecture of the host, e.g. `x86_64`.
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub arch: String,
     /// Kernel version of the host.
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub kernel_version: String,
     /// Number of CPUs the daemon sees.
     #[serde(default)]
@@ -160,10 +176,13 @@ pub struct ServerInfo {
 pub struct HostImage {
     /// A reference (repository:tag) that names the image on the host.
     #[serde(rename = "ref")]
+    #[schemars(length(max = 1024))]
     pub reference: String,
     /// The image ID (`sha256:…`).
+    #[schemars(length(max = 128))]
     pub id: String,
     /// The registry digest the image was pulled by, when it came from a registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub digest: Option<String>,
 }

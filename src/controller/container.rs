@@ -17,12 +17,12 @@ use futures::future::join_all;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
 use super::context::{Context, registry_serving};
 use super::error::{Error, Result};
+use super::events::{EventKind, publish};
 use super::outcome::apply_status;
 use crate::api::container::ImageUpdatePolicy;
 use crate::api::container::{DeletionPolicy, DockerContainerStatus, InstanceStatus};
@@ -51,11 +51,10 @@ use crate::registry::refresh::refresh_interval;
 pub const FINALIZER: &str = "stevedore.dev/cleanup";
 /// How soon an object with an unreachable target is looked at again.
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(15);
-/// The longest note an Event may carry.
-const EVENT_NOTE_LIMIT: usize = 1024;
 
 /// Reconciles one DockerContainer: the finalizer first, then `apply` or `cleanup`.
 pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.stores.wait_until_ready().await;
     let started = Instant::now();
     let namespace = container
         .namespace()
@@ -343,9 +342,11 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
     let mut conditions =
         container_conditions(wanted_replicas, ready, count_n(updated), &problems, &now);
     keep_transition_times(&mut conditions, &previous.conditions);
+    let replicas = count(instances.iter().filter(|i| i.container_id.is_some()));
+    instances.truncate(crate::api::MAX_STATUS_INSTANCES);
     let status = DockerContainerStatus {
         observed_generation: container.metadata.generation,
-        replicas: count(instances.iter().filter(|i| i.container_id.is_some())),
+        replicas,
         ready_replicas: ready,
         updated_replicas: count_n(updated),
         resolved_image: resolved.as_ref().map(|r| r.image.clone()),
@@ -554,7 +555,7 @@ async fn hold(
         publish(
             ctx,
             &container.object_ref(&()),
-            EventType::Warning,
+            EventKind::Warning,
             reason,
             "Validate",
             why,
@@ -610,7 +611,7 @@ async fn cleanup(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         publish(
             ctx,
             &reference,
-            EventType::Normal,
+            EventKind::Normal,
             "Orphaned",
             "Delete",
             "deletionPolicy is Orphan: its containers are left running".into(),
@@ -680,7 +681,7 @@ async fn cleanup(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         publish(
             ctx,
             &reference,
-            EventType::Warning,
+            EventKind::Warning,
             "DeletionBlocked",
             "Delete",
             why.clone(),
@@ -749,12 +750,12 @@ async fn publish_outcome(
 ) {
     let (type_, reason, note) = match &outcome.result {
         Ok(_) => (
-            EventType::Normal,
+            EventKind::Normal,
             past_tense(outcome.verb).to_string(),
             format!("{} on {target}: {}", outcome.subject, outcome.reason),
         ),
         Err(e) => (
-            EventType::Warning,
+            EventKind::Warning,
             format!("{}Failed", outcome.verb),
             format!("{} on {target}: {}: {e}", outcome.subject, outcome.reason),
         ),
@@ -770,34 +771,5 @@ fn past_tense(verb: &str) -> &'static str {
         "Replace" => "Replaced",
         "Remove" => "Removed",
         _ => "Changed",
-    }
-}
-
-/// Publishes one Event; a failure to publish is logged, never fails the reconcile.
-pub async fn publish(
-    ctx: &Context,
-    reference: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    mut note: String,
-) {
-    if note.len() > EVENT_NOTE_LIMIT {
-        let mut cut = EVENT_NOTE_LIMIT - 3;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push_str("...");
-    }
-    let event = KubeEvent {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: action.to_string(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, reference).await {
-        tracing::warn!(%error, reason, "failed to publish an Event");
     }
 }

@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
+use super::events::EventRecorder;
 use super::hosts::Hosts;
 use super::metrics::Metrics;
 use crate::api::{DockerContainer, DockerContainerSpec, DockerTarget, Registry};
@@ -32,6 +32,20 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Waits until every store has listed its objects once. A reconcile before that (after
+    /// a restart or a leader change) could miss a Registry or Secret that exists: a
+    /// dropped pin, a spurious `InvalidSpec`, a container touched for nothing.
+    pub async fn wait_until_ready(&self) {
+        // An error means the store's writer is gone: the controller is stopping.
+        let _ = tokio::join!(
+            self.targets.wait_until_ready(),
+            self.containers.wait_until_ready(),
+            self.registries.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+            self.config_maps.wait_until_ready(),
+        );
+    }
+
     /// The Secrets and ConfigMaps of one namespace, decoded.
     pub fn sources(&self, namespace: &str) -> StaticSources {
         let in_namespace = |ns: &Option<String>| ns.as_deref() == Some(namespace);
@@ -114,6 +128,8 @@ pub struct Settings {
     pub manager: String,
     /// Actions run at once per target and object.
     pub concurrency: usize,
+    /// Objects of one kind reconciled at once (0 = unbounded).
+    pub max_concurrent_reconciles: u16,
     /// Reconcile every object at least this often, events or not.
     pub resync: Duration,
     /// How often a DockerTarget is checked (its heartbeat).
@@ -127,6 +143,7 @@ impl Default for Settings {
         Self {
             manager: "controller".into(),
             concurrency: crate::converge::executor::DEFAULT_CONCURRENCY,
+            max_concurrent_reconciles: DEFAULT_MAX_CONCURRENT_RECONCILES,
             resync: Duration::from_secs(300),
             heartbeat: Duration::from_secs(15),
             grace: Duration::from_secs(crate::placement::DEFAULT_GRACE_SECS),
@@ -134,12 +151,16 @@ impl Default for Settings {
     }
 }
 
+/// Objects of one kind reconciled at once, unless configured otherwise: enough to keep a
+/// fleet's slow daemons from holding up the rest, few enough to bound memory and API load.
+pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
+
 /// Shared by every reconcile.
 pub struct Context {
     /// The Kubernetes client.
     pub client: Client,
     /// Publishes `events.k8s.io` Events.
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     /// The watched objects.
     pub stores: Stores,
     /// Connections to the daemons.
@@ -152,6 +173,8 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// Fetches `imageSource` tarballs and build contexts (conditionally, cached by URL).
     pub fetcher: crate::registry::source::SourceFetcher,
+    /// When this replica first saw each deleted DockerTarget, by UID.
+    pub deletions: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -162,6 +185,24 @@ impl Context {
         let n = failures.entry(object_uid.to_string()).or_default();
         *n = n.saturating_add(1);
         Duration::from_secs(5u64.saturating_mul(1 << (*n - 1).min(6)).min(300))
+    }
+
+    /// When this replica first saw the object with this UID deleted.
+    pub fn deletion_seen(&self, object_uid: &str) -> Instant {
+        *self
+            .deletions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(object_uid.to_string())
+            .or_insert_with(Instant::now)
+    }
+
+    /// Forgets a deleted object once it is gone.
+    pub fn forget_deletion(&self, object_uid: &str) {
+        self.deletions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(object_uid);
     }
 
     /// Forgets an object's failures after a success.

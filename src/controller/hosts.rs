@@ -106,6 +106,14 @@ impl Hosts {
         fresh: bool,
     ) -> Result<DockerHost, DockerError> {
         let uid = target.metadata.uid.clone().unwrap_or_default();
+        // A deleted target whose Secret went first (a namespace is deleted kind by kind)
+        // keeps the connection it had, so the cleanups it waits for can still reach it.
+        if material.is_err()
+            && target.metadata.deletion_timestamp.is_some()
+            && let Some(Entry { host: Ok(host), .. }) = self.lock().get(&uid)
+        {
+            return Ok(host.clone());
+        }
         let print = fingerprint(&target.spec, &material);
         if let Some(entry) = self.lock().get(&uid)
             && entry.fingerprint == print

@@ -16,6 +16,7 @@
 pub mod container;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod hosts;
 pub mod http;
 pub mod metrics;
@@ -32,14 +33,15 @@ use std::sync::{Arc, Mutex};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
-use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::PredicateConfig;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
 use self::context::{Context, Settings, Stores, registry_serving};
+use self::events::EventRecorder;
 use self::hosts::{HostSignal, Hosts};
 use self::metrics::Metrics;
 use self::outcome::error_policy;
@@ -143,6 +145,41 @@ where
     reader
 }
 
+/// What of a DockerTarget its namespace's DockerContainers depend on: the spec, the labels
+/// placement selects by, whether it is Ready, whether and how it is being deleted.
+fn what_placement_sees(target: &DockerTarget) -> Option<u64> {
+    let ready = target
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == crate::api::CONDITION_READY)
+        .map(|c| c.status.clone());
+    Some(hash_of(&(
+        &target.metadata.generation,
+        &target.metadata.labels,
+        ready,
+        target.metadata.deletion_timestamp.is_some(),
+        &target.metadata.finalizers,
+    )))
+}
+
+/// What of a Registry the DockerContainers pulling from it depend on: its spec and
+/// whether and how it is being deleted.
+fn what_pulls_see(registry: &Registry) -> Option<u64> {
+    Some(hash_of(&(
+        &registry.metadata.generation,
+        registry.metadata.deletion_timestamp.is_some(),
+        &registry.metadata.finalizers,
+    )))
+}
+
+fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Which DockerContainers of a namespace use a Secret or ConfigMap of that name.
 fn users_of(
     containers: &Store<DockerContainer>,
@@ -230,12 +267,12 @@ pub async fn run_with(client: Client, options: Options) -> Result<(), RunError> 
     check_crds(&client, namespace).await?;
     ready.store(true, Ordering::Relaxed);
 
-    let _lease = match &options.leader_election {
+    let lease = match &options.leader_election {
         Some(election) => Some(become_leader(&client, election).await?),
         None => None,
     };
     let lost_lease = async {
-        match &_lease {
+        match &lease {
             Some((receiver, _)) => {
                 let mut receiver = receiver.clone();
                 let _ = receiver.wait_for(|leader| !*leader).await;
@@ -255,6 +292,9 @@ pub async fn run_with(client: Client, options: Options) -> Result<(), RunError> 
         () = lost_lease => Err(RunError::LostLease),
     };
     server.abort();
+    if let Some(lease) = lease {
+        release_lease(lease).await;
+    }
     result
 }
 
@@ -264,6 +304,18 @@ type LeaseHandle = (
         Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
     >,
 );
+
+/// Gives the lease up, so that a standby takes over at once instead of after the lease
+/// duration: dropping the last receiver makes the lease task release it and end.
+async fn release_lease((receiver, task): LeaseHandle) {
+    drop(receiver);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+        Ok(Ok(Ok(_))) => tracing::info!("released the leader lease"),
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "failed to release the leader lease"),
+        Ok(Err(error)) => tracing::warn!(%error, "the lease task failed"),
+        Err(_) => tracing::warn!("releasing the leader lease timed out"),
+    }
+}
 
 /// Waits until this replica holds the lease; the handle keeps it renewed.
 async fn become_leader(
@@ -300,18 +352,22 @@ async fn run_controllers(
     signals: mpsc::UnboundedReceiver<HostSignal>,
     identity: Option<String>,
 ) {
+    let bounded = ControllerConfig::default().concurrency(settings.max_concurrent_reconciles);
     let container_controller = Controller::new(
         api::<DockerContainer>(&client, namespace),
         watcher::Config::default(),
-    );
+    )
+    .with_config(bounded.clone());
     let target_controller = Controller::new(
         api::<DockerTarget>(&client, namespace),
         watcher::Config::default(),
-    );
+    )
+    .with_config(bounded.clone());
     let registry_controller = Controller::new(
         api::<Registry>(&client, namespace),
         watcher::Config::default(),
-    );
+    )
+    .with_config(bounded);
     let containers = container_controller.store();
     let targets = target_controller.store();
     let registries = registry_controller.store();
@@ -399,19 +455,16 @@ async fn run_controllers(
         secrets,
         config_maps,
     };
-    let reporter = Reporter {
-        controller: "stevedore".into(),
-        instance: identity,
-    };
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: EventRecorder::new(client.clone(), "stevedore", identity),
         stores,
         hosts,
         metrics,
         settings,
         failures: Mutex::new(HashMap::new()),
         fetcher: Default::default(),
+        deletions: Default::default(),
     });
 
     let target_changes = {
@@ -422,17 +475,25 @@ async fn run_controllers(
         let containers = containers.clone();
         move |registry: Registry| all_in(&containers, &registry.namespace().unwrap_or_default())
     };
+    // Only what DockerContainers depend on wakes them: not a target's heartbeat, images
+    // or container count, not a Registry's catalog.
+    let target_stream = watcher(
+        api::<DockerTarget>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(what_placement_sees, PredicateConfig::default());
+    let registry_stream = watcher(
+        api::<Registry>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(what_pulls_see, PredicateConfig::default());
     let containers_done = container_controller
-        .watches(
-            api::<DockerTarget>(&client, namespace),
-            watcher::Config::default(),
-            target_changes,
-        )
-        .watches(
-            api::<Registry>(&client, namespace),
-            watcher::Config::default(),
-            registry_changes,
-        )
+        .watches_stream(target_stream, target_changes)
+        .watches_stream(registry_stream, registry_changes)
         .reconcile_on(channel_stream(container_rx))
         .shutdown_on_signal()
         .run(container::reconcile, error_policy, ctx.clone())

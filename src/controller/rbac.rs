@@ -35,8 +35,8 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         group: "stevedore.dev",
         resource: "dockertargets",
-        verbs: &["list", "watch"],
-        why: "the DockerTarget controller and placement",
+        verbs: &["list", "watch", "patch"],
+        why: "the DockerTarget controller and placement; patch adds and removes the finalizer",
     },
     Permission {
         group: "stevedore.dev",

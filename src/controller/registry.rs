@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 
-use super::container::publish;
 use super::context::Context;
 use super::error::{Error, Result};
+use super::events::{EventKind, publish};
 use super::outcome::apply_status;
 use crate::api::Registry;
 use crate::api::registry::{REFRESH_REQUESTED_ANNOTATION, RegistryStatus};
@@ -22,6 +21,7 @@ use crate::registry::refresh::{record_refresh, refresh, refresh_interval};
 
 /// Refreshes one Registry when it is due and writes its status when it changed.
 pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.stores.wait_until_ready().await;
     let started = Instant::now();
     let namespace = registry
         .namespace()
@@ -65,9 +65,9 @@ pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Act
     if status != previous || registry.status.is_none() {
         if ready_changed {
             let type_ = if ready.status == "True" {
-                EventType::Normal
+                EventKind::Normal
             } else {
-                EventType::Warning
+                EventKind::Warning
             };
             publish(
                 &ctx,

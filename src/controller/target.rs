@@ -1,21 +1,25 @@
 //! The DockerTarget reconciler: the heartbeat of one daemon. Each run connects (reusing
 //! the connection while the spec and Secrets are unchanged), asks the daemon who it is,
 //! counts the managed containers, lists its images, and writes status when it changed.
-//! Targets need no finalizer: deleting one stops managing the host and leaves what runs
-//! there alone.
+//!
+//! Deleting a target alone stops managing its host and leaves what runs there alone. But
+//! when its DockerContainers go with it (a namespace deleted, `kubectl delete -f dir/`, a
+//! GitOps prune), their cleanups need the target to reach the host: its finalizer keeps
+//! it until no DockerContainer being deleted still has containers there.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::container::publish;
 use super::context::Context;
 use super::error::{Error, Result};
+use super::events::{EventKind, publish};
 use super::outcome::apply_status;
 use crate::api::DockerTarget;
 use crate::api::target::DockerTargetStatus;
@@ -28,12 +32,69 @@ use crate::docker::material::target_material;
 /// else writes nothing (no write storm, nothing for GitOps tools to flap on).
 pub const LAST_SEEN_REFRESH: Duration = Duration::from_secs(300);
 
-/// Checks one target and writes its status.
+/// The finalizer that keeps a deleted target while DockerContainers deleted with it still
+/// have containers on its host.
+pub const FINALIZER: &str = "stevedore.dev/containers";
+
+/// How long a deleted target waits for DockerContainers deleted at the same time to be
+/// marked as deleted too (a namespace's objects are deleted kind by kind).
+const DELETION_SETTLE: Duration = Duration::from_secs(5);
+
+/// Checks one target and writes its status; a deleted one goes once nothing needs it.
 pub async fn reconcile(target: Arc<DockerTarget>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.stores.wait_until_ready().await;
     let started = Instant::now();
-    let result = heartbeat(&target, &ctx).await;
+    let namespace = target
+        .namespace()
+        .ok_or_else(|| Error::InvalidObject("DockerTarget has no namespace".into()))?;
+    let api: Api<DockerTarget> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, target, |event| async {
+        match event {
+            Event::Apply(target) => heartbeat(&target, &ctx).await,
+            Event::Cleanup(target) => release(&target, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled("DockerTarget", started.elapsed());
     result
+}
+
+/// Lets a deleted target go once no DockerContainer being deleted records containers on
+/// it; until then it keeps its connection for their cleanups.
+async fn release(target: &DockerTarget, ctx: &Context) -> Result<Action> {
+    let name = target.name_any();
+    let namespace = target.namespace().unwrap_or_default();
+    let uid = target.uid().unwrap_or_default();
+    let settling = ctx.deletion_seen(&uid).elapsed() < DELETION_SETTLE;
+    let waiting: Vec<String> = ctx
+        .stores
+        .containers
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|c| c.metadata.deletion_timestamp.is_some())
+        .filter(|c| {
+            c.finalizers()
+                .iter()
+                .any(|f| f == super::container::FINALIZER)
+        })
+        .filter(|c| {
+            c.status
+                .iter()
+                .flat_map(|s| &s.instances)
+                .any(|i| i.target == name)
+        })
+        .map(|c| c.name_any())
+        .collect();
+    if settling || !waiting.is_empty() {
+        if !waiting.is_empty() {
+            tracing::info!(target = %name, containers = ?waiting, "deleted target waits for the cleanup of its DockerContainers");
+        }
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    ctx.forget_deletion(&uid);
+    Ok(Action::await_change())
 }
 
 async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
@@ -94,7 +155,7 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
                     Err(e) => ctx.hosts.mark_failed(&uid, &e),
                 }
                 if let Ok(images) = host.list_images().await {
-                    status.images = images;
+                    status.record_images(images);
                 }
                 Ok(())
             }
@@ -127,11 +188,11 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         if ready_changed {
             let (type_, reason, note) = match &checked {
                 Ok(()) => (
-                    EventType::Normal,
+                    EventKind::Normal,
                     "Connected",
                     "the daemon answers".to_string(),
                 ),
-                Err(e) => (EventType::Warning, e.kind.reason(), e.message.clone()),
+                Err(e) => (EventKind::Warning, e.kind.reason(), e.message.clone()),
             };
             publish(ctx, &target.object_ref(&()), type_, reason, "Connect", note).await;
         }

@@ -63,7 +63,9 @@ pub async fn instance_statuses(
                     // moment later, may already see the next run (exit code 0).
                     status.exit_code = status.exit_code.or(details.exit_code);
                     status.message = match host.log_tail(&container.id, LOG_TAIL_LINES).await {
-                        Ok(log) if !log.trim().is_empty() => Some(log.trim_end().to_string()),
+                        Ok(log) if !log.trim().is_empty() => {
+                            Some(last_chars(log.trim_end(), crate::api::MAX_STATUS_MESSAGE))
+                        }
                         Ok(_) => None,
                         Err(e) => Some(e.to_string()),
                     };
@@ -74,6 +76,13 @@ pub async fn instance_statuses(
         statuses.push(status);
     }
     statuses
+}
+
+/// The end of `text`, at most `limit` characters: a log's last lines are the ones that
+/// explain an exit.
+fn last_chars(text: &str, limit: usize) -> String {
+    let count = text.chars().count();
+    text.chars().skip(count.saturating_sub(limit)).collect()
 }
 
 /// Running, and healthy when it has a health check.
@@ -127,18 +136,19 @@ pub fn container_conditions(
 ) -> Vec<Condition> {
     let all_ready = ready >= wanted && problems.is_empty();
     let rolling = updated < wanted;
-    vec![
-        condition(
-            CONDITION_READY,
-            all_ready,
-            if all_ready {
-                "AllReplicasReady"
-            } else {
-                "NotReady"
-            },
-            format!("{ready} of {wanted} replicas ready"),
-            now,
+    let counted = format!("{ready} of {wanted} replicas ready");
+    // Enough replicas may be ready while something else is wrong: say what, so the
+    // condition never reads False with a message that sounds like True.
+    let (reason, message) = match (all_ready, ready >= wanted) {
+        (true, _) => ("AllReplicasReady", counted),
+        (false, true) => (
+            "Problems",
+            format!("{counted}, but: {}", problems.join("; ")),
         ),
+        (false, false) => ("NotReady", counted),
+    };
+    vec![
+        condition(CONDITION_READY, all_ready, reason, message, now),
         condition(
             "Progressing",
             rolling,

@@ -94,7 +94,7 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
                 Err(e) => ready = Err((e.kind.reason().to_string(), e.message)),
             }
             if let Ok(images) = host.list_images().await {
-                status.images = images;
+                status.record_images(images);
             }
             status.last_seen_time = Some(now.clone());
         }

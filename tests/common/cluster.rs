@@ -1,5 +1,6 @@
-//! The e2e tests' cluster: a client for the one `STEVEDORE_E2E_KUBECONFIG` names (or a
-//! clear SKIPPED line), the CRDs installed and established, and a namespace per test.
+//! The e2e tests' cluster: a client for the one `STEVEDORE_E2E_KUBECONFIG` names (a test
+//! asked to run without one fails), the CRDs installed and established, and a namespace
+//! per test.
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -12,18 +13,21 @@ use serde_json::json;
 /// The field manager of what the tests apply.
 pub const FIELD_MANAGER: &str = "stevedore-e2e";
 
-/// A client for the cluster named by `STEVEDORE_E2E_KUBECONFIG` and that kubeconfig's path,
-/// or `None` (after saying that `test` skipped) when the variable is unset.
-pub async fn connect(test: &str) -> Option<(Client, String)> {
+/// A client for the cluster named by `STEVEDORE_E2E_KUBECONFIG` and that kubeconfig's path.
+///
+/// The e2e tests are `#[ignore]`d, so they run only when asked for (`--ignored`); asked
+/// for without a cluster, `test` fails instead of passing without having checked anything.
+pub async fn connect(test: &str) -> (Client, String) {
     let Ok(path) = std::env::var("STEVEDORE_E2E_KUBECONFIG") else {
-        eprintln!("SKIPPED {test}: set STEVEDORE_E2E_KUBECONFIG to a kubeconfig to run it");
-        return None;
+        panic!(
+            "{test} needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG to its kubeconfig"
+        );
     };
     let kubeconfig = Kubeconfig::read_from(&path).expect("read STEVEDORE_E2E_KUBECONFIG");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .expect("kubeconfig usable");
-    Some((Client::try_from(config).expect("client"), path))
+    (Client::try_from(config).expect("client"), path)
 }
 
 /// Applies Stevedore's CRDs and waits until the API server serves each of them.

@@ -10,13 +10,13 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget, Registry};
 use stevedore::controller::context::{Context, Settings, Stores};
+use stevedore::controller::events::EventRecorder;
 use stevedore::controller::hosts::{HostSignal, Hosts};
 use stevedore::controller::metrics::Metrics;
 use stevedore::docker::ConnectOptions;
@@ -31,6 +31,8 @@ pub struct ApiCall {
     pub path: String,
     /// The query string.
     pub query: String,
+    /// The `content-type` header: which kind of patch a `PATCH` is.
+    pub content_type: String,
     /// The body, as JSON (`Null` when empty or not JSON).
     pub body: Value,
 }
@@ -134,11 +136,18 @@ enum Reply {
 }
 
 /// Answers every request the way the API server would for these tests, keeping the
-/// objects it knows: lists and gets return them, creates add them, merge patches and
-/// server-side applies change them, JSON patches (the finalizer's) are echoed back,
-/// Events are accepted and watches stay open. Anything else is 404.
+/// objects it knows: lists and gets return them, creates add them, merge patches merge,
+/// JSON patches (the finalizer's) apply with their `test` operations checked, a
+/// server-side apply of `/status` by the controller (its only writer) replaces the status
+/// as the real server's field ownership does, a delete of an object with finalizers only
+/// marks it, and removing the last finalizer of a marked object deletes it. Every write
+/// bumps `resourceVersion`. Events are accepted and watches stay open and quiet (the tests
+/// hand objects to the reconcilers themselves). Anything else is 404.
 fn answer(call: &ApiCall, objects: &mut HashMap<String, Value>) -> Reply {
     let (_, _, verb) = call.rbac();
+    if let Some(mismatch) = namespace_mismatch(call) {
+        return mismatch;
+    }
     match (call.method.as_str(), verb.as_str()) {
         (_, "watch") => Reply::Never,
         ("POST", _) if call.is_event() => Reply::Now(StatusCode::CREATED, call.body.clone()),
@@ -176,18 +185,145 @@ fn answer(call: &ApiCall, objects: &mut HashMap<String, Value>) -> Reply {
         }
         (_, "patch") => {
             let object_path = call.path.trim_end_matches("/status");
-            match objects.get_mut(object_path) {
-                Some(object) => {
-                    if call.body.is_object() {
-                        merge(object, &call.body);
-                    }
-                    Reply::Now(StatusCode::OK, object.clone())
+            let Some(object) = objects.get_mut(object_path) else {
+                return not_found();
+            };
+            let on_status = call.path.ends_with("/status");
+            if call.content_type.contains("json-patch") {
+                if let Err(why) = json_patch(object, &call.body) {
+                    return Reply::Now(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "Invalid", "message": why, "code": 422}),
+                    );
                 }
-                None => not_found(),
+            } else if call.content_type.contains("apply-patch") && on_status {
+                object["status"] = call.body["status"].clone();
+            } else if call.body.is_object() {
+                merge(object, &call.body);
+            }
+            bump_resource_version(object);
+            let reply = object.clone();
+            if is_marked_without_finalizers(&reply) {
+                objects.remove(object_path);
+            }
+            Reply::Now(StatusCode::OK, reply)
+        }
+        (_, "delete") => {
+            let Some(object) = objects.get_mut(&call.path) else {
+                return not_found();
+            };
+            let has_finalizers = object["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            if has_finalizers {
+                if object["metadata"]["deletionTimestamp"].is_null() {
+                    object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                    bump_resource_version(object);
+                }
+                Reply::Now(StatusCode::OK, object.clone())
+            } else {
+                let gone = objects.remove(&call.path).unwrap_or_default();
+                Reply::Now(StatusCode::OK, gone)
             }
         }
         _ => not_found(),
     }
+}
+
+/// The real server refuses a body whose `metadata.namespace` differs from the request's.
+fn namespace_mismatch(call: &ApiCall) -> Option<Reply> {
+    let in_body = call.body["metadata"]["namespace"].as_str()?;
+    let (_, rest) = call.path.split_once("/namespaces/")?;
+    let in_path = rest.split('/').next()?;
+    (in_body != in_path).then(|| {
+        Reply::Now(
+            StatusCode::BAD_REQUEST,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "BadRequest", "code": 400, "message":
+                   "the namespace of the provided object does not match the namespace sent on the request"}),
+        )
+    })
+}
+
+fn is_marked_without_finalizers(object: &Value) -> bool {
+    !object["metadata"]["deletionTimestamp"].is_null()
+        && object["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty())
+}
+
+fn bump_resource_version(object: &mut Value) {
+    let version = object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    object["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+}
+
+/// A JSON patch (RFC 6902) with the operations kube's finalizer helper sends: `test`,
+/// `add` (`-` appends), `remove` and `replace`. A failed `test` fails the whole patch, as
+/// the real server answers 422 when the object changed under the writer.
+fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
+    let mut patched = target.clone();
+    for op in patch.as_array().into_iter().flatten() {
+        let path = op["path"].as_str().unwrap_or_default();
+        let (parent, last) = path.rsplit_once('/').unwrap_or(("", path));
+        match op["op"].as_str().unwrap_or_default() {
+            "test" => {
+                if patched.pointer(path).unwrap_or(&Value::Null) != &op["value"] {
+                    return Err(format!("test at {path} failed"));
+                }
+            }
+            verb @ ("add" | "replace") => {
+                let container = patched
+                    .pointer_mut(parent)
+                    .ok_or_else(|| format!("no {parent}"))?;
+                match container {
+                    Value::Array(items) if last == "-" => items.push(op["value"].clone()),
+                    Value::Array(items) => {
+                        let index: usize = last.parse().map_err(|_| format!("bad index {last}"))?;
+                        let len = items.len();
+                        match verb {
+                            "replace" if index < len => items[index] = op["value"].clone(),
+                            "add" if index <= len => items.insert(index, op["value"].clone()),
+                            _ => return Err(format!("index {index} out of range")),
+                        }
+                    }
+                    Value::Object(fields) => {
+                        fields.insert(last.to_string(), op["value"].clone());
+                    }
+                    Value::Null => {
+                        *container = json!({ last: op["value"].clone() });
+                    }
+                    _ => return Err(format!("cannot add under {parent}")),
+                }
+            }
+            "remove" => {
+                let container = patched
+                    .pointer_mut(parent)
+                    .ok_or_else(|| format!("no {parent}"))?;
+                match container {
+                    Value::Array(items) => {
+                        let index: usize = last.parse().map_err(|_| format!("bad index {last}"))?;
+                        if index >= items.len() {
+                            return Err(format!("index {index} out of range"));
+                        }
+                        items.remove(index);
+                    }
+                    Value::Object(fields) => {
+                        fields
+                            .remove(last)
+                            .ok_or_else(|| format!("nothing at {path}"))?;
+                    }
+                    _ => return Err(format!("cannot remove at {path}")),
+                }
+            }
+            other => return Err(format!("unsupported op {other}")),
+        }
+    }
+    *target = patched;
+    Ok(())
 }
 
 /// Whether the object at `path` is listed by a list call on `collection` (namespaced, or
@@ -247,6 +383,12 @@ pub fn start(objects: &[Value]) -> (Client, Recorded) {
             let method = request.method().to_string();
             let path = request.uri().path().to_string();
             let query = request.uri().query().unwrap_or_default().to_string();
+            let content_type = request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
             let bytes = request
                 .into_body()
                 .collect_bytes()
@@ -256,6 +398,7 @@ pub fn start(objects: &[Value]) -> (Client, Recorded) {
                 method,
                 path,
                 query,
+                content_type,
                 body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             };
             let reply = answer(&call, &mut known);
@@ -326,6 +469,32 @@ pub struct World {
     pub secrets: Vec<Secret>,
     /// ConfigMaps.
     pub config_maps: Vec<ConfigMap>,
+    /// A Secret cache the test feeds itself (instead of `secrets`).
+    pub secrets_cache: Option<Store<Secret>>,
+}
+
+/// An empty cache that has not listed yet, as after a restart, and the writer with which
+/// the test completes its first list ([`list_now`]).
+pub fn unlisted_cache<K: Resource + Clone + 'static>() -> (Store<K>, reflector::store::Writer<K>)
+where
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, mut writer) = reflector::store::<K>();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    (reader, writer)
+}
+
+/// Completes a cache's first list with `objects`.
+pub fn list_now<K: Resource + Clone + 'static>(
+    writer: &mut reflector::store::Writer<K>,
+    objects: impl IntoIterator<Item = K>,
+) where
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    for object in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(object));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
 }
 
 /// A controller context over `client` whose caches hold `world`, and the daemon signals
@@ -357,18 +526,12 @@ pub fn context_with(
         targets: filled(world.targets),
         containers: filled(world.containers),
         registries: filled(world.registries),
-        secrets: filled(world.secrets),
+        secrets: world.secrets_cache.unwrap_or_else(|| filled(world.secrets)),
         config_maps: filled(world.config_maps),
     };
     let ctx = Context {
         client: client.clone(),
-        recorder: Recorder::new(
-            client,
-            Reporter {
-                controller: "stevedore".into(),
-                instance: None,
-            },
-        ),
+        recorder: EventRecorder::new(client, "stevedore", None),
         stores,
         metrics: Arc::new(Metrics::new(hosts.clone())),
         hosts,
@@ -378,6 +541,7 @@ pub fn context_with(
         },
         failures: Default::default(),
         fetcher: Default::default(),
+        deletions: Default::default(),
     };
     (Arc::new(ctx), receiver)
 }

@@ -1,0 +1,214 @@
+//! Kubernetes Events (`events.k8s.io/v1`) for what the controller did and why.
+//!
+//! kube-runtime's `Recorder` counts an Event as a repeat when type, reason and action match
+//! on the same object, and keeps the first note: after a spec edit and then a Secret
+//! rotation, the only `Replaced` Event would still name the edited field. Here the note is
+//! part of what makes an Event the same: a repeat of the same note bumps its series count;
+//! a new note is a new Event, so every replacement's own reason stays readable.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use tokio::sync::Mutex;
+
+use super::context::Context;
+
+/// A repeat later than this starts a new Event instead of counting on the old one (the
+/// API server keeps Events about an hour).
+const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+
+/// The longest note the API server accepts.
+pub const NOTE_LIMIT: usize = 1024;
+
+/// Whether an Event reports normal work or a problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// Work done as asked.
+    Normal,
+    /// Something failed or needs attention.
+    Warning,
+}
+
+impl EventKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Normal => "Normal",
+            EventKind::Warning => "Warning",
+        }
+    }
+}
+
+/// What makes two Events the same: the object, what happened, and the note.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    uid: String,
+    namespace: String,
+    name: String,
+    kind: EventKind,
+    reason: String,
+    action: String,
+    note: String,
+}
+
+/// The Event last written for a key, and when.
+struct Written {
+    name: String,
+    namespace: String,
+    count: i32,
+    last: SystemTime,
+}
+
+/// Publishes Events as one reporting controller and instance.
+pub struct EventRecorder {
+    client: Client,
+    controller: String,
+    instance: String,
+    series: Mutex<HashMap<SeriesKey, Written>>,
+}
+
+impl EventRecorder {
+    /// A recorder reporting as `controller` (and `instance`, the replica, when known).
+    pub fn new(client: Client, controller: &str, instance: Option<String>) -> Self {
+        Self {
+            client,
+            controller: controller.to_string(),
+            instance: instance.unwrap_or_else(|| controller.to_string()),
+            series: Mutex::default(),
+        }
+    }
+
+    /// Publishes one Event about `regarding`; the note is cut to what the API server takes.
+    pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        kind: EventKind,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) -> Result<(), kube::Error> {
+        let note = cut(note, NOTE_LIMIT);
+        let key = SeriesKey {
+            uid: regarding.uid.clone().unwrap_or_default(),
+            namespace: regarding.namespace.clone().unwrap_or_default(),
+            name: regarding.name.clone().unwrap_or_default(),
+            kind,
+            reason: reason.to_string(),
+            action: action.to_string(),
+            note: note.clone(),
+        };
+        let now = SystemTime::now();
+        let mut series = self.series.lock().await;
+        series.retain(|_, w| now.duration_since(w.last).unwrap_or_default() < SERIES_WINDOW);
+        if let Some(written) = series.get_mut(&key) {
+            let count = written.count + 1;
+            let events: Api<Event> = Api::namespaced(self.client.clone(), &written.namespace);
+            let patch = serde_json::json!({
+                "series": EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) }
+            });
+            events
+                .patch(
+                    &written.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+            written.count = count;
+            written.last = now;
+            return Ok(());
+        }
+        let event = self.event(regarding, kind, reason, action, note);
+        let name = event.metadata.name.clone().unwrap_or_default();
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
+        events.create(&PostParams::default(), &event).await?;
+        let namespace = key.namespace.clone();
+        series.insert(
+            key,
+            Written {
+                name,
+                namespace,
+                count: 1,
+                last: now,
+            },
+        );
+        Ok(())
+    }
+
+    fn event(
+        &self,
+        regarding: &ObjectReference,
+        kind: EventKind,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> Event {
+        let now = Timestamp::now();
+        let object = regarding.name.as_deref().unwrap_or(&self.controller);
+        Event {
+            metadata: ObjectMeta {
+                name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+                namespace: regarding.namespace.clone(),
+                ..ObjectMeta::default()
+            },
+            event_time: Some(MicroTime(now)),
+            type_: Some(kind.as_str().to_string()),
+            reason: Some(reason.to_string()),
+            action: Some(action.to_string()),
+            note: Some(note),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            ..Event::default()
+        }
+    }
+}
+
+/// Publishes one Event through the context's recorder; a failure to publish is logged and
+/// never fails the reconcile.
+pub async fn publish(
+    ctx: &Context,
+    regarding: &ObjectReference,
+    kind: EventKind,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    if let Err(error) = ctx
+        .recorder
+        .publish(regarding, kind, reason, action, &note)
+        .await
+    {
+        tracing::warn!(%error, reason, "failed to publish an Event");
+    }
+}
+
+/// `text` cut to at most `limit` bytes on a character boundary, marked with `...` when cut.
+fn cut(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit - 3;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn a_long_note_is_cut_on_a_character_boundary() {
+        let note = "é".repeat(600);
+        let cut = cut(&note, 1024);
+        assert!(cut.len() <= 1024);
+        assert!(cut.ends_with("..."));
+        assert_eq!(super::cut("short", 1024), "short");
+    }
+}
