@@ -87,13 +87,19 @@ async fn observe_targets(
     ctx: &Context,
     namespace: &str,
     sources: &StaticSources,
+    for_cleanup: bool,
 ) -> Vec<TargetView> {
     let views = ctx.stores.targets_in(namespace).into_iter().map(|target| {
         let material = target_material(&target.spec, sources);
         async move {
             let uid = target.uid().unwrap_or_default();
             let name = target.name_any();
-            let state = match ctx.hosts.connection(&target, material, false).await {
+            let connection = if for_cleanup {
+                ctx.hosts.connection_for_cleanup(&target, material).await
+            } else {
+                ctx.hosts.connection(&target, material, false).await
+            };
+            let state = match connection {
                 Ok(host) => match host.list_labelled(LABEL_TARGET, &uid).await {
                     Ok(listed) => Ok((host, listed)),
                     Err(e) => {
@@ -252,7 +258,7 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
     let credentials = registry.and_then(|registry| credentials_of(registry, &sources));
     let previous = container.status.clone().unwrap_or_default();
 
-    let views = observe_targets(ctx, &namespace, &sources).await;
+    let views = observe_targets(ctx, &namespace, &sources, false).await;
     let (placed, mut problems) = placements_for(ctx, container, &uid, &views);
     let resolved =
         match resolve_image(container, registry, &sources, &previous, &mut problems).await {
@@ -622,7 +628,7 @@ async fn cleanup(container: &DockerContainer, ctx: &Context) -> Result<Action> {
     }
     let namespace = container.namespace().unwrap_or_default();
     let sources = ctx.stores.sources(&namespace);
-    let views = observe_targets(ctx, &namespace, &sources).await;
+    let views = observe_targets(ctx, &namespace, &sources, true).await;
     let recorded: HashSet<&str> = container
         .status
         .iter()

@@ -1,13 +1,14 @@
 //! What every reconcile shares: the client, the watched objects, the daemon connections,
 //! Events and metrics.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::runtime::reflector::Store;
+use tokio::sync::watch;
 
 use super::events::EventRecorder;
 use super::hosts::Hosts;
@@ -29,6 +30,47 @@ pub struct Stores {
     pub secrets: Store<Secret>,
     /// ConfigMaps (env values).
     pub config_maps: Store<ConfigMap>,
+    /// Which of them have listed once.
+    pub listed: CachesListed,
+}
+
+/// Which watched caches have completed their first list.
+///
+/// kube-runtime's `Store::wait_until_ready` wakes only the last of several tasks waiting
+/// at once (and the controllers' own runners wait on it too), so reconciles wait on this
+/// instead: each cache's watch stream reports its first complete list here.
+#[derive(Clone, Debug)]
+pub struct CachesListed {
+    listed: Arc<watch::Sender<BTreeSet<&'static str>>>,
+    expected: usize,
+}
+
+impl CachesListed {
+    /// Waits for the caches named `kinds`, none listed yet.
+    pub fn expecting(kinds: &[&'static str]) -> Self {
+        Self {
+            listed: Arc::new(watch::Sender::new(BTreeSet::new())),
+            expected: kinds.len(),
+        }
+    }
+
+    /// Nothing to wait for (every cache given complete).
+    pub fn complete() -> Self {
+        Self::expecting(&[])
+    }
+
+    /// Records that the cache of `kind` has listed.
+    pub fn listed(&self, kind: &'static str) {
+        self.listed.send_if_modified(|listed| listed.insert(kind));
+    }
+
+    /// Waits until every expected cache has listed.
+    pub async fn wait(&self) {
+        let mut receiver = self.listed.subscribe();
+        let expected = self.expected;
+        // The sender lives as long as `self`, so the wait cannot fail.
+        let _ = receiver.wait_for(|listed| listed.len() >= expected).await;
+    }
 }
 
 impl Stores {
@@ -36,14 +78,7 @@ impl Stores {
     /// a restart or a leader change) could miss a Registry or Secret that exists: a
     /// dropped pin, a spurious `InvalidSpec`, a container touched for nothing.
     pub async fn wait_until_ready(&self) {
-        // An error means the store's writer is gone: the controller is stopping.
-        let _ = tokio::join!(
-            self.targets.wait_until_ready(),
-            self.containers.wait_until_ready(),
-            self.registries.wait_until_ready(),
-            self.secrets.wait_until_ready(),
-            self.config_maps.wait_until_ready(),
-        );
+        self.listed.wait().await;
     }
 
     /// The Secrets and ConfigMaps of one namespace, decoded.

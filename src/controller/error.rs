@@ -26,6 +26,11 @@ pub enum Error {
     /// waits for it.
     #[error("waiting for {0}")]
     CleanupBlocked(String),
+    /// A deleted DockerTarget waits for the DockerContainers deleted with it to remove
+    /// their containers (not a failure: the finalizer helper keeps a finalizer only while
+    /// its cleanup errs).
+    #[error("deleted target waits for {0}")]
+    DeletionWaiting(String),
     /// A daemon failed.
     #[error("docker target {target} failed")]
     Docker {
@@ -45,7 +50,20 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::InvalidObject(_) => "invalid_object",
             Error::CleanupBlocked(_) => "cleanup_blocked",
+            Error::DeletionWaiting(_) => "deletion_waiting",
             Error::Docker { .. } => "docker",
+        }
+    }
+
+    /// Whether this is an expected wait rather than a failure, to be looked at again soon.
+    pub fn is_waiting(&self) -> bool {
+        match self {
+            Error::DeletionWaiting(_) => true,
+            Error::Finalizer(inner) => matches!(
+                inner.as_ref(),
+                kube::runtime::finalizer::Error::CleanupFailed(e) if e.is_waiting()
+            ),
+            _ => false,
         }
     }
 

@@ -96,6 +96,23 @@ impl Hosts {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The connection for removing containers: like [`Hosts::connection`], but when the
+    /// target's Secret material is gone (a namespace being deleted loses its Secrets
+    /// first) the connection made with it before still serves.
+    pub async fn connection_for_cleanup(
+        &self,
+        target: &DockerTarget,
+        material: Result<ConnectionMaterial, DockerError>,
+    ) -> Result<DockerHost, DockerError> {
+        if material.is_err() {
+            let uid = target.metadata.uid.clone().unwrap_or_default();
+            if let Some(Entry { host: Ok(host), .. }) = self.lock().get(&uid) {
+                return Ok(host.clone());
+            }
+        }
+        self.connection(target, material, false).await
+    }
+
     /// The target's connection: the existing one while its spec and Secret material are
     /// unchanged, else a new one. A target that failed is retried after `retry_after`,
     /// or at once when `fresh` (the DockerTarget heartbeat).
@@ -106,13 +123,13 @@ impl Hosts {
         fresh: bool,
     ) -> Result<DockerHost, DockerError> {
         let uid = target.metadata.uid.clone().unwrap_or_default();
-        // A deleted target whose Secret went first (a namespace is deleted kind by kind)
-        // keeps the connection it had, so the cleanups it waits for can still reach it.
-        if material.is_err()
-            && target.metadata.deletion_timestamp.is_some()
-            && let Some(Entry { host: Ok(host), .. }) = self.lock().get(&uid)
+        // Material that vanished (a Secret deleted, as a namespace deletion does before
+        // the target goes) does not replace a working connection: cleanups may still
+        // need it (see `connection_for_cleanup`).
+        if let Err(e) = &material
+            && let Some(Entry { host: Ok(_), .. }) = self.lock().get(&uid)
         {
-            return Ok(host.clone());
+            return Err(e.clone());
         }
         let print = fingerprint(&target.spec, &material);
         if let Some(entry) = self.lock().get(&uid)

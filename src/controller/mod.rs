@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
 use kube::runtime::PredicateConfig;
@@ -40,7 +41,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
-use self::context::{Context, Settings, Stores, registry_serving};
+use self::context::{CachesListed, Context, Settings, Stores, registry_serving};
 use self::events::EventRecorder;
 use self::hosts::{HostSignal, Hosts};
 use self::metrics::Metrics;
@@ -120,19 +121,47 @@ async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<(), RunE
     }
 }
 
-/// A reflector for `K`, driven by a task that calls `on_change` for every object applied
-/// or deleted.
-fn reflect<K>(api: Api<K>, on_change: impl Fn(&K) + Send + 'static) -> Store<K>
+/// A cache of `K` and the stream of its watch events (already applied to the cache); the
+/// cache reports its first complete list to `listed`.
+fn cache<K>(
+    api: Api<K>,
+    listed: &CachesListed,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
+    let kind = std::any::type_name::<K>();
+    let listed = listed.clone();
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),
     )
-    .touched_objects();
+    .inspect(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            listed.listed(kind);
+        }
+    });
+    (reader, stream)
+}
+
+/// A cache of `K`, driven by a task that calls `on_change` for every object applied or
+/// deleted.
+fn reflect<K>(
+    api: Api<K>,
+    listed: &CachesListed,
+    on_change: impl Fn(&K) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, stream) = cache(api, listed);
+    let stream = stream.touched_objects();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
@@ -322,7 +351,7 @@ async fn become_leader(
     client: &Client,
     election: &LeaderElection,
 ) -> Result<LeaseHandle, RunError> {
-    let manager =
+    let build = || {
         kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease_name)
             .with_namespace(&election.lease_namespace)
             .with_identity(&election.identity)
@@ -330,17 +359,41 @@ async fn become_leader(
             .with_grace(5)
             .with_field_manager(outcome::FIELD_MANAGER)
             .build()
-            .await
-            .map_err(RunError::Lease)?;
-    let (mut receiver, task) = manager.watch().await;
+    };
     tracing::info!(identity = %election.identity, lease = %election.lease_name, "waiting for the leader lease");
-    while !*receiver.borrow_and_update() {
-        if receiver.changed().await.is_err() {
-            return Err(RunError::LostLease);
+    // A standby's lease manager sleeps until the holder's lease would expire; a holder that
+    // released it on SIGTERM would leave nobody leading for up to the lease duration. So a
+    // standby also looks at the Lease every second and, once it is free, tries at once with
+    // a fresh manager (the old one would trust its cached view of the holder).
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &election.lease_namespace);
+    let manager = loop {
+        let manager = build().await.map_err(RunError::Lease)?;
+        tokio::select! {
+            leading = manager.changed() => {
+                if leading.map_err(RunError::Lease)? {
+                    break manager;
+                }
+            }
+            () = lease_released(&leases, &election.lease_name) => {}
         }
-    }
+    };
+    let (receiver, task) = manager.watch().await;
     tracing::info!(identity = %election.identity, "leading");
     Ok((receiver, task))
+}
+
+/// Returns once the Lease has no holder (or cannot be read, so that the manager looks).
+async fn lease_released(leases: &Api<Lease>, name: &str) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let holder = match leases.get_opt(name).await {
+            Ok(Some(lease)) => lease.spec.and_then(|s| s.holder_identity),
+            Ok(None) | Err(_) => None,
+        };
+        if holder.is_none_or(|h| h.is_empty()) {
+            return;
+        }
+    }
 }
 
 async fn run_controllers(
@@ -352,25 +405,27 @@ async fn run_controllers(
     signals: mpsc::UnboundedReceiver<HostSignal>,
     identity: Option<String>,
 ) {
+    // Five caches; no reconcile runs before each has listed once.
+    let listed = CachesListed::expecting(&[
+        std::any::type_name::<DockerContainer>(),
+        std::any::type_name::<DockerTarget>(),
+        std::any::type_name::<Registry>(),
+        std::any::type_name::<Secret>(),
+        std::any::type_name::<ConfigMap>(),
+    ]);
     let bounded = ControllerConfig::default().concurrency(settings.max_concurrent_reconciles);
-    let container_controller = Controller::new(
-        api::<DockerContainer>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .with_config(bounded.clone());
-    let target_controller = Controller::new(
-        api::<DockerTarget>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .with_config(bounded.clone());
-    let registry_controller = Controller::new(
-        api::<Registry>(&client, namespace),
-        watcher::Config::default(),
-    )
-    .with_config(bounded);
-    let containers = container_controller.store();
-    let targets = target_controller.store();
-    let registries = registry_controller.store();
+    let (containers, container_events) = cache(api::<DockerContainer>(&client, namespace), &listed);
+    let (targets, target_events) = cache(api::<DockerTarget>(&client, namespace), &listed);
+    let (registries, registry_events) = cache(api::<Registry>(&client, namespace), &listed);
+    let container_controller =
+        Controller::for_stream(container_events.applied_objects(), containers.clone())
+            .with_config(bounded.clone());
+    let target_controller =
+        Controller::for_stream(target_events.applied_objects(), targets.clone())
+            .with_config(bounded.clone());
+    let registry_controller =
+        Controller::for_stream(registry_events.applied_objects(), registries.clone())
+            .with_config(bounded);
 
     let (container_tx, container_rx) = mpsc::unbounded_channel::<ObjectRef<DockerContainer>>();
     let (target_tx, target_rx) = mpsc::unbounded_channel::<ObjectRef<DockerTarget>>();
@@ -382,42 +437,47 @@ async fn run_controllers(
             (containers.clone(), registries.clone(), targets.clone());
         let (container_tx, target_tx, registry_tx) =
             (container_tx.clone(), target_tx.clone(), registry_tx.clone());
-        reflect(api::<Secret>(&client, namespace), move |secret: &Secret| {
-            let ns = secret.namespace().unwrap_or_default();
-            let name = secret.name_any();
-            for user in users_of(&containers, &registries, &ns, &name, true) {
-                let _ = container_tx.send(user);
-            }
-            for target in targets.state().iter().filter(|t| {
-                t.namespace().as_deref() == Some(ns.as_str())
-                    && (t
-                        .spec
-                        .tls
-                        .as_ref()
-                        .is_some_and(|s| s.secret_ref.name == name)
-                        || t.spec
-                            .ssh
+        reflect(
+            api::<Secret>(&client, namespace),
+            &listed,
+            move |secret: &Secret| {
+                let ns = secret.namespace().unwrap_or_default();
+                let name = secret.name_any();
+                for user in users_of(&containers, &registries, &ns, &name, true) {
+                    let _ = container_tx.send(user);
+                }
+                for target in targets.state().iter().filter(|t| {
+                    t.namespace().as_deref() == Some(ns.as_str())
+                        && (t
+                            .spec
+                            .tls
                             .as_ref()
-                            .is_some_and(|s| s.secret_ref.name == name))
-            }) {
-                let _ = target_tx.send(ObjectRef::from_obj(target.as_ref()));
-            }
-            for registry in registries.state().iter().filter(|r| {
-                r.namespace().as_deref() == Some(ns.as_str())
-                    && r.spec
-                        .credentials
-                        .as_ref()
-                        .is_some_and(|c| c.secret_ref.name == name)
-            }) {
-                let _ = registry_tx.send(ObjectRef::from_obj(registry.as_ref()));
-            }
-        })
+                            .is_some_and(|s| s.secret_ref.name == name)
+                            || t.spec
+                                .ssh
+                                .as_ref()
+                                .is_some_and(|s| s.secret_ref.name == name))
+                }) {
+                    let _ = target_tx.send(ObjectRef::from_obj(target.as_ref()));
+                }
+                for registry in registries.state().iter().filter(|r| {
+                    r.namespace().as_deref() == Some(ns.as_str())
+                        && r.spec
+                            .credentials
+                            .as_ref()
+                            .is_some_and(|c| c.secret_ref.name == name)
+                }) {
+                    let _ = registry_tx.send(ObjectRef::from_obj(registry.as_ref()));
+                }
+            },
+        )
     };
     let config_maps = {
         let (containers, registries) = (containers.clone(), registries.clone());
         let container_tx = container_tx.clone();
         reflect(
             api::<ConfigMap>(&client, namespace),
+            &listed,
             move |map: &ConfigMap| {
                 let ns = map.namespace().unwrap_or_default();
                 for user in users_of(&containers, &registries, &ns, &map.name_any(), false) {
@@ -454,6 +514,7 @@ async fn run_controllers(
         registries: registries.clone(),
         secrets,
         config_maps,
+        listed,
     };
     let ctx = Arc::new(Context {
         client: client.clone(),

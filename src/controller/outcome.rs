@@ -51,6 +51,10 @@ pub fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Acti
 where
     K: Resource<DynamicType = ()>,
 {
+    if error.is_waiting() {
+        tracing::debug!(kind = %K::kind(&()), name = object.name_any(), %error, "waiting");
+        return Action::requeue(std::time::Duration::from_secs(1));
+    }
     ctx.metrics.failed(&K::kind(&()), error.metric_label());
     tracing::warn!(
         kind = %K::kind(&()),

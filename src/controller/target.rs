@@ -87,11 +87,18 @@ async fn release(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         })
         .map(|c| c.name_any())
         .collect();
-    if settling || !waiting.is_empty() {
-        if !waiting.is_empty() {
-            tracing::info!(target = %name, containers = ?waiting, "deleted target waits for the cleanup of its DockerContainers");
-        }
-        return Ok(Action::requeue(Duration::from_secs(1)));
+    // Returning an error keeps the finalizer (the finalizer helper removes it on Ok).
+    if !waiting.is_empty() {
+        tracing::info!(target = %name, containers = ?waiting, "deleted target waits for the cleanup of its DockerContainers");
+        return Err(Error::DeletionWaiting(format!(
+            "the cleanup of {}",
+            waiting.join(", ")
+        )));
+    }
+    if settling {
+        return Err(Error::DeletionWaiting(
+            "DockerContainers deleted at the same time".into(),
+        ));
     }
     ctx.forget_deletion(&uid);
     Ok(Action::await_change())

@@ -15,7 +15,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget, Registry};
-use stevedore::controller::context::{Context, Settings, Stores};
+use stevedore::controller::context::{CachesListed, Context, Settings, Stores};
 use stevedore::controller::events::EventRecorder;
 use stevedore::controller::hosts::{HostSignal, Hosts};
 use stevedore::controller::metrics::Metrics;
@@ -471,6 +471,8 @@ pub struct World {
     pub config_maps: Vec<ConfigMap>,
     /// A Secret cache the test feeds itself (instead of `secrets`).
     pub secrets_cache: Option<Store<Secret>>,
+    /// Which caches have listed, when the test says so (all of them otherwise).
+    pub caches_listed: Option<CachesListed>,
 }
 
 /// An empty cache that has not listed yet, as after a restart, and the writer with which
@@ -528,6 +530,7 @@ pub fn context_with(
         registries: filled(world.registries),
         secrets: world.secrets_cache.unwrap_or_else(|| filled(world.secrets)),
         config_maps: filled(world.config_maps),
+        listed: world.caches_listed.unwrap_or_else(CachesListed::complete),
     };
     let ctx = Context {
         client: client.clone(),
