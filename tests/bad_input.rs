@@ -114,19 +114,30 @@ fn enormous_strings_and_lists_are_rejected_by_their_bounds_or_read_without_troub
         "an error echoed the huge value"
     );
 
-    let env: String = (0..10_000)
-        .map(|i| format!("    - name: V{i}\n      value: x\n"))
-        .collect();
-    let many = format!(
-        "apiVersion: stevedore.dev/v1alpha1\nkind: DockerContainer\nmetadata:\n  name: web\nspec:\n  image: app:1\n  placement: {{target: t}}\n  env:\n{env}"
-    );
-    let path = temp_file("many-env.yaml", &many);
+    let with_env = |count: usize| {
+        let env: String = (0..count)
+            .map(|i| format!("    - name: V{i}\n      value: x\n"))
+            .collect();
+        format!(
+            "apiVersion: stevedore.dev/v1alpha1\nkind: DockerContainer\nmetadata:\n  name: web\nspec:\n  image: app:1\n  placement: {{target: t}}\n  env:\n{env}"
+        )
+    };
+    // A thousand variables (the schema's bound) are legal; they are read, not truncated.
+    let path = temp_file("many-env.yaml", &with_env(1_000));
     let (manifests, _) = messages(std::slice::from_ref(&path));
     remove(&path);
-    // Ten thousand variables are legal; they are read, not truncated.
     assert!(manifests.errors.is_empty(), "{:?}", manifests.errors);
     let container = manifests.containers.values().next().expect("read");
-    assert_eq!(container.object.spec.env.len(), 10_000);
+    assert_eq!(container.object.spec.env.len(), 1_000);
+    // Ten thousand are refused, as the API server refuses them, naming the field.
+    let path = temp_file("too-many-env.yaml", &with_env(10_000));
+    let (_, got) = messages(std::slice::from_ref(&path));
+    remove(&path);
+    assert!(
+        got.iter()
+            .any(|m| m.contains("spec.env") && m.contains("more than 1000 items")),
+        "{got:?}"
+    );
 }
 
 /// Arbitrary JSON values, a few levels deep.

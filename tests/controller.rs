@@ -885,6 +885,20 @@ async fn the_running_controller_uses_every_permission_it_asks_for_and_no_other()
     .expect("env");
     // Without the finalizer: the first reconcile adds it.
     let fresh = mk_container(&ns, "fresh", &env.get("IMAGE_V1"), "main");
+    // Its name is taken on the host: every retry fails with the same note, which the
+    // Event recorder counts on one Event by patch.
+    let clash = mk_container(&ns, "clash", &env.get("IMAGE_V1"), "main").finalized();
+    let host = main_daemon(&env).await;
+    let squatter = host
+        .create(
+            &format!("{ns}_clash_0"),
+            bollard::models::ContainerCreateBody {
+                image: Some(env.get("IMAGE_V1")),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a container holding the name");
     let mut objects = vec![
         serde_json::to_value(mk_target(&ns, "main", &env.get("MAIN_HOST"))).expect("json"),
         // Unreachable: its heartbeat repeats the same Warning, which Events count by patch.
@@ -898,6 +912,7 @@ async fn the_running_controller_uses_every_permission_it_asks_for_and_no_other()
         .expect("json"),
         serde_json::to_value(&web).expect("json"),
         serde_json::to_value(&fresh).expect("json"),
+        serde_json::to_value(&clash).expect("json"),
         serde_json::to_value(&registry).expect("json"),
         serde_json::to_value(&settings).expect("json"),
     ];
@@ -963,7 +978,7 @@ async fn the_running_controller_uses_every_permission_it_asks_for_and_no_other()
     controller.abort();
     assert_rbac_allows(&recorded);
 
-    let host = main_daemon(&env).await;
+    let _ = host.remove(&squatter, "the squatter").await;
     for uid in [&web, &fresh].map(|c| c.metadata.uid.clone().unwrap_or_default()) {
         for c in host.list_labelled(LABEL_UID, &uid).await.expect("list") {
             let _ = host.stop(&c.id, &c.name, Some(0)).await;

@@ -388,6 +388,45 @@ async fn two_targets_on_one_daemon_converge_independently() {
 }
 
 #[tokio::test]
+async fn a_name_taken_by_a_container_of_someone_else_is_named_as_the_cause() {
+    let env = TestEnv::load();
+    let daemon = env.get("MAIN_HOST");
+    let mut target = Target::new(connected(hosts::main(&env)).await);
+    let s = spec(json!({"image": env.get("IMAGE_V1")}));
+    let instances = target.instances("web", &s, &no_env(), &[0]).await;
+    // Made by hand (or by another manager) under the very name Stevedore would use.
+    let name = format!("{}_web_0", target.namespace);
+    docker_cli(
+        &daemon,
+        &["run", "-d", "--name", &name, &env.get("IMAGE_V1")],
+    );
+
+    let report = target.converge(instances).await;
+
+    let create = report
+        .outcomes
+        .iter()
+        .find(|o| o.verb == "Create")
+        .expect("a create");
+    let error = create.result.as_ref().expect_err("the name is taken");
+    assert_eq!(error.kind, ErrorKind::Conflict);
+    assert!(
+        error
+            .message
+            .starts_with(&format!("the name {name} is taken")),
+        "{error}"
+    );
+    assert!(
+        !report.outcomes.iter().any(|o| o.verb == "Pull"),
+        "the image is on the host: nothing to pull"
+    );
+    let state = docker_cli(&daemon, &["inspect", "-f", "{{.State.Running}}", &name]);
+    assert_eq!(state, "true", "the other container was touched");
+    docker_cli(&daemon, &["rm", "-f", &name]);
+    target.cleanup().await;
+}
+
+#[tokio::test]
 async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges() {
     let env = TestEnv::load();
     let mut target = Target::new(connected(hosts::main(&env)).await);

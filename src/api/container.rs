@@ -98,7 +98,7 @@ pub struct DockerContainerSpec {
     /// ConfigMap key. Changing a referenced value replaces the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
-        length(max = 256),
+        length(max = 1000),
         extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
     )]
     pub env: Vec<EnvVar>,

@@ -55,16 +55,33 @@ impl Error {
         }
     }
 
-    /// Whether this is an expected wait rather than a failure, to be looked at again soon.
+    /// Whether this is an expected wait rather than a failure, to be looked at again soon:
+    /// a deleted target waiting for cleanups, or a finalizer added from a cache that had
+    /// not yet seen the previous add (the server's `test` operation refuses it).
     pub fn is_waiting(&self) -> bool {
+        use kube::runtime::finalizer::Error as F;
         match self {
             Error::DeletionWaiting(_) => true,
-            Error::Finalizer(inner) => matches!(
-                inner.as_ref(),
-                kube::runtime::finalizer::Error::CleanupFailed(e) if e.is_waiting()
-            ),
+            Error::Finalizer(inner) => match inner.as_ref() {
+                F::CleanupFailed(e) => e.is_waiting(),
+                F::AddFinalizer(kube::Error::Api(status)) => status.code == 422,
+                _ => false,
+            },
             _ => false,
         }
+    }
+
+    /// Whether the object went while the finalizer was being removed (a reconcile of an
+    /// older copy): nothing is left to do.
+    pub fn object_gone(&self) -> bool {
+        matches!(
+            self,
+            Error::Finalizer(inner) if matches!(
+                inner.as_ref(),
+                kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(status))
+                    if status.code == 404
+            )
+        )
     }
 
     /// Whether retrying without a change to the object cannot help.

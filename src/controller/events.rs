@@ -178,12 +178,19 @@ pub async fn publish(
     action: &str,
     note: String,
 ) {
-    if let Err(error) = ctx
+    match ctx
         .recorder
         .publish(regarding, kind, reason, action, &note)
         .await
     {
-        tracing::warn!(%error, reason, "failed to publish an Event");
+        Ok(()) => {}
+        // A namespace being deleted takes no new objects; the work goes on without them.
+        Err(kube::Error::Api(status))
+            if status.code == 403 && status.message.contains("being terminated") =>
+        {
+            tracing::debug!(reason, "no Event in a namespace being deleted");
+        }
+        Err(error) => tracing::warn!(%error, reason, "failed to publish an Event"),
     }
 }
 

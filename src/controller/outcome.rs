@@ -51,6 +51,9 @@ pub fn error_policy<K>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Acti
 where
     K: Resource<DynamicType = ()>,
 {
+    if error.object_gone() {
+        return Action::await_change();
+    }
     if error.is_waiting() {
         tracing::debug!(kind = %K::kind(&()), name = object.name_any(), %error, "waiting");
         return Action::requeue(std::time::Duration::from_secs(1));

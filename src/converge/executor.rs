@@ -229,7 +229,8 @@ impl Executor {
         let id = self
             .host
             .create(&desired.name, desired.body.clone())
-            .await?;
+            .await
+            .map_err(|e| name_taken(e, &desired.name))?;
         self.host.start(&id, &desired.name).await?;
         Ok(id)
     }
@@ -368,6 +369,22 @@ impl Executor {
 }
 
 /// Fails with `consequence` and the pull's error when the image of `desired` failed to pull.
+/// A create refused because the name is in use says so first: the container holding the
+/// name is not one this run manages for the object (made by hand, or by another manager).
+fn name_taken(error: DockerError, name: &str) -> DockerError {
+    if error.kind != ErrorKind::Conflict {
+        return error;
+    }
+    DockerError::new(
+        ErrorKind::Conflict,
+        format!(
+            "the name {name} is taken by a container Stevedore does not manage here (made by \
+             hand or by another manager); remove or rename it: {}",
+            error.message
+        ),
+    )
+}
+
 fn image_pulled(
     failed_pulls: &HashMap<String, String>,
     desired: &DesiredInstance,

@@ -130,9 +130,41 @@ impl Recorded {
 enum Reply {
     /// At once, with this status and body.
     Now(StatusCode, Value),
-    /// Never: a watch that stays open and quiet, as an API server's does while nothing
-    /// changes.
-    Never,
+    /// A watch of `collection` from `since`: answered with the changes after it, and held
+    /// open while there are none.
+    Watch { collection: String, since: u64 },
+}
+
+/// What the fake API server holds: the objects by path, and every change in order.
+#[derive(Default)]
+struct Server {
+    objects: HashMap<String, Value>,
+    /// `(resourceVersion, ADDED | MODIFIED | DELETED, path, object)`.
+    changes: Vec<(u64, &'static str, String, Value)>,
+    version: u64,
+}
+
+impl Server {
+    /// Records a change of the object at `path`, giving it the next `resourceVersion`.
+    fn changed(&mut self, kind: &'static str, path: &str, object: &mut Value) {
+        self.version += 1;
+        if object.is_object() {
+            object["metadata"]["resourceVersion"] = json!(self.version.to_string());
+        }
+        self.changes
+            .push((self.version, kind, path.to_string(), object.clone()));
+    }
+
+    /// The watch events of `collection` after `since`, one JSON line each.
+    fn events_since(&self, collection: &str, since: u64) -> Option<String> {
+        let lines: String = self
+            .changes
+            .iter()
+            .filter(|(version, _, path, _)| *version > since && in_collection(path, collection))
+            .map(|(_, kind, _, object)| format!("{}\n", json!({"type": kind, "object": object})))
+            .collect();
+        (!lines.is_empty()).then_some(lines)
+    }
 }
 
 /// Answers every request the way the API server would for these tests, keeping the
@@ -141,15 +173,24 @@ enum Reply {
 /// server-side apply of `/status` by the controller (its only writer) replaces the status
 /// as the real server's field ownership does, a delete of an object with finalizers only
 /// marks it, and removing the last finalizer of a marked object deletes it. Every write
-/// bumps `resourceVersion`. Events are accepted and watches stay open and quiet (the tests
-/// hand objects to the reconcilers themselves). Anything else is 404.
-fn answer(call: &ApiCall, objects: &mut HashMap<String, Value>) -> Reply {
+/// bumps `resourceVersion`, and watches deliver the changes after the version they start
+/// from (held open while there are none, as the real server's are). Events are accepted.
+/// Anything else is 404.
+fn answer(call: &ApiCall, server: &mut Server) -> Reply {
     let (_, _, verb) = call.rbac();
     if let Some(mismatch) = namespace_mismatch(call) {
         return mismatch;
     }
-    match (call.method.as_str(), verb.as_str()) {
-        (_, "watch") => Reply::Never,
+    let version = server.version;
+    let objects = &mut server.objects;
+    let mut change: Option<(&'static str, String, Value)> = None;
+    let reply = match (call.method.as_str(), verb.as_str()) {
+        (_, "watch") => Reply::Watch {
+            collection: call.path.clone(),
+            since: query_value(&call.query, "resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        },
         ("POST", _) if call.is_event() => Reply::Now(StatusCode::CREATED, call.body.clone()),
         ("PATCH", _) if call.is_event() => Reply::Now(StatusCode::OK, call.body.clone()),
         (_, "list") => {
@@ -161,7 +202,7 @@ fn answer(call: &ApiCall, objects: &mut HashMap<String, Value>) -> Reply {
             Reply::Now(
                 StatusCode::OK,
                 json!({"apiVersion": "v1", "kind": "List",
-                       "metadata": {"resourceVersion": "1"}, "items": items}),
+                       "metadata": {"resourceVersion": version.to_string()}, "items": items}),
             )
         }
         (_, "get") => match objects.get(&call.path) {
@@ -178,9 +219,9 @@ fn answer(call: &ApiCall, objects: &mut HashMap<String, Value>) -> Reply {
                            "reason": "AlreadyExists", "code": 409}),
                 );
             }
-            let mut object = call.body.clone();
-            object["metadata"]["resourceVersion"] = json!("1");
-            objects.insert(path, object.clone());
+            let object = call.body.clone();
+            objects.insert(path.clone(), object.clone());
+            change = Some(("ADDED", path, object.clone()));
             Reply::Now(StatusCode::CREATED, object)
         }
         (_, "patch") => {
@@ -202,10 +243,12 @@ fn answer(call: &ApiCall, objects: &mut HashMap<String, Value>) -> Reply {
             } else if call.body.is_object() {
                 merge(object, &call.body);
             }
-            bump_resource_version(object);
             let reply = object.clone();
             if is_marked_without_finalizers(&reply) {
                 objects.remove(object_path);
+                change = Some(("DELETED", object_path.to_string(), reply.clone()));
+            } else {
+                change = Some(("MODIFIED", object_path.to_string(), reply.clone()));
             }
             Reply::Now(StatusCode::OK, reply)
         }
@@ -219,16 +262,38 @@ fn answer(call: &ApiCall, objects: &mut HashMap<String, Value>) -> Reply {
             if has_finalizers {
                 if object["metadata"]["deletionTimestamp"].is_null() {
                     object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-                    bump_resource_version(object);
+                    change = Some(("MODIFIED", call.path.clone(), object.clone()));
                 }
                 Reply::Now(StatusCode::OK, object.clone())
             } else {
                 let gone = objects.remove(&call.path).unwrap_or_default();
+                change = Some(("DELETED", call.path.clone(), gone.clone()));
                 Reply::Now(StatusCode::OK, gone)
             }
         }
         _ => not_found(),
+    };
+    // Every write gets the next resourceVersion, in the stored object and in the reply.
+    match (change, reply) {
+        (Some((kind, path, mut object)), Reply::Now(status, _)) => {
+            server.changed(kind, &path, &mut object);
+            if kind != "DELETED"
+                && let Some(stored) = server.objects.get_mut(&path)
+            {
+                stored["metadata"]["resourceVersion"] =
+                    object["metadata"]["resourceVersion"].clone();
+            }
+            Reply::Now(status, object)
+        }
+        (_, reply) => reply,
     }
+}
+
+/// One parameter of a query string.
+fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// The real server refuses a body whose `metadata.namespace` differs from the request's.
@@ -251,14 +316,6 @@ fn is_marked_without_finalizers(object: &Value) -> bool {
         && object["metadata"]["finalizers"]
             .as_array()
             .is_none_or(|f| f.is_empty())
-}
-
-fn bump_resource_version(object: &mut Value) {
-    let version = object["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    object["metadata"]["resourceVersion"] = json!((version + 1).to_string());
 }
 
 /// A JSON patch (RFC 6902) with the operations kube's finalizer helper sends: `test`,
@@ -370,15 +427,19 @@ fn not_found() -> Reply {
 /// Starts a fake API server that knows `objects` (any kind, each at its API path); returns
 /// a client for it and the record of its calls.
 pub fn start(objects: &[Value]) -> (Client, Recorded) {
-    let mut known: HashMap<String, Value> = objects
-        .iter()
-        .map(|o| (object_path(o), o.clone()))
-        .collect();
+    let mut server = Server::default();
+    for object in objects {
+        let mut object = object.clone();
+        let path = object_path(&object);
+        server.changed("ADDED", &path, &mut object);
+        server.objects.insert(path, object);
+    }
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let recorded = Recorded::default();
     let calls = recorded.clone();
     tokio::spawn(async move {
-        let mut open_watches = Vec::new();
+        let mut open_watches: Vec<(String, u64, tower_test::mock::SendResponse<Response<Body>>)> =
+            Vec::new();
         while let Some((request, send)) = handle.next_request().await {
             let method = request.method().to_string();
             let path = request.uri().path().to_string();
@@ -401,21 +462,36 @@ pub fn start(objects: &[Value]) -> (Client, Recorded) {
                 content_type,
                 body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             };
-            let reply = answer(&call, &mut known);
+            let reply = answer(&call, &mut server);
             calls.0.lock().expect("calls").push(call);
-            let (status, body) = match reply {
-                Reply::Now(status, body) => (status, body),
-                Reply::Never => {
-                    open_watches.push(send);
-                    continue;
+            match reply {
+                Reply::Now(status, body) => {
+                    let response = Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Body::from(serde_json::to_vec(&body).unwrap_or_default()))
+                        .expect("response");
+                    send.send_response(response);
                 }
-            };
-            let response = Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(Body::from(serde_json::to_vec(&body).unwrap_or_default()))
-                .expect("response");
-            send.send_response(response);
+                Reply::Watch { collection, since } => open_watches.push((collection, since, send)),
+            }
+            // A watch with changes to deliver ends with them; the client watches again
+            // from the last version it saw, as it does when a real watch times out.
+            let mut still_open = Vec::new();
+            for (collection, since, send) in open_watches.drain(..) {
+                match server.events_since(&collection, since) {
+                    Some(lines) => {
+                        let response = Response::builder()
+                            .status(StatusCode::OK)
+                            .header("content-type", "application/json")
+                            .body(Body::from(lines.into_bytes()))
+                            .expect("response");
+                        send.send_response(response);
+                    }
+                    None => still_open.push((collection, since, send)),
+                }
+            }
+            open_watches = still_open;
         }
     });
     (Client::new(service, "default"), recorded)

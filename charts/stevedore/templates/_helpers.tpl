@@ -37,7 +37,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: [patch]
 - apiGroups: [stevedore.dev]
   resources: [dockertargets]
-  verbs: [list, watch]
+  verbs: [list, watch, patch]
 - apiGroups: [stevedore.dev]
   resources: [dockertargets/status]
   verbs: [patch]
