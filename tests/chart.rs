@@ -132,6 +132,7 @@ fn one_namespace_one_replica_with_a_service_monitor() {
         "replicaCount": 1,
         "leaderElection": {"enabled": false},
         "serviceMonitor": {"enabled": true, "labels": {"release": "prom"}},
+        "controller": {"maxConcurrentReconciles": 4, "terminationGracePeriodSeconds": 90},
     }))
     .expect("non-default values render");
     lint_is_clean(&rendered);
@@ -139,6 +140,14 @@ fn one_namespace_one_replica_with_a_service_monitor() {
     parse_all(&objects);
     let args = controller_args(&objects);
     assert!(args.contains(&"--namespace=edge".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--max-concurrent-reconciles=4".to_string()),
+        "{args:?}"
+    );
+    assert_eq!(
+        of_kind(&objects, "Deployment")[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+        90
+    );
     assert!(
         args.contains(&"--leader-elect=false".to_string()),
         "{args:?}"

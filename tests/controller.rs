@@ -104,6 +104,14 @@ async fn main_daemon(env: &TestEnv) -> DockerHost {
         .expect("main daemon")
 }
 
+/// One variable, `TOKEN`, from key `token` of the Secret `api-token`.
+fn token_from_secret() -> Vec<stevedore::api::container::EnvVar> {
+    serde_json::from_value(json!([
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}
+    ]))
+    .expect("env")
+}
+
 /// Sets up a fake API server knowing `container` and a context whose caches hold the
 /// target and the container.
 fn setup(
@@ -435,10 +443,7 @@ async fn a_missing_secret_is_reported_and_nothing_is_touched() {
     let ns = unique("ctl-invalid");
     let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
     let mut web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
-    web.spec.env = serde_json::from_value(json!([
-        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}
-    ]))
-    .expect("env");
+    web.spec.env = token_from_secret();
     let uid = web.metadata.uid.clone().expect("uid");
     let (ctx, recorded) = setup(vec![target], &web, "ctl-invalid");
 
@@ -477,10 +482,7 @@ async fn a_reconcile_waits_until_every_cache_has_listed() {
     let ns = unique("ctl-ready");
     let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
     let mut web = mk_container(&ns, "web", &env.get("IMAGE_V1"), "local").finalized();
-    web.spec.env = serde_json::from_value(json!([
-        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "token"}}}
-    ]))
-    .expect("env");
+    web.spec.env = token_from_secret();
     let uid = web.metadata.uid.clone().expect("uid");
     let (secrets, mut secrets_writer) = fake_api::unlisted_cache();
     let listed = CachesListed::expecting(&["Secret"]);

@@ -49,6 +49,25 @@ fn crds_subcommand_prints_the_committed_files_as_one_stream() {
 }
 
 #[test]
+fn text_logs_written_to_a_file_carry_no_colour_codes() {
+    // No cluster to reach: the controller logs why and stops, into a pipe, not a terminal.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stevedore"))
+        .args(["controller", "--log-format", "text", "--leader-elect=false"])
+        .args(["--metrics-address", "127.0.0.1:0"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run stevedore controller");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("controller stopped"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a log file: {stderr:?}"
+    );
+}
+
+#[test]
 fn version_flag_prints_the_crate_version() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_stevedore"))
         .arg("--version")

@@ -166,6 +166,29 @@ async fn event_note(
         .find(|n| n.contains(contains))
 }
 
+/// Applies the DockerContainer `web` (the harness image on `local`, plus the `extra` spec
+/// fields) and waits until it is Ready.
+async fn web_ready(client: &Client, ns: &str, env: &TestEnv, extra: Value) -> Api<DockerContainer> {
+    let mut spec = json!({"image": env.get("IMAGE_V1"), "placement": {"target": "local"},
+                          "stopTimeoutSeconds": 1});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    apply(
+        client,
+        ns,
+        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
+               "metadata": {"name": "web"}, "spec": spec}),
+    )
+    .await;
+    let containers: Api<DockerContainer> = Api::namespaced(client.clone(), ns);
+    wait_for("web Ready", Duration::from_secs(60), async || {
+        containers.get("web").await.ok().filter(is_ready)
+    })
+    .await;
+    containers
+}
+
 async fn apply(client: &Client, namespace: &str, object: Value) {
     let kind = object["kind"].as_str().unwrap_or_default().to_string();
     let name = object["metadata"]["name"]
@@ -298,19 +321,7 @@ async fn with_two_replicas_only_the_leader_acts() {
     wait_for_leader(&leases, "first", Duration::from_secs(30)).await;
     let second = ControllerProcess::start(&kubeconfig, &ns, &["--identity", "second"]);
     apply(&client, &ns, local_target(&env)).await;
-    apply(
-        &client,
-        &ns,
-        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
-        "metadata": {"name": "web"}, "spec": {"image": env.get("IMAGE_V1"),
-        "placement": {"target": "local"}, "stopTimeoutSeconds": 1}}),
-    )
-    .await;
-    let containers: Api<DockerContainer> = Api::namespaced(client.clone(), &ns);
-    wait_for("web Ready", Duration::from_secs(60), async || {
-        containers.get("web").await.ok().filter(is_ready)
-    })
-    .await;
+    let containers = web_ready(&client, &ns, &env, json!({})).await;
     // Every Event came from the leader.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     for event in events
@@ -458,19 +469,12 @@ async fn a_restart_touches_no_container_and_rewrites_no_status() {
         "stringData": {"token": "t0ken"}}),
     )
     .await;
-    apply(
+    let containers = web_ready(
         &client,
         &ns,
-        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
-        "metadata": {"name": "web"}, "spec": {"image": env.get("IMAGE_V1"),
-        "placement": {"target": "local"}, "stopTimeoutSeconds": 1,
-        "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "token", "key": "token"}}}]}}),
+        &env,
+        json!({"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "token", "key": "token"}}}]}),
     )
-    .await;
-    let containers: Api<DockerContainer> = Api::namespaced(client.clone(), &ns);
-    wait_for("web Ready", Duration::from_secs(60), async || {
-        containers.get("web").await.ok().filter(is_ready)
-    })
     .await;
     // Let the look-again after the change pass.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -514,19 +518,7 @@ async fn a_targets_status_alone_wakes_no_container_but_its_labels_do() {
     let ns = fresh_namespace(&client).await;
     let controller = ControllerProcess::start(&kubeconfig, &ns, &["--leader-elect=false"]);
     apply(&client, &ns, local_target(&env)).await;
-    apply(
-        &client,
-        &ns,
-        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
-        "metadata": {"name": "web"}, "spec": {"image": env.get("IMAGE_V1"),
-        "placement": {"target": "local"}, "stopTimeoutSeconds": 1}}),
-    )
-    .await;
-    let containers: Api<DockerContainer> = Api::namespaced(client.clone(), &ns);
-    wait_for("web Ready", Duration::from_secs(60), async || {
-        containers.get("web").await.ok().filter(is_ready)
-    })
-    .await;
+    web_ready(&client, &ns, &env, json!({})).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let targets: Api<DockerTarget> = Api::namespaced(client.clone(), &ns);
     let settled = controller.reconciles("DockerContainer").await;

@@ -188,6 +188,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ready_false_never_reads_like_true() {
+        let now = now_time();
+        let problems = vec!["web_0 on edge: Create failed: the name is taken".to_string()];
+        let conditions = container_conditions(1, 1, 1, &problems, &now);
+        let ready = &conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Problems")
+        );
+        assert!(
+            ready.message.contains("but: web_0 on edge"),
+            "{}",
+            ready.message
+        );
+        let ready = &container_conditions(2, 1, 2, &[], &now)[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "NotReady")
+        );
+        assert_eq!(ready.message, "1 of 2 replicas ready");
+    }
+
+    #[test]
     fn transition_time_kept_only_while_the_status_stays() {
         let earlier = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap_or_default());
         let now = Time(k8s_openapi::jiff::Timestamp::from_second(2_000).unwrap_or_default());
