@@ -554,3 +554,41 @@ async fn a_targets_status_alone_wakes_no_container_but_its_labels_do() {
     .await;
     delete_namespace_while_the_controller_runs(&client, &ns).await;
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
+async fn a_target_deleted_before_its_containers_waits_for_their_cleanup() {
+    // `kubectl delete -f dir/` or a GitOps prune may delete the target first.
+    let (client, kubeconfig) =
+        cluster("a_target_deleted_before_its_containers_waits_for_their_cleanup").await;
+    let env = TestEnv::load();
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client).await;
+    let _controller = ControllerProcess::start(&kubeconfig, &ns, &["--leader-elect=false"]);
+    let host = main_daemon(&env).await;
+    apply(&client, &ns, local_target(&env)).await;
+    let containers = web_ready(&client, &ns, &env, json!({})).await;
+    assert_eq!(in_namespace(&host, &ns).await, 1);
+
+    let targets: Api<DockerTarget> = Api::namespaced(client.clone(), &ns);
+    targets
+        .delete("local", &DeleteParams::default())
+        .await
+        .expect("delete the target");
+    containers
+        .delete("web", &DeleteParams::default())
+        .await
+        .expect("delete the container");
+    wait_for("both objects gone", Duration::from_secs(60), async || {
+        let target = targets.get_opt("local").await.ok()?;
+        let web = containers.get_opt("web").await.ok()?;
+        (target.is_none() && web.is_none()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        in_namespace(&host, &ns).await,
+        0,
+        "the container outlived its objects"
+    );
+    delete_namespace_while_the_controller_runs(&client, &ns).await;
+}
