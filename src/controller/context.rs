@@ -248,3 +248,38 @@ impl Context {
             .remove(object_uid);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CachesListed;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn every_waiting_reconcile_wakes_once_every_cache_has_listed() {
+        let listed = CachesListed::expecting(&["targets", "secrets"]);
+        // Many reconciles wait at once (kube-runtime's store readiness woke only the last).
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let listed = listed.clone();
+                tokio::spawn(async move { listed.wait().await })
+            })
+            .collect();
+        listed.listed("targets");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "woke before the Secrets listed"
+        );
+        listed.listed("secrets");
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(1), waiter)
+                .await
+                .expect("every waiter wakes")
+                .expect("waiter task");
+        }
+        // Later reconciles pass at once.
+        tokio::time::timeout(Duration::from_millis(100), listed.wait())
+            .await
+            .expect("ready stays ready");
+    }
+}

@@ -608,6 +608,64 @@ mod tests {
     }
 
     #[test]
+    fn only_what_containers_depend_on_wakes_them() {
+        let target = |status: serde_json::Value, labels: serde_json::Value| -> DockerTarget {
+            serde_json::from_value(json!({
+                "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
+                "metadata": {"name": "edge", "namespace": "a", "generation": 1, "labels": labels},
+                "spec": {"endpoint": "unix:///var/run/docker.sock"},
+                "status": status,
+            }))
+            .unwrap_or_else(|e| panic!("target fixture: {e}"))
+        };
+        let ready = |status: &str| {
+            json!({"conditions": [{"type": "Ready", "status": status, "reason": "Connected",
+                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+        };
+        let base = what_placement_sees(&target(ready("True"), json!({"pool": "a"})));
+        let mut heartbeat = ready("True");
+        heartbeat["lastSeenTime"] = json!("2026-06-01T00:00:00Z");
+        heartbeat["images"] = json!([{"ref": "app:1", "id": "sha256:1"}]);
+        heartbeat["managedContainers"] = json!(3);
+        assert_eq!(
+            what_placement_sees(&target(heartbeat, json!({"pool": "a"}))),
+            base,
+            "a heartbeat's status wakes nobody"
+        );
+        assert_ne!(
+            what_placement_sees(&target(ready("False"), json!({"pool": "a"}))),
+            base,
+            "Ready matters to placement"
+        );
+        assert_ne!(
+            what_placement_sees(&target(ready("True"), json!({"pool": "b"}))),
+            base,
+            "labels matter to placement"
+        );
+
+        let registry = |status: serde_json::Value, generation: i64| -> Registry {
+            serde_json::from_value(json!({
+                "apiVersion": "stevedore.dev/v1alpha1", "kind": "Registry",
+                "metadata": {"name": "corp", "namespace": "a", "generation": generation},
+                "spec": {"server": "reg.example.com"},
+                "status": status,
+            }))
+            .unwrap_or_else(|e| panic!("registry fixture: {e}"))
+        };
+        let listed = json!({"repositories": [{"name": "team/app", "tags": ["1"]}]});
+        assert_eq!(
+            what_pulls_see(&registry(json!({}), 1)),
+            what_pulls_see(&registry(listed, 1)),
+            "a catalog refresh wakes nobody"
+        );
+        assert_ne!(
+            what_pulls_see(&registry(json!({}), 1)),
+            what_pulls_see(&registry(json!({}), 2)),
+            "a spec change does"
+        );
+    }
+
+    #[test]
     fn a_secret_or_config_map_change_reaches_exactly_its_users() {
         let placement = json!({"target": "t"});
         let containers = mk_store(vec![
