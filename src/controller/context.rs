@@ -42,7 +42,7 @@ pub struct Stores {
 #[derive(Clone, Debug)]
 pub struct CachesListed {
     listed: Arc<watch::Sender<BTreeSet<&'static str>>>,
-    expected: usize,
+    expected: Arc<BTreeSet<&'static str>>,
 }
 
 impl CachesListed {
@@ -50,7 +50,7 @@ impl CachesListed {
     pub fn expecting(kinds: &[&'static str]) -> Self {
         Self {
             listed: Arc::new(watch::Sender::new(BTreeSet::new())),
-            expected: kinds.len(),
+            expected: Arc::new(kinds.iter().copied().collect()),
         }
     }
 
@@ -67,9 +67,10 @@ impl CachesListed {
     /// Waits until every expected cache has listed.
     pub async fn wait(&self) {
         let mut receiver = self.listed.subscribe();
-        let expected = self.expected;
         // The sender lives as long as `self`, so the wait cannot fail.
-        let _ = receiver.wait_for(|listed| listed.len() >= expected).await;
+        let _ = receiver
+            .wait_for(|listed| self.expected.is_subset(listed))
+            .await;
     }
 }
 

@@ -59,7 +59,6 @@ struct SeriesKey {
 /// The Event last written for a key, and when.
 struct Written {
     name: String,
-    namespace: String,
     count: i32,
     last: SystemTime,
 }
@@ -103,39 +102,39 @@ impl EventRecorder {
             note: note.clone(),
         };
         let now = SystemTime::now();
-        let mut series = self.series.lock().await;
-        series.retain(|_, w| now.duration_since(w.last).unwrap_or_default() < SERIES_WINDOW);
-        if let Some(written) = series.get_mut(&key) {
-            let count = written.count + 1;
-            let events: Api<Event> = Api::namespaced(self.client.clone(), &written.namespace);
-            let patch = serde_json::json!({
-                "series": EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) }
-            });
-            events
-                .patch(
-                    &written.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-            written.count = count;
-            written.last = now;
-            return Ok(());
-        }
-        let event = self.event(regarding, kind, reason, action, note);
-        let name = event.metadata.name.clone().unwrap_or_default();
+        // The lock is not held across the API call: concurrent reconciles publish at once.
+        let repeat = {
+            let mut series = self.series.lock().await;
+            series.retain(|_, w| now.duration_since(w.last).unwrap_or_default() < SERIES_WINDOW);
+            series.get(&key).map(|w| (w.name.clone(), w.count + 1))
+        };
         let events: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
-        events.create(&PostParams::default(), &event).await?;
-        let namespace = key.namespace.clone();
-        series.insert(
-            key,
-            Written {
-                name,
-                namespace,
-                count: 1,
-                last: now,
-            },
-        );
+        let written = match repeat {
+            Some((name, count)) => {
+                let patch = serde_json::json!({
+                    "series": EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) }
+                });
+                events
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                Written {
+                    name,
+                    count,
+                    last: now,
+                }
+            }
+            None => {
+                let event = self.event(regarding, kind, reason, action, note);
+                let name = event.metadata.name.clone().unwrap_or_default();
+                events.create(&PostParams::default(), &event).await?;
+                Written {
+                    name,
+                    count: 1,
+                    last: now,
+                }
+            }
+        };
+        self.series.lock().await.insert(key, written);
         Ok(())
     }
 

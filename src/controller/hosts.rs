@@ -104,13 +104,21 @@ impl Hosts {
         target: &DockerTarget,
         material: Result<ConnectionMaterial, DockerError>,
     ) -> Result<DockerHost, DockerError> {
-        if material.is_err() {
-            let uid = target.metadata.uid.clone().unwrap_or_default();
-            if let Some(Entry { host: Ok(host), .. }) = self.lock().get(&uid) {
-                return Ok(host.clone());
-            }
+        if material.is_err()
+            && let Some(host) = self.working(target)
+        {
+            return Ok(host);
         }
         self.connection(target, material, false).await
+    }
+
+    /// The target's connection, when one was made and works.
+    fn working(&self, target: &DockerTarget) -> Option<DockerHost> {
+        let uid = target.metadata.uid.as_deref().unwrap_or_default();
+        match self.lock().get(uid) {
+            Some(Entry { host: Ok(host), .. }) => Some(host.clone()),
+            _ => None,
+        }
     }
 
     /// The target's connection: the existing one while its spec and Secret material are
@@ -127,7 +135,7 @@ impl Hosts {
         // the target goes) does not replace a working connection: cleanups may still
         // need it (see `connection_for_cleanup`).
         if let Err(e) = &material
-            && let Some(Entry { host: Ok(_), .. }) = self.lock().get(&uid)
+            && self.working(target).is_some()
         {
             return Err(e.clone());
         }
