@@ -12,6 +12,7 @@
 //! - [`controller`]: `stevedore controller`, the kube-runtime controllers.
 //! - [`registry`]: which Registry serves an image, and its credentials.
 //! - [`standalone`]: `stevedore run`, the same kinds from files, without a cluster.
+//! - [`shutdown`]: draining on SIGINT/SIGTERM, so that stopping Stevedore stops no service.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod placement;
 pub mod reference;
 pub mod registry;
+pub mod shutdown;
 pub mod standalone;
 
 /// Errors of the Stevedore library.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use stevedore::shutdown::Shutdown;
 use stevedore::standalone::commands::{self, Format, Source};
 
 /// Converges fleets of Docker hosts from Kubernetes custom resources.
@@ -44,6 +45,10 @@ enum Command {
         /// Converge every target at least this often, events or not.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         resync: Duration,
+        /// On SIGINT or SIGTERM, how long what is under way may take to finish or roll back
+        /// before Stevedore exits; a second signal exits at once.
+        #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+        shutdown_grace_period: Duration,
     },
     /// Show what would change on each target, with the reason for each action; change
     /// nothing. Exit 0: no changes, 2: changes, 1: error.
@@ -103,6 +108,11 @@ struct ControllerArgs {
     /// Objects reconciled at once, per kind (0 = unbounded).
     #[arg(long, default_value_t = stevedore::controller::context::DEFAULT_MAX_CONCURRENT_RECONCILES)]
     max_concurrent_reconciles: u16,
+    /// On SIGTERM, how long reconciles under way may take to finish or roll back their
+    /// Docker actions before the controller gives its lease up and exits (keep it below the
+    /// pod's terminationGracePeriodSeconds); a second signal exits at once.
+    #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+    shutdown_grace_period: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
@@ -212,12 +222,14 @@ async fn run_async(command: Command) -> i32 {
             no_progress,
             concurrency,
             resync,
+            shutdown_grace_period,
         } => {
             let source = source.source();
+            let shutdown = Shutdown::on_signals(shutdown_grace_period, |why| eprintln!("{why}"));
             if once {
-                commands::run_once(&source, timeout, no_progress, concurrency).await
+                commands::run_once(&source, timeout, no_progress, concurrency, &shutdown).await
             } else {
-                commands::run_watch(&source, no_progress, concurrency, resync).await
+                commands::run_watch(&source, no_progress, concurrency, resync, &shutdown).await
             }
         }
         Command::Plan { source } => commands::plan(&source.source(), &mut std::io::stdout()).await,
@@ -264,6 +276,9 @@ async fn run_controller(args: ControllerArgs) -> i32 {
             max_concurrent_reconciles: args.max_concurrent_reconciles,
             resync: args.resync,
             heartbeat: args.heartbeat,
+            shutdown: Shutdown::on_signals(args.shutdown_grace_period, |why| {
+                tracing::warn!("{why}");
+            }),
             ..Settings::default()
         },
     };

@@ -102,6 +102,10 @@ fn default_values_lint_clean_and_render_a_safe_two_replica_controller() {
         "{args:?}"
     );
     assert!(!args.iter().any(|a| a.starts_with("--namespace")));
+    assert!(
+        args.contains(&"--shutdown-grace-period=25s".to_string()),
+        "{args:?}"
+    );
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(
@@ -147,6 +151,11 @@ fn one_namespace_one_replica_with_a_service_monitor() {
     assert_eq!(
         of_kind(&objects, "Deployment")[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
         90
+    );
+    // The controller drains within the pod's grace period, keeping 5 s to give its lease up.
+    assert!(
+        args.contains(&"--shutdown-grace-period=85s".to_string()),
+        "{args:?}"
     );
     assert!(
         args.contains(&"--leader-elect=false".to_string()),

@@ -5,6 +5,8 @@
 mod common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
+#[path = "common/tripwire.rs"]
+mod tripwire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -787,6 +789,129 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
         }
     }
     remove_all(&host, &uid).await;
+}
+
+/// A DockerContainer `web` on `target` publishing a free host port, with a health check
+/// whose first verdict comes after `health_interval` seconds.
+fn mk_web(ns: &str, image: &str, target: &str, health_interval: i32) -> DockerContainer {
+    let mut web = mk_container(ns, "web", image, target).finalized();
+    web.spec = serde_json::from_value(json!({
+        "image": image, "placement": {"target": target}, "stopTimeoutSeconds": 1,
+        "env": [{"name": "MODE", "value": "one"}],
+        "ports": [{"containerPort": 8080, "hostPort": common::fixture::free_port(),
+                   "hostIP": "127.0.0.1"}],
+        "healthCheck": {"command": ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"],
+                        "intervalSeconds": health_interval, "timeoutSeconds": 1, "retries": 3},
+    }))
+    .expect("spec");
+    web
+}
+
+/// Replaces `web` (an env edit) through a tripwire that starts the controller's drain
+/// when `call` goes by; returns what runs afterwards and the Events.
+async fn drain_during_a_replacement(
+    call: (&'static str, &'static str),
+    health_interval: i32,
+) -> (String, Vec<stevedore::docker::HostContainer>, Vec<Value>) {
+    let env = TestEnv::load();
+    let ns = unique("ctl-drain");
+    let dir = std::env::temp_dir().join(unique("tripwire"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let wire = tripwire::Tripwire::start(&dir, std::path::Path::new("/var/run/docker.sock"));
+    let target = mk_target(&ns, "local", &wire.endpoint());
+    let mut web = mk_web(&ns, &env.get("IMAGE_V1"), "local", health_interval);
+    let uid = web.metadata.uid.clone().expect("uid");
+    let host = main_daemon(&env).await;
+    let (trigger, shutdown) =
+        stevedore::shutdown::Shutdown::manual(std::time::Duration::from_secs(25));
+    let (client, recorded) = fake_api::start(&[serde_json::to_value(&web).expect("json")]);
+    let (ctx, _signals) = fake_api::context(
+        client,
+        World {
+            targets: vec![target],
+            containers: vec![web.clone()],
+            shutdown: Some(shutdown),
+            ..Default::default()
+        },
+        &ns,
+    );
+    container::reconcile(Arc::new(web.clone()), ctx.clone())
+        .await
+        .expect("create");
+    let old = owned_by(&host, &uid).await;
+    assert_eq!(old.len(), 1);
+
+    wire.arm(call, 1, std::time::Duration::from_millis(500), move || {
+        trigger.drain()
+    });
+    web.spec.env[0].value = Some("two".into());
+    web.metadata.generation = Some(2);
+    recorded.clear();
+    let _ = container::reconcile(Arc::new(web.clone()), ctx.clone()).await;
+    assert!(
+        wire.fired().is_some(),
+        "the replacement never reached {call:?}"
+    );
+    let left = owned_by(&host, &uid).await;
+
+    // Drained: a later reconcile starts nothing, and says nothing about it.
+    let events = recorded.events();
+    recorded.clear();
+    let _ = container::reconcile(Arc::new(web.clone()), ctx).await;
+    let ids = |list: &[stevedore::docker::HostContainer]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|c| (c.id.clone(), c.name.clone()))
+            .collect()
+    };
+    assert_eq!(
+        ids(&owned_by(&host, &uid).await),
+        ids(&left),
+        "an action ran after the drain"
+    );
+    assert!(
+        recorded
+            .events()
+            .iter()
+            .all(|e| e["reason"] != "Replaced" && e["reason"] != "RolledBack"),
+        "{:?}",
+        recorded.events()
+    );
+    remove_all(&host, &uid).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    (old[0].id.clone(), left, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_while_the_old_container_stops_rolls_back_with_an_event() {
+    let (old, left, events) = drain_during_a_replacement(("POST", "/stop"), 1).await;
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert_eq!(left[0].id, old, "the old container serves again");
+    assert_eq!(left[0].state, stevedore::docker::ContainerState::Running);
+    assert!(!left[0].name.contains("-replaced-"), "{left:#?}");
+    let rolled_back: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["reason"] == "RolledBack")
+        .collect();
+    assert_eq!(rolled_back.len(), 1, "{events:?}");
+    assert_eq!(rolled_back[0]["type"], "Normal");
+    let note = rolled_back[0]["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("shutting down") && note.contains("_web_0"),
+        "{note}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_while_the_new_container_starts_finishes_the_replacement() {
+    let (old, left, events) = drain_during_a_replacement(("POST", "/start"), 3).await;
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert_ne!(left[0].id, old, "the new container serves");
+    assert_eq!(left[0].state, stevedore::docker::ContainerState::Running);
+    assert!(!left[0].name.contains("-replaced-"), "{left:#?}");
+    assert!(
+        events.iter().any(|e| e["reason"] == "Replaced"),
+        "{events:?}"
+    );
 }
 
 /// `GET path` over plain HTTP/1.1; returns the status line and the body.

@@ -8,6 +8,8 @@
 //! the harness's daemons through their unix sockets.
 
 mod common;
+#[path = "common/tripwire.rs"]
+mod tripwire;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,6 +73,21 @@ impl ControllerProcess {
             .expect("run kill");
         assert!(sent.success(), "SIGTERM to the controller");
         let _ = self.child.wait();
+    }
+
+    /// Waits until it exited by itself; its exit code.
+    async fn exited(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the controller") {
+                return status.code();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the controller did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// How many reconciles of `kind` it has run, from its `/metrics`.
@@ -591,4 +608,107 @@ async fn a_target_deleted_before_its_containers_waits_for_their_cleanup() {
         "the container outlived its objects"
     );
     delete_namespace_while_the_controller_runs(&client, &ns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
+async fn sigterm_in_the_middle_of_a_replacement_rolls_it_back_and_the_next_leader_finishes() {
+    let (client, kubeconfig) = cluster(
+        "sigterm_in_the_middle_of_a_replacement_rolls_it_back_and_the_next_leader_finishes",
+    )
+    .await;
+    let env = TestEnv::load();
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client).await;
+    // The daemon is reached through a tripwire that sends SIGTERM to the leader as it
+    // stops the old container of a host-port replacement.
+    let dir = std::env::temp_dir().join(common::fixture::unique("tripwire"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let wire = tripwire::Tripwire::start(&dir, std::path::Path::new("/var/run/docker.sock"));
+    let mut first = ControllerProcess::start(&kubeconfig, &ns, &["--identity", "first"]);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    wait_for_leader(&leases, "first", Duration::from_secs(30)).await;
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
+               "metadata": {"name": "local"}, "spec": {"endpoint": wire.endpoint()}}),
+    )
+    .await;
+    let port = common::fixture::free_port();
+    let spec = |mode: &str| {
+        json!({"env": [{"name": "MODE", "value": mode}],
+               "ports": [{"containerPort": 8080, "hostPort": port, "hostIP": "127.0.0.1"}],
+               "healthCheck": {"command": ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"],
+                               "intervalSeconds": 1, "timeoutSeconds": 1, "retries": 3}})
+    };
+    web_ready(&client, &ns, &env, spec("one")).await;
+    let host = main_daemon(&env).await;
+    let old = host
+        .list_labelled(LABEL_NAMESPACE, &ns)
+        .await
+        .expect("list");
+    assert_eq!(old.len(), 1);
+
+    let pid = first.child.id().to_string();
+    wire.arm(
+        ("POST", "/stop"),
+        1,
+        Duration::from_millis(500),
+        move || {
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        },
+    );
+    let mut edited = json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
+        "metadata": {"name": "web"}, "spec": {"image": env.get("IMAGE_V1"),
+        "placement": {"target": "local"}, "stopTimeoutSeconds": 1}});
+    if let (Some(spec), Some(extra)) = (edited["spec"].as_object_mut(), spec("two").as_object()) {
+        spec.extend(extra.clone());
+    }
+    apply(&client, &ns, edited).await;
+    let code = first.exited(Duration::from_secs(40)).await;
+    assert!(
+        wire.fired().is_some(),
+        "the replacement never stopped the old container"
+    );
+    assert_eq!(code, Some(0), "the drained controller exits cleanly");
+
+    // Rolled back: the old container runs again under its own name, nothing renamed aside.
+    let left = host
+        .list_labelled(LABEL_NAMESPACE, &ns)
+        .await
+        .expect("list");
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert_eq!(left[0].id, old[0].id, "{left:#?}");
+    assert_eq!(left[0].name, old[0].name);
+    assert_eq!(left[0].state, stevedore::docker::ContainerState::Running);
+    let note = event_note(&client, &ns, "RolledBack", "_web_0")
+        .await
+        .expect("a RolledBack Event");
+    assert!(note.contains("shutting down"), "{note}");
+    // It gave the Lease up on its way out.
+    let lease = leases.get("stevedore-controller").await.expect("the lease");
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(holder.is_empty(), "the Lease is still held by {holder}");
+
+    // The next leader finishes the rollout: one container, the new spec, serving.
+    let _second = ControllerProcess::start(&kubeconfig, &ns, &["--identity", "second"]);
+    wait_for_leader(&leases, "second", Duration::from_secs(30)).await;
+    wait_for(
+        "the replacement by the next leader",
+        Duration::from_secs(60),
+        async || {
+            let list = host.list_labelled(LABEL_NAMESPACE, &ns).await.ok()?;
+            (list.len() == 1
+                && list[0].id != old[0].id
+                && list[0].health == Some(stevedore::docker::Health::Healthy))
+            .then_some(())
+        },
+    )
+    .await;
+    delete_namespace_while_the_controller_runs(&client, &ns).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,121 +4,17 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::fixture::{free_port, unique};
 use common::registry::{pinned_image, push};
 use common::wait::connected;
+use common::workspace::{
+    Watcher, Workspace, containers, http_get, remove_all, target, text, wait_for,
+};
 use common::{TestEnv, hosts};
-use stevedore::converge::model::LABEL_NAMESPACE;
 use stevedore::docker::{ContainerState, DockerHost, HostContainer};
-
-/// One test's manifests directory, namespace and manager.
-struct Workspace {
-    dir: PathBuf,
-    namespace: String,
-    manager: String,
-}
-
-impl Workspace {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(unique("stevedore-manifests"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self {
-            dir,
-            namespace: unique("ns"),
-            manager: unique("manager"),
-        }
-    }
-
-    fn write(&self, file: &str, text: &str) {
-        std::fs::write(self.dir.join(file), text).expect("write manifest");
-    }
-
-    /// `target.yaml`: a DockerTarget `main` for the machine's own daemon.
-    fn write_main_target(&self, env: &TestEnv) {
-        self.write(
-            "target.yaml",
-            &target("main", &env.get("MAIN_HOST"), "here"),
-        );
-    }
-
-    /// `edge-1.yaml` and `edge-2.yaml`: DockerTargets labelled `site: edge` for the
-    /// machine's own daemon and the second one.
-    fn write_edge_targets(&self, env: &TestEnv) {
-        self.write(
-            "edge-1.yaml",
-            &target("edge-1", &env.get("MAIN_HOST"), "edge"),
-        );
-        self.write(
-            "edge-2.yaml",
-            &target("edge-2", &env.get("SECOND_HOST"), "edge"),
-        );
-    }
-
-    fn remove(&self, file: &str) {
-        std::fs::remove_file(self.dir.join(file)).expect("remove manifest");
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stevedore"));
-        command.args(args).arg("-f").arg(&self.dir).args([
-            "--namespace",
-            &self.namespace,
-            "--manager",
-            &self.manager,
-        ]);
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run stevedore")
-    }
-
-    fn run_once(&self) -> Output {
-        self.run(&["run", "--once", "--timeout", "60s", "--no-progress"])
-    }
-}
-
-impl Drop for Workspace {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// The test's containers on `host`.
-async fn containers(host: &DockerHost, namespace: &str) -> Vec<HostContainer> {
-    let mut list = host
-        .list_labelled(LABEL_NAMESPACE, namespace)
-        .await
-        .expect("list");
-    list.sort_by(|a, b| a.name.cmp(&b.name));
-    list
-}
-
-async fn remove_all(host: &DockerHost, namespace: &str) {
-    for c in containers(host, namespace).await {
-        let _ = host.stop(&c.id, &c.name, Some(0)).await;
-        let _ = host.remove(&c.id, &c.name).await;
-    }
-}
-
-fn target(name: &str, endpoint: &str, site: &str) -> String {
-    format!(
-        "apiVersion: stevedore.dev/v1alpha1\nkind: DockerTarget\nmetadata:\n  name: {name}\n  labels:\n    site: {site}\nspec:\n  endpoint: {endpoint}\n"
-    )
-}
 
 fn web(name: &str, image: &str, port: i32, mode: &str) -> String {
     format!(
@@ -145,20 +41,6 @@ spec:
     target: main
 "#
     )
-}
-
-async fn http_get(port: i32) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port as u16))
-        .await
-        .expect("connect to the published port");
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: t\r\n\r\n")
-        .await
-        .expect("send");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("read");
-    body
 }
 
 #[tokio::test]
@@ -367,37 +249,6 @@ async fn corrupt_files_are_reported_with_file_line_and_field_and_nothing_is_stop
         );
     }
     remove_all(&host, &ws.namespace).await;
-}
-
-/// A running `stevedore run` (watching), stopped with SIGINT on drop.
-struct Watcher(std::process::Child);
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        // SAFETY-free: the `kill` command sends SIGINT, as Ctrl-C would.
-        let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    mut probe: impl AsyncFnMut() -> Option<T>,
-) -> (T, Duration) {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = probe().await {
-            return (value, started.elapsed());
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what} did not happen within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 #[tokio::test]

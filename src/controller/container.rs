@@ -434,7 +434,8 @@ async fn converge_target(
         owner_scope: Some(uid.to_string()),
         ..Default::default()
     };
-    let executor = Executor::new(host.clone(), ctx.settings.concurrency);
+    let executor = Executor::new(host.clone(), ctx.settings.concurrency)
+        .with_shutdown(ctx.settings.shutdown.clone());
     let mut memory = ctx.hosts.take_memory(&view.uid, uid);
     let report = converge_listed(
         host,
@@ -725,6 +726,7 @@ async fn remove_all(
         ..Default::default()
     };
     let outcomes = Executor::new(host.clone(), ctx.settings.concurrency)
+        .with_shutdown(ctx.settings.shutdown.clone())
         .run(&plan, &[])
         .await;
     let mut failed = Vec::new();
@@ -754,7 +756,27 @@ async fn publish_outcome(
     target: &str,
     outcome: &Outcome,
 ) {
+    if ctx.settings.shutdown.is_draining() {
+        // What a stopping controller finished or put back is what the next leader finds.
+        match &outcome.result {
+            Ok(_) => {
+                tracing::info!(subject = %outcome.subject, target, verb = outcome.verb, "finished while shutting down")
+            }
+            Err(error) => {
+                tracing::info!(subject = %outcome.subject, target, verb = outcome.verb, %error, "stopped by the shutdown")
+            }
+        }
+    }
+    if outcome.not_started() {
+        // Not an event: nothing happened to the container.
+        return;
+    }
     let (type_, reason, note) = match &outcome.result {
+        Err(e) if e.kind == crate::docker::ErrorKind::Interrupted => (
+            EventKind::Normal,
+            "RolledBack".to_string(),
+            format!("{} on {target}: {}: {e}", outcome.subject, outcome.reason),
+        ),
         Ok(_) => (
             EventKind::Normal,
             past_tense(outcome.verb).to_string(),
@@ -775,6 +797,7 @@ fn past_tense(verb: &str) -> &'static str {
         "Create" => "Created",
         "Start" => "Started",
         "Replace" => "Replaced",
+        "Recreate" => "Recreated",
         "Remove" => "Removed",
         _ => "Changed",
     }

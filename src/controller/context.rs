@@ -16,6 +16,7 @@ use super::metrics::Metrics;
 use crate::api::{DockerContainer, DockerContainerSpec, DockerTarget, Registry};
 use crate::converge::env::StaticSources;
 use crate::registry::credentials::registry_for;
+use crate::shutdown::Shutdown;
 
 /// The objects the controllers watch, read from their caches (never fetched per reconcile).
 #[derive(Clone)]
@@ -172,6 +173,9 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// How long a target may be unreachable before its replicas move elsewhere.
     pub grace: Duration,
+    /// How the controller stops: once it drains, no reconcile starts and the Docker actions
+    /// under way finish or roll back before its deadline.
+    pub shutdown: Shutdown,
 }
 
 impl Default for Settings {
@@ -183,6 +187,7 @@ impl Default for Settings {
             resync: Duration::from_secs(300),
             heartbeat: Duration::from_secs(15),
             grace: Duration::from_secs(crate::placement::DEFAULT_GRACE_SECS),
+            shutdown: Shutdown::never(),
         }
     }
 }

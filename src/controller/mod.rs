@@ -48,6 +48,7 @@ use self::metrics::Metrics;
 use self::outcome::error_policy;
 use crate::api::{DockerContainer, DockerTarget, Registry};
 use crate::docker::ConnectOptions;
+use crate::shutdown::Shutdown;
 
 /// Leader election settings.
 #[derive(Clone, Debug)]
@@ -296,8 +297,17 @@ pub async fn run_with(client: Client, options: Options) -> Result<(), RunError> 
     check_crds(&client, namespace).await?;
     ready.store(true, Ordering::Relaxed);
 
+    let shutdown = options.settings.shutdown.clone();
+    tokio::spawn(announce_drain(shutdown.clone()));
     let lease = match &options.leader_election {
-        Some(election) => Some(become_leader(&client, election).await?),
+        // A standby told to stop has nothing under way: it stops at once.
+        Some(election) => tokio::select! {
+            lease = become_leader(&client, election) => Some(lease?),
+            _ = shutdown.draining() => {
+                server.abort();
+                return Ok(());
+            }
+        },
         None => None,
     };
     let lost_lease = async {
@@ -319,12 +329,39 @@ pub async fn run_with(client: Client, options: Options) -> Result<(), RunError> 
     let result = tokio::select! {
         () = run_controllers(client, namespace, hosts, metrics, options.settings.clone(), signals_rx, identity) => Ok(()),
         () = lost_lease => Err(RunError::LostLease),
+        () = grace_period_over(&shutdown) => {
+            tracing::warn!("the shutdown grace period is over with reconciles still running");
+            Ok(())
+        }
     };
     server.abort();
     if let Some(lease) = lease {
         release_lease(lease).await;
     }
     result
+}
+
+/// Resolves once `shutdown` drains: the controllers then start no reconcile.
+async fn drained(shutdown: Shutdown) {
+    shutdown.draining().await;
+}
+
+/// Says when the drain starts, and for how long reconciles under way may go on.
+async fn announce_drain(shutdown: Shutdown) {
+    let deadline = shutdown.draining().await;
+    let seconds = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .as_secs();
+    tracing::info!(
+        grace_seconds = seconds,
+        "shutting down: no new reconciles; Docker actions under way finish or roll back"
+    );
+}
+
+/// Resolves when the drain's deadline has passed; never while running.
+async fn grace_period_over(shutdown: &Shutdown) {
+    let deadline = shutdown.draining().await;
+    tokio::time::sleep_until(deadline).await;
 }
 
 type LeaseHandle = (
@@ -556,17 +593,17 @@ async fn run_controllers(
         .watches_stream(target_stream, target_changes)
         .watches_stream(registry_stream, registry_changes)
         .reconcile_on(channel_stream(container_rx))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(drained(ctx.settings.shutdown.clone()))
         .run(container::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
     let targets_done = target_controller
         .reconcile_on(channel_stream(target_rx))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(drained(ctx.settings.shutdown.clone()))
         .run(target::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
     let registries_done = registry_controller
         .reconcile_on(channel_stream(registry_rx))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(drained(ctx.settings.shutdown.clone()))
         .run(registry::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
     tracing::info!(

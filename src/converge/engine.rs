@@ -270,14 +270,12 @@ fn remember(
             memory.known.insert(instance.name.clone());
         }
     }
-    for action in &plan.actions {
-        if let Action::Replace { desired: index, .. } = action
-            && let Some(instance) = desired.get(*index)
-            && outcomes.iter().any(|o| {
-                o.subject == instance.name
-                    && matches!(&o.result, Err(e) if e.kind == crate::docker::ErrorKind::Unhealthy)
-            })
-        {
+    let replaced = plan.actions.iter().flat_map(Action::replaced);
+    for instance in replaced.filter_map(|index| desired.get(index)) {
+        if outcomes.iter().any(|o| {
+            o.subject == instance.name
+                && matches!(&o.result, Err(e) if e.kind == crate::docker::ErrorKind::Unhealthy)
+        }) {
             memory
                 .failed_rollouts
                 .insert(instance.spec_hash.clone(), now + FAILED_ROLLOUT_HOLD_SECS);
@@ -324,9 +322,11 @@ impl Default for LoopOptions {
     }
 }
 
-/// Converges one target until `desired` is closed: at start, on disruptive daemon events,
-/// on every change of the desired set, when a restart back-off expires and on resync.
-/// Each converge's report (or error) goes to `reports`.
+/// Converges one target until `desired` is closed or the executor's shutdown drains: at
+/// start, on disruptive daemon events, on every change of the desired set, when a restart
+/// back-off expires and on resync. Each converge's report (or error) goes to `reports`; a
+/// converge under way when the drain starts ends first (its actions finished or rolled
+/// back) and is reported.
 pub async fn run_target(
     host: DockerHost,
     executor: Executor,
@@ -375,10 +375,11 @@ pub async fn run_target(
         {
             wait = wait.min(LOOK_AGAIN_AFTER_CHANGES);
         }
-        if reports.send(result).is_err() {
+        if reports.send(result).is_err() || executor.shutdown().is_draining() {
             break;
         }
         tokio::select! {
+            _ = executor.shutdown().draining() => break,
             _ = wake.notified() => {
                 tokio::time::sleep(options.debounce).await;
                 look_again = true;

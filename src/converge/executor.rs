@@ -5,16 +5,27 @@
 //! aside (its labels still say what it is), stopped first only when it holds host ports the
 //! new one needs, and removed only once the new one runs — and is healthy, with a health
 //! check. If the new one fails, it is removed and the old one restored.
+//!
+//! Once the process drains ([`Shutdown`]), no action starts; a replacement under way
+//! finishes if its new container runs (and is healthy) before the drain's `finish_by`, and
+//! is rolled back otherwise — the same restore as after a failure.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::future::join_all;
 use futures::{StreamExt, stream};
 use tokio::sync::mpsc;
 
 use super::model::DesiredInstance;
-use super::plan::{Action, ContainerRef, Plan};
+use super::plan::{Action, ContainerRef, Plan, Replacement};
 use crate::docker::{DockerError, DockerHost, ErrorKind, Health};
+use crate::shutdown::Shutdown;
+
+/// What an action that never started says, once the process drains.
+const NOT_STARTED: &str = "not started: Stevedore is shutting down";
+/// How a rolled-back action's message begins.
+const ROLLED_BACK: &str = "rolled back, the old container keeps running";
 
 /// Default number of concurrent actions per host.
 pub const DEFAULT_CONCURRENCY: usize = 4;
@@ -30,6 +41,22 @@ pub struct Outcome {
     pub reason: String,
     /// What happened: the ID of the container now serving, where there is one.
     pub result: Result<Option<String>, DockerError>,
+}
+
+impl Outcome {
+    /// Whether the action never started because the process was draining.
+    pub fn not_started(&self) -> bool {
+        self.interrupted_with(NOT_STARTED)
+    }
+
+    /// Whether the action was rolled back because the process was draining.
+    pub fn rolled_back(&self) -> bool {
+        self.interrupted_with(ROLLED_BACK)
+    }
+
+    fn interrupted_with(&self, prefix: &str) -> bool {
+        matches!(&self.result, Err(e) if e.kind == ErrorKind::Interrupted && e.message.starts_with(prefix))
+    }
 }
 
 /// One step of progress, for a live view: what is happening to which container or image.
@@ -48,6 +75,7 @@ pub struct Executor {
     concurrency: usize,
     health_poll: Duration,
     progress: Option<mpsc::UnboundedSender<Progress>>,
+    shutdown: Shutdown,
 }
 
 impl Executor {
@@ -58,7 +86,21 @@ impl Executor {
             concurrency: concurrency.max(1),
             health_poll: Duration::from_millis(250),
             progress: None,
+            shutdown: Shutdown::never(),
         }
+    }
+
+    /// Drains with `shutdown`: no action starts once it does, and actions under way finish
+    /// or roll back before its deadline.
+    #[must_use]
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// The shutdown this executor drains with.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
     }
 
     /// Sends progress of every action (and every pull line) to `progress`.
@@ -93,6 +135,7 @@ impl Executor {
             .collect();
         let mut outcomes: Vec<Outcome> = stream::iter(pulls)
             .buffer_unordered(self.concurrency)
+            .flat_map(stream::iter)
             .collect()
             .await;
         let failed_pulls: HashMap<String, String> = outcomes
@@ -110,18 +153,26 @@ impl Executor {
             .collect();
         let rest: Vec<Outcome> = stream::iter(others)
             .buffer_unordered(self.concurrency)
+            .flat_map(stream::iter)
             .collect()
             .await;
         outcomes.extend(rest);
         outcomes
     }
 
+    /// Runs one action; a `Recreate` has an outcome per container, the others one.
     async fn run_one(
         &self,
         action: &Action,
         desired: &[DesiredInstance],
         failed_pulls: &HashMap<String, String>,
-    ) -> Outcome {
+    ) -> Vec<Outcome> {
+        if self.shutdown.is_draining() {
+            return self.not_started(action, desired);
+        }
+        if let Action::Recreate { replacements, .. } = action {
+            return self.recreate(replacements, desired, failed_pulls).await;
+        }
         let instance = |i: &usize| desired.get(*i);
         let (subject, result) = match action {
             Action::Pull {
@@ -132,11 +183,17 @@ impl Executor {
                     Some(source) => self.make_image(image, source).await,
                     None => {
                         let credentials = instance(i).and_then(|d| d.pull_credentials.as_ref());
-                        self.host
-                            .pull(image, credentials, |line| {
-                                self.report(image, format!("Pull: {line}"))
-                            })
-                            .await
+                        let pull = self.host.pull(image, credentials, |line| {
+                            self.report(image, format!("Pull: {line}"))
+                        });
+                        // A pull can take minutes; nothing waiting for it will start now.
+                        tokio::select! {
+                            pulled = pull => pulled,
+                            _ = self.shutdown.draining() => Err(DockerError::new(
+                                ErrorKind::Interrupted,
+                                "pull abandoned: Stevedore is shutting down",
+                            )),
+                        }
                     }
                 };
                 (image.clone(), fetched.map(|()| None))
@@ -176,20 +233,73 @@ impl Executor {
                     .await
                     .map(|()| None),
             ),
+            Action::Recreate { .. } => (String::new(), Ok(None)),
         };
-        let verb = action.verb();
+        vec![self.outcome(subject, action.verb(), action.reason(), result)]
+    }
+
+    /// The outcome of one action on `subject`, reported as progress.
+    fn outcome(
+        &self,
+        subject: String,
+        verb: &'static str,
+        reason: &str,
+        result: Result<Option<String>, DockerError>,
+    ) -> Outcome {
         self.report(
             &subject,
             match &result {
-                Ok(_) => format!("{verb}: done ({})", action.reason()),
+                Ok(_) => format!("{verb}: done ({reason})"),
+                Err(e) if e.kind == ErrorKind::Interrupted => format!("{verb}: {}", e.message),
                 Err(e) => format!("{verb}: failed: {e}"),
             },
         );
         Outcome {
             subject,
             verb,
-            reason: action.reason().to_string(),
+            reason: reason.to_string(),
             result,
+        }
+    }
+
+    /// Outcomes for an action skipped because the process is draining.
+    fn not_started(&self, action: &Action, desired: &[DesiredInstance]) -> Vec<Outcome> {
+        let name = |i: usize| {
+            desired
+                .get(i)
+                .map_or_else(|| format!("desired[{i}]"), |d| d.name.clone())
+        };
+        let subjects = match action {
+            Action::Pull { image, .. } => vec![image.clone()],
+            Action::Create { desired, .. } | Action::Replace { desired, .. } => {
+                vec![name(*desired)]
+            }
+            Action::Recreate { replacements, .. } => {
+                replacements.iter().map(|r| name(r.desired)).collect()
+            }
+            Action::Start { container, .. } | Action::Remove { container, .. } => {
+                vec![container.name.clone()]
+            }
+        };
+        subjects
+            .into_iter()
+            .map(|subject| {
+                let skipped = DockerError::new(ErrorKind::Interrupted, NOT_STARTED);
+                self.outcome(subject, action.verb(), action.reason(), Err(skipped))
+            })
+            .collect()
+    }
+
+    /// An error when the process has started draining: what a step under way checks before
+    /// the next one.
+    fn still_running(&self) -> Result<(), DockerError> {
+        if self.shutdown.is_draining() {
+            Err(DockerError::new(
+                ErrorKind::Interrupted,
+                "Stevedore is shutting down",
+            ))
+        } else {
+            Ok(())
         }
     }
 
@@ -260,10 +370,14 @@ impl Executor {
         failed_pulls: &HashMap<String, String>,
     ) -> Result<String, DockerError> {
         image_pulled(failed_pulls, desired, "kept the old container running")?;
-        let aside = format!("{}-replaced-{}", desired.name, short_id(&old.id));
+        let aside = aside_name(desired, old);
         let renamed = old.name == desired.name;
         if renamed {
             self.host.rename(&old.id, &aside).await?;
+        }
+        if let Err(e) = self.still_running() {
+            self.restore(old, &desired.name, renamed, false).await;
+            return Err(rolled_back(e));
         }
         let stopped = old_running && !desired.host_ports.is_empty();
         if stopped
@@ -272,10 +386,14 @@ impl Executor {
                 .stop(&old.id, &aside, Some(desired.stop_timeout_seconds))
                 .await
         {
-            self.restore(old, &desired.name, renamed, false).await;
-            return Err(e);
+            // A failed stop may have stopped it after all: start it again to be sure.
+            self.restore(old, &desired.name, renamed, true).await;
+            return Err(rolled_back(e));
         }
-        let started = self.start_new(desired).await;
+        let started = match self.still_running() {
+            Ok(()) => self.start_new(desired).await,
+            Err(e) => Err((None, e)),
+        };
         match started {
             Ok(id) => {
                 self.stop_and_remove(
@@ -293,19 +411,127 @@ impl Executor {
                     let _ = self.host.remove(&new_id, &desired.name).await;
                 }
                 self.restore(old, &desired.name, renamed, stopped).await;
-                Err(DockerError::new(
-                    error.kind,
-                    format!(
-                        "rolled back, the old container keeps running: {}",
-                        error.message
-                    ),
-                ))
+                Err(rolled_back(error))
             }
         }
     }
 
-    /// Creates and starts the replacement and waits for its health verdict. On failure,
-    /// returns the new container's ID (if it was created) for cleanup.
+    /// Replaces every container of a `Recreate` at once: all old ones renamed aside and
+    /// stopped, then all new ones started; the old ones go once every new one runs (and is
+    /// healthy), and all come back if one new container fails or the process drains.
+    async fn recreate(
+        &self,
+        replacements: &[Replacement],
+        desired: &[DesiredInstance],
+        failed_pulls: &HashMap<String, String>,
+    ) -> Vec<Outcome> {
+        let verb = "Recreate";
+        let members: Option<Vec<(&Replacement, &DesiredInstance)>> = replacements
+            .iter()
+            .map(|r| desired.get(r.desired).map(|d| (r, d)))
+            .collect();
+        let Some(members) = members else {
+            let (subject, result) = out_of_range(replacements.len());
+            return vec![self.outcome(subject, verb, "updateStrategy Recreate", result)];
+        };
+        let results = self.recreate_members(&members, failed_pulls).await;
+        members
+            .iter()
+            .zip(results)
+            .map(|((r, d), result)| self.outcome(d.name.clone(), verb, &r.reason, result))
+            .collect()
+    }
+
+    async fn recreate_members(
+        &self,
+        members: &[(&Replacement, &DesiredInstance)],
+        failed_pulls: &HashMap<String, String>,
+    ) -> Vec<Result<Option<String>, DockerError>> {
+        let all_fail = |error: DockerError| members.iter().map(|_| Err(error.clone())).collect();
+        for (_, d) in members {
+            if let Err(e) = image_pulled(failed_pulls, d, "kept the old containers running") {
+                return all_fail(e);
+            }
+        }
+        // (old, its place aside, its name, renamed, stopped) for each member.
+        let mut olds: Vec<(&ContainerRef, String, &str, bool, bool)> = Vec::new();
+        let mut failure = None;
+        for (r, d) in members {
+            let aside = aside_name(d, &r.old);
+            let renamed = r.old.name == d.name;
+            if renamed && let Err(e) = self.host.rename(&r.old.id, &aside).await {
+                failure = Some(e);
+                break;
+            }
+            olds.push((&r.old, aside, d.name.as_str(), renamed, false));
+        }
+        for ((r, d), (_, aside, _, _, stopped)) in members.iter().zip(olds.iter_mut()) {
+            if failure.is_some() {
+                break;
+            }
+            if let Err(e) = self.still_running() {
+                failure = Some(e);
+                break;
+            }
+            if r.old_running {
+                // Stopped unless the stop fails outright; a failed stop may have stopped it.
+                *stopped = true;
+                if let Err(e) = self
+                    .host
+                    .stop(&r.old.id, aside, Some(d.stop_timeout_seconds))
+                    .await
+                {
+                    failure = Some(e);
+                }
+            }
+        }
+        let started = match failure.take().map_or_else(|| self.still_running(), Err) {
+            Ok(()) => join_all(members.iter().map(|(_, d)| self.start_new(d))).await,
+            Err(e) => vec![Err((None, e))],
+        };
+        if started.iter().all(Result::is_ok) {
+            let mut results = Vec::new();
+            for ((old, aside, _, _, _), new) in olds.iter().zip(started) {
+                let removed = self
+                    .stop_and_remove(
+                        &ContainerRef {
+                            id: old.id.clone(),
+                            name: aside.clone(),
+                        },
+                        Some(0),
+                    )
+                    .await;
+                results.push(removed.and(new.map(Some).map_err(|(_, e)| e)));
+            }
+            return results;
+        }
+        let mut first_error = None;
+        for new in started {
+            let new_id = match new {
+                Ok(id) => Some(id),
+                Err((id, error)) => {
+                    first_error.get_or_insert(error);
+                    id
+                }
+            };
+            if let Some(id) = new_id {
+                let _ = self
+                    .host
+                    .remove(&id, "a new container of the Recreate")
+                    .await;
+            }
+        }
+        for (old, _, name, renamed, stopped) in &olds {
+            self.restore(old, name, *renamed, *stopped).await;
+        }
+        let error = first_error
+            .unwrap_or_else(|| DockerError::new(ErrorKind::ServerError, "the Recreate failed"));
+        all_fail(rolled_back(error))
+    }
+
+    /// Creates and starts the replacement and waits for its health verdict — or, once the
+    /// process drains, until the drain's `finish_by`. On failure, returns the new
+    /// container's ID (if it was created) for cleanup.
     async fn start_new(
         &self,
         desired: &DesiredInstance,
@@ -315,17 +541,22 @@ impl Executor {
             .create(&desired.name, desired.body.clone())
             .await
             .map_err(|e| (None, e))?;
-        if let Err(e) = self.host.start(&id, &desired.name).await {
+        let started = match self.still_running() {
+            Ok(()) => self.host.start(&id, &desired.name).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
             return Err((Some(id), e));
         }
         if let Some(timing) = desired.health_check {
-            let deadline = tokio::time::Instant::now() + timing.verdict_within();
+            let verdict_by = tokio::time::Instant::now() + timing.verdict_within();
             loop {
                 let details = self
                     .host
                     .inspect(&id)
                     .await
                     .map_err(|e| (Some(id.clone()), e))?;
+                let now = tokio::time::Instant::now();
                 match details.health {
                     Some(Health::Healthy) => break,
                     Some(Health::Unhealthy) => {
@@ -337,7 +568,7 @@ impl Executor {
                             ),
                         ));
                     }
-                    _ if tokio::time::Instant::now() >= deadline => {
+                    _ if now >= verdict_by => {
                         return Err((
                             Some(id),
                             DockerError::new(
@@ -346,6 +577,19 @@ impl Executor {
                                     "the new container {} was not healthy within {} s",
                                     desired.name,
                                     timing.verdict_within().as_secs()
+                                ),
+                            ),
+                        ));
+                    }
+                    _ if self.shutdown.finish_by().is_some_and(|by| now >= by) => {
+                        return Err((
+                            Some(id),
+                            DockerError::new(
+                                ErrorKind::Interrupted,
+                                format!(
+                                    "Stevedore is shutting down and the new container {} was \
+                                     not healthy in time",
+                                    desired.name
                                 ),
                             ),
                         ));
@@ -397,6 +641,17 @@ fn image_pulled(
         )),
         None => Ok(()),
     }
+}
+
+/// Where a replaced container waits while its replacement starts: its labels still say
+/// what it is, so an interrupted run finds it again.
+fn aside_name(desired: &DesiredInstance, old: &ContainerRef) -> String {
+    format!("{}-replaced-{}", desired.name, short_id(&old.id))
+}
+
+/// A failed step of a replacement, after the old container was put back.
+fn rolled_back(error: DockerError) -> DockerError {
+    DockerError::new(error.kind, format!("{ROLLED_BACK}: {}", error.message))
 }
 
 fn short_id(id: &str) -> &str {

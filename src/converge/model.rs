@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::container_config::{ConfigError, create_body};
 use super::env::{EnvOrigin, ResolvedEnv};
 use crate::api::container::{
-    DockerContainerSpec, DriftPolicy, ImagePullPolicy, Protocol, RestartPolicy,
+    DockerContainerSpec, DriftPolicy, ImagePullPolicy, Protocol, RestartPolicy, UpdateStrategy,
 };
 use crate::docker::{HostContainer, LABEL_MANAGED, LABEL_TARGET, PullCredentials};
 
@@ -129,6 +129,9 @@ pub struct DesiredInstance {
     pub host_ports: Vec<HostPort>,
     /// Graceful stop timeout.
     pub stop_timeout_seconds: i32,
+    /// How its owner's containers are replaced (not part of the spec hash: changing it
+    /// replaces nothing).
+    pub update_strategy: UpdateStrategy,
     /// Hash of everything that shapes the container.
     pub spec_hash: String,
     /// Digest per field (the `stevedore.dev/spec-fields` label, parsed).
@@ -255,6 +258,7 @@ pub fn desired_instances(
                 health_check,
                 host_ports: host_ports.clone(),
                 stop_timeout_seconds: spec.stop_timeout_seconds,
+                update_strategy: spec.update_strategy.clone(),
                 spec_hash: spec_hash.clone(),
                 field_digests: field_digests.clone(),
                 env_origins: env

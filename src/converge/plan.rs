@@ -3,7 +3,10 @@
 //!
 //! Rules, in order of precedence:
 //! - only containers labelled for this target and manager are ever touched;
-//! - a container whose spec hash differs is replaced (the image pulled first);
+//! - a container whose spec hash differs is replaced (the image pulled first): with
+//!   `RollingUpdate`, at most `maxUnavailable + maxSurge` (at least one) of an owner's
+//!   containers at once on one target; with `Recreate`, all of them in one step that stops
+//!   every old container before the first new one starts;
 //! - a container that is missing, created or exited is created or started — unless the
 //!   owner's `driftPolicy` is `Report` and Stevedore had seen it before, then it is reported;
 //! - exited containers are restarted with back-off (10 s doubling to 5 min);
@@ -16,7 +19,7 @@ use super::model::{
     DesiredInstance, LABEL_MANAGER, LABEL_REPLICA, LABEL_SPEC_FIELDS, LABEL_SPEC_HASH, LABEL_UID,
     describe_changes, parse_field_digests,
 };
-use crate::api::container::{DriftPolicy, ImagePullPolicy, RestartPolicy};
+use crate::api::container::{DriftPolicy, ImagePullPolicy, RestartPolicy, UpdateStrategyType};
 use crate::docker::{ContainerState, Health, HostContainer, LABEL_MANAGED, LABEL_TARGET};
 
 /// First restart delay after the first quick retry.
@@ -170,6 +173,15 @@ pub enum Action {
         /// Why.
         reason: String,
     },
+    /// Replace every listed container of one owner with `Recreate`: all old ones stopped
+    /// first, then the new ones started; the old ones are removed only after every new one
+    /// runs (and is healthy, with a health check), and all restored if one fails.
+    Recreate {
+        /// One entry per replica.
+        replacements: Vec<Replacement>,
+        /// Why.
+        reason: String,
+    },
     /// Stop (gracefully) and remove a container nobody wants. Never its volumes.
     Remove {
         /// The container.
@@ -181,7 +193,31 @@ pub enum Action {
     },
 }
 
+/// One container of a [`Action::Recreate`] and what replaces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replacement {
+    /// The container being replaced.
+    pub old: ContainerRef,
+    /// Whether `old` is running now.
+    pub old_running: bool,
+    /// Index into `desired`.
+    pub desired: usize,
+    /// What changed.
+    pub reason: String,
+}
+
 impl Action {
+    /// The desired instances (indices) a `Replace` or `Recreate` makes new containers for.
+    pub fn replaced(&self) -> Vec<usize> {
+        match self {
+            Action::Replace { desired, .. } => vec![*desired],
+            Action::Recreate { replacements, .. } => {
+                replacements.iter().map(|r| r.desired).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The action's reason.
     pub fn reason(&self) -> &str {
         match self {
@@ -189,17 +225,20 @@ impl Action {
             | Action::Create { reason, .. }
             | Action::Start { reason, .. }
             | Action::Replace { reason, .. }
+            | Action::Recreate { reason, .. }
             | Action::Remove { reason, .. } => reason,
         }
     }
 
-    /// A short verb for logs and Events: `Pull`, `Create`, `Start`, `Replace`, `Remove`.
+    /// A short verb for logs and Events: `Pull`, `Create`, `Start`, `Replace`,
+    /// `Recreate`, `Remove`.
     pub fn verb(&self) -> &'static str {
         match self {
             Action::Pull { .. } => "Pull",
             Action::Create { .. } => "Create",
             Action::Start { .. } => "Start",
             Action::Replace { .. } => "Replace",
+            Action::Recreate { .. } => "Recreate",
             Action::Remove { .. } => "Remove",
         }
     }
@@ -282,6 +321,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut claimed_ports: Vec<(&super::model::HostPort, &str)> = Vec::new();
     let mut matched: HashSet<&str> = HashSet::new();
     let mut steps = Vec::new();
+    // Replacements per owner: how many a rolling update started, and what a Recreate
+    // gathers into one step.
+    let mut rolling: HashMap<&str, usize> = HashMap::new();
+    let mut recreates: BTreeMap<&str, Vec<Replacement>> = BTreeMap::new();
 
     for index in order {
         let desired = &input.desired[index];
@@ -373,6 +416,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     .or(extras.first())
                     .copied();
                 if let Some(old) = old {
+                    *rolling.entry(desired.owner.uid.as_str()).or_default() += 1;
                     steps.push(Action::Replace {
                         old: ContainerRef::of(old),
                         old_running: old.state == ContainerState::Running,
@@ -399,11 +443,40 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 } else {
                     format!("changed: {}", changes.join(", "))
                 };
-                steps.push(Action::Replace {
+                let replacement = Replacement {
                     old: ContainerRef::of(current),
                     old_running: current.state == ContainerState::Running,
                     desired: index,
                     reason: what,
+                };
+                let strategy = &desired.update_strategy;
+                if strategy.kind == UpdateStrategyType::Recreate {
+                    recreates
+                        .entry(desired.owner.uid.as_str())
+                        .or_default()
+                        .push(replacement);
+                    continue;
+                }
+                let at_once =
+                    usize::try_from(strategy.max_unavailable.saturating_add(strategy.max_surge))
+                        .unwrap_or(0)
+                        .max(1);
+                let started = rolling.entry(desired.owner.uid.as_str()).or_default();
+                if *started >= at_once {
+                    plan.waiting.push(Finding {
+                        container: desired.name.clone(),
+                        reason: format!(
+                            "waiting for its turn: the rolling update replaces {at_once} at a time"
+                        ),
+                    });
+                    continue;
+                }
+                *started += 1;
+                steps.push(Action::Replace {
+                    old: replacement.old,
+                    old_running: replacement.old_running,
+                    desired: index,
+                    reason: replacement.reason,
                 });
             }
             (Some(_), Some(current)) => {
@@ -446,6 +519,21 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             "its DockerContainer no longer wants it on this target".to_string()
         };
         steps.push(remove(container, None, reason));
+    }
+
+    for (owner, replacements) in recreates {
+        let name = input
+            .desired
+            .iter()
+            .find(|d| d.owner.uid == owner)
+            .map_or(owner, |d| d.owner.name.as_str());
+        steps.push(Action::Recreate {
+            reason: format!(
+                "updateStrategy Recreate: {} container(s) of {name} stopped before the new ones start",
+                replacements.len()
+            ),
+            replacements,
+        });
     }
 
     plan.actions = pulls
@@ -590,14 +678,13 @@ mod tests {
         owners
             .iter()
             .flat_map(|(i, replicas, command, restart)| {
-                desired_instances(
-                    &owner(*i),
-                    &spec(command, restart),
-                    &ResolvedEnv::new(),
-                    replicas,
-                    &ctx,
-                )
-                .expect("instances")
+                let mut spec = spec(command, restart);
+                // Owner 1 updates by Recreate, the others by the default rolling update.
+                if *i == 1 {
+                    spec.update_strategy.kind = UpdateStrategyType::Recreate;
+                }
+                desired_instances(&owner(*i), &spec, &ResolvedEnv::new(), replicas, &ctx)
+                    .expect("instances")
             })
             .collect()
     }
@@ -677,6 +764,19 @@ mod tests {
                             id,
                             ContainerState::Running,
                         ));
+                    }
+                    Action::Recreate { replacements, .. } => {
+                        for r in replacements {
+                            self.containers.retain(|c| c.id != r.old.id);
+                        }
+                        for r in replacements {
+                            let id = self.id();
+                            self.containers.push(container_for(
+                                &desired[r.desired],
+                                id,
+                                ContainerState::Running,
+                            ));
+                        }
                     }
                     Action::Remove { container, .. } => {
                         self.containers.retain(|c| c.id != container.id);
@@ -818,6 +918,12 @@ mod tests {
                 Action::Replace { old, .. } => Some(old.id.clone()),
                 _ => None,
             })
+            .chain(plan.actions.iter().flat_map(|a| match a {
+                Action::Recreate { replacements, .. } => {
+                    replacements.iter().map(|r| r.old.id.clone()).collect()
+                }
+                _ => Vec::new(),
+            }))
             .collect()
     }
 
@@ -833,13 +939,14 @@ mod tests {
             let desired = desired(&owners);
             let mut world = world(&seeds, with_image);
             let foreign = world.foreign.clone();
-            let first = plan_for(&world, &desired, &HashSet::new());
-            world.apply(&first, &desired);
-            // Leftovers are removed once their replacement is up: allow one more round.
-            let second = plan_for(&world, &desired, &HashSet::new());
-            world.apply(&second, &desired);
-            let third = plan_for(&world, &desired, &HashSet::new());
-            prop_assert!(third.is_empty(), "not converged: {:?}", third.actions);
+            // Leftovers are removed once their replacement is up, and a rolling update
+            // replaces one replica per round: at most one round per replica, plus one.
+            for _ in 0..4 {
+                let next = plan_for(&world, &desired, &HashSet::new());
+                world.apply(&next, &desired);
+            }
+            let last = plan_for(&world, &desired, &HashSet::new());
+            prop_assert!(last.is_empty(), "not converged: {:?}", last.actions);
 
             // Exactly the desired instances exist among our containers, up to date.
             let mut ours: Vec<(String, String)> = world
@@ -884,12 +991,11 @@ mod tests {
             let mut names: Vec<&str> = plan
                 .actions
                 .iter()
-                .filter_map(|a| match a {
-                    Action::Create { desired: i, .. } | Action::Replace { desired: i, .. } => {
-                        Some(desired[*i].name.as_str())
-                    }
-                    _ => None,
+                .flat_map(|a| match a {
+                    Action::Create { desired: i, .. } => vec![*i],
+                    other => other.replaced(),
                 })
+                .map(|i| desired[i].name.as_str())
                 .collect();
             let count = names.len();
             names.sort();
@@ -946,6 +1052,74 @@ mod tests {
             }
             other => panic!("expected a replace, got {other:?}"),
         }
+    }
+
+    /// A world running `old` for every instance of `new` (same names, older spec).
+    fn running_old_spec(old: &[DesiredInstance]) -> World {
+        let mut world = world(&[], true);
+        for instance in old {
+            let id = world.id();
+            world
+                .containers
+                .push(container_for(instance, id, ContainerState::Running));
+        }
+        world
+    }
+
+    #[test]
+    fn a_rolling_update_replaces_max_unavailable_plus_max_surge_at_a_time() {
+        let old = desired(&[(0, vec![0, 1, 2, 3], "a", "Always")]);
+        let mut new = desired(&[(0, vec![0, 1, 2, 3], "b", "Always")]);
+        let world = running_old_spec(&old);
+        let replaces = |plan: &Plan| {
+            plan.actions
+                .iter()
+                .filter(|a| matches!(a, Action::Replace { .. }))
+                .count()
+        };
+        let plan = plan_for(&world, &new, &HashSet::new());
+        assert_eq!(replaces(&plan), 1, "{:?}", plan.actions);
+        assert_eq!(plan.waiting.len(), 3);
+        assert!(
+            plan.waiting[0].reason.contains("1 at a time"),
+            "{:?}",
+            plan.waiting
+        );
+
+        for instance in &mut new {
+            instance.update_strategy.max_unavailable = 2;
+            instance.update_strategy.max_surge = 1;
+        }
+        let plan = plan_for(&world, &new, &HashSet::new());
+        assert_eq!(replaces(&plan), 3);
+        assert_eq!(plan.waiting.len(), 1);
+    }
+
+    #[test]
+    fn recreate_replaces_every_old_container_of_an_owner_in_one_step() {
+        let old = desired(&[(1, vec![0, 1, 2], "a", "Always")]);
+        let new = desired(&[(1, vec![0, 1, 2], "b", "Always")]);
+        let world = running_old_spec(&old);
+        let plan = plan_for(&world, &new, &HashSet::new());
+        let recreates: Vec<&Action> = plan
+            .actions
+            .iter()
+            .filter(|a| !matches!(a, Action::Pull { .. }))
+            .collect();
+        assert_eq!(recreates.len(), 1, "{:?}", plan.actions);
+        match recreates[0] {
+            Action::Recreate {
+                replacements,
+                reason,
+            } => {
+                assert_eq!(replacements.len(), 3);
+                assert!(replacements.iter().all(|r| r.old_running));
+                assert!(replacements.iter().all(|r| r.reason == "changed: command"));
+                assert!(reason.contains("3 container(s) of app1"), "{reason}");
+            }
+            other => panic!("expected a Recreate, got {other:?}"),
+        }
+        assert!(plan.waiting.is_empty());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     ServerError,
     /// A new container failed its health check (or never became healthy in time).
     Unhealthy,
+    /// Stevedore was shutting down: the action was not started, or was rolled back.
+    Interrupted,
 }
 
 impl ErrorKind {
@@ -39,6 +41,7 @@ impl ErrorKind {
             Self::Conflict => "Conflict",
             Self::ServerError => "ServerError",
             Self::Unhealthy => "Unhealthy",
+            Self::Interrupted => "Interrupted",
         }
     }
 }

@@ -687,13 +687,24 @@ impl DockerHost {
         Ok(response.id)
     }
 
-    /// Starts a container.
+    /// Starts a container; one already running is left as it is.
     pub async fn start(&self, id: &str, name: &str) -> Result<(), DockerError> {
         let _timer = self.count(Call::Start);
-        self.docker
+        match self
+            .docker
             .start_container(id, None::<StartContainerOptions>)
             .await
-            .map_err(self.fail(format!("failed to start container {name}")))
+        {
+            // 304: already running.
+            Ok(())
+            | Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(DockerError::from_bollard(
+                &format!("failed to start container {name}"),
+                e,
+            )),
+        }
     }
 
     /// Stops a container gracefully: its stop signal, then a kill after `timeout_secs`, or

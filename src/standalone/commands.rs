@@ -19,6 +19,7 @@ use crate::converge::engine::{
 use crate::converge::executor::{Executor, Progress};
 use crate::converge::plan::Finding;
 use crate::docker::DockerError;
+use crate::shutdown::{EXIT_INTERRUPTED, Shutdown};
 
 /// What every standalone command reads.
 #[derive(Clone, Debug)]
@@ -212,6 +213,12 @@ fn subject(action: &crate::converge::plan::Action, desired: &DesiredSet) -> Stri
             .get(*i)
             .map(|d| d.name.clone())
             .unwrap_or_default(),
+        Action::Recreate { replacements, .. } => replacements
+            .iter()
+            .filter_map(|r| desired.instances.get(r.desired))
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         Action::Start { container, .. } | Action::Remove { container, .. } => {
             container.name.clone()
         }
@@ -350,7 +357,16 @@ impl Announcer {
 /// `stevedore run --once`: converge, wait until every replica runs its current spec and is
 /// ready, or `timeout` passes; print the status table. Exit 0 when that was reached, 1
 /// otherwise.
-pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurrency: usize) -> i32 {
+///
+/// Once `shutdown` drains, no new action starts; the run ends after what was under way
+/// finished or rolled back, says which, and exits 130.
+pub async fn run_once(
+    source: &Source,
+    timeout: Duration,
+    quiet: bool,
+    concurrency: usize,
+    shutdown: &Shutdown,
+) -> i32 {
     let Some((_, manifests)) = first_load(source) else {
         return 1;
     };
@@ -360,12 +376,15 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
     let mut announcer = Announcer::default();
     // What the last converge of each target could not do: the table reports it.
     let mut findings: HashMap<ObjectKey, Vec<Finding>> = HashMap::new();
+    let mut drained = Drained::default();
     let deadline = Instant::now() + timeout;
     let settled_round = loop {
         let round = round(&manifests, &mut memory, &source.options).await;
         let runs = round.targets.iter().filter_map(|(key, target)| {
             let host = target.host.clone()?;
-            let executor = Executor::new(host.clone(), concurrency).with_progress(progress.clone());
+            let executor = Executor::new(host.clone(), concurrency)
+                .with_progress(progress.clone())
+                .with_shutdown(shutdown.clone());
             let mut memory = memories.remove(key).unwrap_or_default();
             Some(async move {
                 let result = engine::converge_once(
@@ -384,6 +403,11 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
         let mut settled = true;
         let mut all_succeeded = true;
         for (key, memory, result) in join_all(runs).await {
+            if shutdown.is_draining()
+                && let Ok(report) = &result
+            {
+                drained.record(&report.outcomes);
+            }
             announcer.converged(&key, &result);
             if let Ok(report) = &result {
                 findings.insert(key.clone(), report.unfinished());
@@ -393,6 +417,10 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
                 .as_ref()
                 .is_ok_and(|r| r.outcomes.iter().all(|o| o.result.is_ok()));
             memories.insert(key, memory);
+        }
+        if shutdown.is_draining() {
+            eprintln!("{}", drained.summary());
+            return EXIT_INTERRUPTED;
         }
         if settled && round_ready(&round) {
             // Nothing was done in this round: what it observed is how things are.
@@ -404,7 +432,10 @@ pub async fn run_once(source: &Source, timeout: Duration, quiet: bool, concurren
         // After successful actions, look again at once; otherwise (waiting for health, or
         // something failed) give the daemons a moment.
         if settled || !all_succeeded {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = shutdown.draining() => {}
+            }
         }
     };
     let settled = settled_round.is_some();
@@ -470,8 +501,16 @@ struct TargetTask {
 }
 
 /// `stevedore run`: converge, then keep converging on file changes (polled every 300 ms),
-/// daemon events and resyncs until interrupted. Interrupting leaves containers running.
-pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync: Duration) -> i32 {
+/// daemon events and resyncs until `shutdown` drains. Then no new action starts, and what
+/// was under way finishes or rolls back before the drain's deadline: containers keep
+/// running, and the run says what it finished and what it rolled back.
+pub async fn run_watch(
+    source: &Source,
+    quiet: bool,
+    concurrency: usize,
+    resync: Duration,
+    shutdown: &Shutdown,
+) -> i32 {
     let Some(admission) = admission() else {
         return 1;
     };
@@ -485,14 +524,16 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
     let mut fingerprint = None;
     let mut file_tick = tokio::time::interval(Duration::from_millis(300));
     let mut placement_tick = tokio::time::interval(Duration::from_secs(10));
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     let mut manifests = Manifests::default();
     loop {
         let mut reload = false;
         tokio::select! {
-            _ = &mut interrupted => {
-                eprintln!("interrupted; containers keep running");
+            deadline = shutdown.draining() => {
+                eprintln!(
+                    "interrupted: starting nothing new; finishing or rolling back what is under \
+                     way (for up to {} s; interrupt again to exit at once)",
+                    deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs()
+                );
                 break;
             }
             Some((key, result)) = reports.recv() => announcer.converged(&key, &result),
@@ -545,7 +586,9 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
             let (target_reports_tx, mut target_reports) = mpsc::unbounded_channel();
             let forward = reports_tx.clone();
             let forward_key = key.clone();
-            let executor = Executor::new(host.clone(), concurrency).with_progress(progress.clone());
+            let executor = Executor::new(host.clone(), concurrency)
+                .with_progress(progress.clone())
+                .with_shutdown(shutdown.clone());
             let identity = target.identity.clone();
             let loop_host = host.clone();
             let task = tokio::spawn(async move {
@@ -580,8 +623,68 @@ pub async fn run_watch(source: &Source, quiet: bool, concurrency: usize, resync:
             );
         }
     }
+    // Each target's loop ends after the converge under way; its report says what that
+    // converge finished, rolled back or never started.
+    drop(reports_tx);
+    let mut drained = Drained::default();
+    let deadline = shutdown
+        .deadline()
+        .unwrap_or_else(tokio::time::Instant::now);
+    while let Ok(Some((key, result))) = tokio::time::timeout_at(deadline, reports.recv()).await {
+        if let Ok(report) = &result {
+            drained.record(&report.outcomes);
+        }
+        announcer.converged(&key, &result);
+    }
     for (_, task) in tasks {
         task.task.abort();
     }
+    eprintln!("{}", drained.summary());
     0
+}
+
+/// What the converges under way when the drain started did.
+#[derive(Default)]
+struct Drained {
+    finished: Vec<String>,
+    rolled_back: Vec<String>,
+    not_started: usize,
+    failed: Vec<String>,
+}
+
+impl Drained {
+    fn record(&mut self, outcomes: &[crate::converge::executor::Outcome]) {
+        for outcome in outcomes {
+            let what = format!("{} {}", outcome.verb, outcome.subject);
+            if outcome.not_started() {
+                self.not_started += 1;
+            } else if outcome.rolled_back() {
+                self.rolled_back.push(what);
+            } else if outcome.result.is_ok() {
+                self.finished.push(what);
+            } else {
+                self.failed.push(what);
+            }
+        }
+    }
+
+    /// One line: what finished, what rolled back, what failed and how much never started.
+    fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let mut list = |label: &str, items: &[String]| {
+            if !items.is_empty() {
+                parts.push(format!("{label} {}", items.join(", ")));
+            }
+        };
+        list("finished", &self.finished);
+        list("rolled back", &self.rolled_back);
+        list("failed", &self.failed);
+        if self.not_started > 0 {
+            parts.push(format!("{} action(s) not started", self.not_started));
+        }
+        if parts.is_empty() {
+            parts.push("nothing was under way".into());
+        }
+        format!("stopped: {}; containers keep running", parts.join("; "))
+    }
 }

@@ -549,6 +549,8 @@ pub struct World {
     pub secrets_cache: Option<Store<Secret>>,
     /// Which caches have listed, when the test says so (all of them otherwise).
     pub caches_listed: Option<CachesListed>,
+    /// The controller's shutdown, when the test drains it (never otherwise).
+    pub shutdown: Option<stevedore::shutdown::Shutdown>,
 }
 
 /// An empty cache that has not listed yet, as after a restart, and the writer with which
@@ -616,6 +618,9 @@ pub fn context_with(
         hosts,
         settings: Settings {
             manager: manager.to_string(),
+            shutdown: world
+                .shutdown
+                .unwrap_or_else(stevedore::shutdown::Shutdown::never),
             ..Settings::default()
         },
         failures: Default::default(),
