@@ -586,16 +586,19 @@ fn default_replicas() -> i32 {
         .message("maxUnavailable and maxSurge cannot both be 0"),
 )]
 pub struct UpdateStrategy {
-    /// `RollingUpdate` replaces a few containers at a time, each new one started (and
-    /// healthy, with a health check) before the old one is removed; `Recreate` removes
-    /// all old containers first.
+    /// `RollingUpdate` replaces `maxUnavailable + maxSurge` (at least one) containers at a
+    /// time on each target, each new one started (and healthy, with a health check) before
+    /// the old one is removed; `Recreate` stops every old container on a target before the
+    /// first new one starts, and removes them once every new one runs.
     #[serde(rename = "type", default)]
     pub kind: UpdateStrategyType,
-    /// How many containers may be missing during a rolling update.
+    /// How many containers may be missing during a rolling update; with `maxSurge`, how
+    /// many are replaced at once on a target.
     #[serde(default = "default_max_unavailable")]
     #[schemars(range(min = 0))]
     pub max_unavailable: i32,
-    /// How many containers may run above `replicas` during a rolling update.
+    /// How many containers may run above `replicas` during a rolling update; with
+    /// `maxUnavailable`, how many are replaced at once on a target.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub max_surge: i32,

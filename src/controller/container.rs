@@ -41,7 +41,7 @@ use crate::converge::status::{
     condition, container_conditions, instance_statuses, is_ready, keep_transition_times, now_time,
 };
 use crate::docker::material::target_material;
-use crate::docker::{DockerError, DockerHost, HostContainer, LABEL_TARGET};
+use crate::docker::{DockerError, DockerHost, ErrorKind, HostContainer, LABEL_TARGET};
 use crate::placement::{Existing, TargetInfo, Workload, place};
 use crate::registry::credentials::credentials_of;
 use crate::registry::pinning::{Resolved, image_to_run, pin};
@@ -756,23 +756,27 @@ async fn publish_outcome(
     target: &str,
     outcome: &Outcome,
 ) {
-    if ctx.settings.shutdown.is_draining() {
+    let interrupted = matches!(&outcome.result, Err(e) if e.kind == ErrorKind::Interrupted);
+    if ctx.settings.shutdown.is_draining() || interrupted {
         // What a stopping controller finished or put back is what the next leader finds.
-        match &outcome.result {
-            Ok(_) => {
-                tracing::info!(subject = %outcome.subject, target, verb = outcome.verb, "finished while shutting down")
-            }
-            Err(error) => {
-                tracing::info!(subject = %outcome.subject, target, verb = outcome.verb, %error, "stopped by the shutdown")
-            }
-        }
+        let what = if outcome.rolled_back() {
+            "rolled back while shutting down"
+        } else if interrupted {
+            "not done: shutting down"
+        } else if outcome.result.is_ok() {
+            "finished while shutting down"
+        } else {
+            "failed while shutting down"
+        };
+        let error = outcome.result.as_ref().err().map(ToString::to_string);
+        tracing::info!(subject = %outcome.subject, target, verb = outcome.verb, error, "{what}");
     }
-    if outcome.not_started() {
+    if interrupted && !outcome.rolled_back() {
         // Not an event: nothing happened to the container.
         return;
     }
     let (type_, reason, note) = match &outcome.result {
-        Err(e) if e.kind == crate::docker::ErrorKind::Interrupted => (
+        Err(e) if e.kind == ErrorKind::Interrupted => (
             EventKind::Normal,
             "RolledBack".to_string(),
             format!("{} on {target}: {}: {e}", outcome.subject, outcome.reason),

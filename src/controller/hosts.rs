@@ -28,7 +28,8 @@ use crate::docker::{
 /// What a daemon's event stream asks of the DockerContainer controller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostSignal {
-    /// A container of this DockerContainer died, stopped or vanished: reconcile it now.
+    /// A container of this DockerContainer died, stopped, vanished or changed health:
+    /// reconcile it now.
     Owner {
         /// Its namespace.
         namespace: String,

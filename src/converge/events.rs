@@ -10,12 +10,14 @@ use futures::StreamExt;
 
 use crate::docker::{ContainerEvent, DockerHost, LABEL_TARGET};
 
-/// Docker event actions that mean a managed container may need repair.
+/// Docker event actions that mean a managed container may need repair, or that its
+/// readiness changed: a health verdict either way (a container that turned healthy makes
+/// its owner Ready, and nothing else would say so before the next resync).
 pub fn is_disruptive(action: &str) -> bool {
     matches!(
         action,
         "die" | "stop" | "kill" | "destroy" | "oom" | "pause" | "rename"
-    ) || action.starts_with("health_status: unhealthy")
+    ) || action.starts_with("health_status")
 }
 
 /// Whether an event means someone stopped the container from outside (`docker stop` and
@@ -29,12 +31,12 @@ pub fn is_manual_stop(action: &str) -> bool {
 pub enum Heard {
     /// The stream (re)connected: events may have been missed meanwhile.
     Connected,
-    /// A managed container died, stopped, vanished or turned unhealthy.
+    /// A managed container died, stopped, vanished, or its health changed.
     Disruption(ContainerEvent),
 }
 
 /// Follows the events of the containers labelled for target `target_uid` and tells `on`
-/// of every (re)connect and every disruptive event, until `on` returns `false` or the task
+/// of every (re)connect and every disruptive event or health verdict, until `on` returns `false` or the task
 /// is aborted. IDs of containers stopped from outside go into `manual_stops` first, so
 /// what `on` wakes sees them. A broken stream is reopened after a back-off (250 ms,
 /// doubling to 30 s, reset after a stream that lasted longer than that).
