@@ -15,17 +15,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// The default grace period: as long as Kubernetes gives a pod by default, less the margin
-/// the chart adds on top.
-pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(25);
-
 /// The longest part of the grace period kept back for rolling back: renaming a container
 /// back and starting it again take a second or two on a healthy daemon.
 const ROLLBACK_RESERVE: Duration = Duration::from_secs(5);
 
-/// How long past its deadline a drain may run before the process exits regardless: the
-/// time to say what happened and give a lease up.
-const OVERRUN: Duration = Duration::from_secs(3);
+/// How long past the deadline the process still waits for work under way (a rollback
+/// that started at `finish_by` on a slow daemon) before it gives up on it.
+const STRAGGLERS: Duration = Duration::from_secs(2);
+
+/// How long past its deadline a drain may run before the process exits regardless (a
+/// Lease release that hangs): within the 5 s the chart adds to the pod's grace period.
+const OVERRUN: Duration = Duration::from_secs(4);
 
 /// The exit code after a second signal, as a shell reports a process ended by SIGINT.
 pub const EXIT_INTERRUPTED: i32 = 130;
@@ -94,8 +94,9 @@ impl Shutdown {
     }
 
     /// A shutdown started by the first SIGINT or SIGTERM. The process exits at once, after
-    /// `say` told why, on a second signal or when the drain overruns its deadline (an
-    /// action stuck on an unresponsive daemon). Must be called inside a Tokio runtime.
+    /// `say` told why, on a second signal, or when the drain overruns its deadline and
+    /// whatever waits on work under way did not give up by itself. Must be called inside
+    /// a Tokio runtime.
     pub fn on_signals(grace: Duration, say: fn(&str)) -> Self {
         let (trigger, shutdown) = Self::manual(grace);
         let drained = shutdown.clone();
@@ -134,6 +135,12 @@ impl Shutdown {
     /// seconds, or half the grace period when that is shorter.
     pub fn finish_by(&self) -> Option<Instant> {
         self.drain.borrow().map(|d| d.finish_by)
+    }
+
+    /// When the process stops waiting for work under way and exits: a little after the
+    /// deadline, so that a rollback begun at `finish_by` can complete.
+    pub fn give_up_at(&self) -> Option<Instant> {
+        self.deadline().map(|deadline| deadline + STRAGGLERS)
     }
 
     /// Waits until the drain starts and returns its deadline. Never returns for a

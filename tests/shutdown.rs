@@ -492,3 +492,77 @@ async fn run_once_interrupted_mid_replacement_rolls_back_and_exits_130() {
     assert!(http_get(port).await.contains("stevedore test image"));
     scene.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_interrupted_starts_no_further_replacement() {
+    // Three replicas, replaced one at a time: the interrupt lands as the first new one
+    // starts; it finishes, and the other two keep their old containers.
+    let mut web = recreated();
+    web.replicas = 3;
+    web.strategy = "RollingUpdate";
+    web.health_interval = 3;
+    let scene = Scene::new(web).await;
+    scene.write("one");
+    let child = scene.spawn_watching("25s");
+    let old = scene.healthy("one").await;
+
+    scene.interrupt_at(&child, "-INT", ("POST", "/start"), 1);
+    scene.write("two");
+    let (code, stderr) = exited(child, Duration::from_secs(60)).await;
+    assert!(scene.tripwire.fired().is_some(), "{stderr}");
+    assert_eq!(code, Some(0), "{stderr}");
+    let left = scene.assert_every_replica_runs().await;
+    let replaced: Vec<&HostContainer> = left
+        .iter()
+        .filter(|c| old.iter().all(|o| o.id != c.id))
+        .collect();
+    assert_eq!(
+        replaced.len(),
+        1,
+        "one replaced, two untouched: {left:#?}\n{stderr}"
+    );
+    assert!(stderr.contains("finished Replace"), "{stderr}");
+    scene.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_stuck_on_the_daemon_exits_when_the_grace_period_is_over() {
+    let port = free_port();
+    let scene = Scene::new(Web::one_with_port(port, 1)).await;
+    scene.write("one");
+    let child = scene.spawn_watching("2s");
+    scene.healthy("one").await;
+
+    // The stop of the old container hangs (held 12 s by the tripwire) past the 2 s grace
+    // period and the 3 s after it: the process gives up and exits.
+    let pid = child.id().to_string();
+    scene
+        .tripwire
+        .arm(("POST", "/stop"), 1, Duration::from_secs(12), move || {
+            let _ = Command::new("kill").args(["-INT", &pid]).status();
+        });
+    scene.write("two");
+    let interrupted = Instant::now();
+    let (code, stderr) = exited(child, Duration::from_secs(30)).await;
+    assert!(scene.tripwire.fired().is_some(), "{stderr}");
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(10),
+        "exited after {:?}",
+        interrupted.elapsed()
+    );
+    assert!(stderr.contains("the grace period is over"), "{stderr}");
+
+    // The held stop reaches the daemon after all; the next run repairs from the labels.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let repair = scene.ws.run_once();
+    assert_eq!(
+        repair.status.code(),
+        Some(0),
+        "{}",
+        common::workspace::text(&repair)
+    );
+    scene.assert_every_replica_runs().await;
+    assert!(http_get(port).await.contains("stevedore test image"));
+    scene.cleanup().await;
+}

@@ -330,7 +330,10 @@ pub async fn run_with(client: Client, options: Options) -> Result<(), RunError> 
         () = run_controllers(client, namespace, hosts, metrics, options.settings.clone(), signals_rx, identity) => Ok(()),
         () = lost_lease => Err(RunError::LostLease),
         () = grace_period_over(&shutdown) => {
-            tracing::warn!("the shutdown grace period is over with reconciles still running");
+            tracing::warn!(
+                "the shutdown grace period is over with reconciles still running; the next \
+                 leader repairs what was under way from the containers' labels"
+            );
             Ok(())
         }
     };
@@ -358,10 +361,10 @@ async fn announce_drain(shutdown: Shutdown) {
     );
 }
 
-/// Resolves when the drain's deadline has passed; never while running.
+/// Resolves when the drain has given up on work under way; never while running.
 async fn grace_period_over(shutdown: &Shutdown) {
     let deadline = shutdown.draining().await;
-    tokio::time::sleep_until(deadline).await;
+    tokio::time::sleep_until(shutdown.give_up_at().unwrap_or(deadline)).await;
 }
 
 type LeaseHandle = (

@@ -529,10 +529,11 @@ pub async fn run_watch(
         let mut reload = false;
         tokio::select! {
             deadline = shutdown.draining() => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 eprintln!(
                     "interrupted: starting nothing new; finishing or rolling back what is under \
                      way (for up to {} s; interrupt again to exit at once)",
-                    deadline.saturating_duration_since(tokio::time::Instant::now()).as_secs()
+                    left.as_millis().div_ceil(1000)
                 );
                 break;
             }
@@ -627,19 +628,24 @@ pub async fn run_watch(
     // converge finished, rolled back or never started.
     drop(reports_tx);
     let mut drained = Drained::default();
-    let deadline = shutdown
-        .deadline()
+    let give_up_at = shutdown
+        .give_up_at()
         .unwrap_or_else(tokio::time::Instant::now);
-    while let Ok(Some((key, result))) = tokio::time::timeout_at(deadline, reports.recv()).await {
+    while let Ok(Some((key, result))) = tokio::time::timeout_at(give_up_at, reports.recv()).await {
         if let Ok(report) = &result {
             drained.record(&report.outcomes);
         }
         announcer.converged(&key, &result);
     }
-    for (_, task) in tasks {
-        task.task.abort();
-    }
+    let busy = tasks.values().filter(|t| !t.task.is_finished()).count();
     eprintln!("{}", drained.summary());
+    if busy > 0 {
+        eprintln!(
+            "the grace period is over with {busy} target(s) still busy: exiting now; the next \
+             run repairs what was under way from the containers' labels"
+        );
+        return EXIT_INTERRUPTED;
+    }
     0
 }
 
