@@ -206,11 +206,14 @@ impl Scene {
     }
 }
 
-/// Waits for `child` to exit; returns its exit code and stderr.
+/// Waits for `child` to exit, then a moment more so that a call the tripwire held reaches
+/// the daemon (what a process leaves includes the calls it already sent); returns its exit
+/// code and stderr.
 async fn exited(mut child: Child, within: Duration) -> (Option<i32>, String) {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait for stevedore") {
+            tokio::time::sleep(Duration::from_secs(1)).await;
             let mut stderr = String::new();
             if let Some(mut pipe) = child.stderr.take() {
                 use std::io::Read;

@@ -631,18 +631,24 @@ pub async fn run_watch(
     let give_up_at = shutdown
         .give_up_at()
         .unwrap_or_else(tokio::time::Instant::now);
-    while let Ok(Some((key, result))) = tokio::time::timeout_at(give_up_at, reports.recv()).await {
-        if let Ok(report) = &result {
-            drained.record(&report.outcomes);
+    // Every target's loop holds a sender: the channel closes once the last one ended.
+    let gave_up = loop {
+        match tokio::time::timeout_at(give_up_at, reports.recv()).await {
+            Ok(Some((key, result))) => {
+                if let Ok(report) = &result {
+                    drained.record(&report.outcomes);
+                }
+                announcer.converged(&key, &result);
+            }
+            Ok(None) => break false,
+            Err(_) => break true,
         }
-        announcer.converged(&key, &result);
-    }
-    let busy = tasks.values().filter(|t| !t.task.is_finished()).count();
+    };
     eprintln!("{}", drained.summary());
-    if busy > 0 {
+    if gave_up {
         eprintln!(
-            "the grace period is over with {busy} target(s) still busy: exiting now; the next \
-             run repairs what was under way from the containers' labels"
+            "the grace period is over with work still under way: exiting now; the next run \
+             repairs it from the containers' labels"
         );
         return EXIT_INTERRUPTED;
     }
