@@ -5,7 +5,8 @@
 #      and the quick start's image
 #   2. a second Docker daemon on its own unix socket, data-root, exec-root and bridge
 #   3. a third Docker daemon on TCP with TLS client-certificate verification
-#   4. a registry (Debian's docker-registry) with TLS and htpasswd auth, holding the images
+#   4. a registry (Debian's docker-registry) with TLS and htpasswd auth, holding the images,
+#      and a second one on plain HTTP (the usual lab registry), with the same auth and images
 #   5. sshd on a loopback port whose user reaches the second daemon with
 #      `docker system dial-stdio`, the way ssh:// Docker hosts are reached
 #
@@ -24,8 +25,10 @@ CERTS="$STATE/certs"
 
 TLS_DAEMON_PORT=${STEVEDORE_TEST_TLS_PORT:-23760}
 REGISTRY_PORT=${STEVEDORE_TEST_REGISTRY_PORT:-25000}
+PLAIN_REGISTRY_PORT=${STEVEDORE_TEST_PLAIN_REGISTRY_PORT:-25001}
 SSH_PORT=${STEVEDORE_TEST_SSH_PORT:-22220}
 REGISTRY="127.0.0.1:$REGISTRY_PORT"
+PLAIN_REGISTRY="127.0.0.1:$PLAIN_REGISTRY_PORT"
 REGISTRY_USER=stevedore
 MAIN_HOST=unix:///var/run/docker.sock
 
@@ -279,6 +282,49 @@ EOF
     done
 }
 
+# A registry without TLS, as labs run it. Daemons pull from it over plain HTTP because it is
+# on 127.0.0.0/8 (Docker's built-in insecure range); Stevedore must fall back to HTTP too.
+start_plain_registry() {
+    local dir="$STATE/plain-registry"
+    mkdir -p "$dir/data"
+    local password
+    password=$(cat "$STATE/registry/password")
+    if ! pid_alive "$dir/registry.pid"; then
+        cat >"$dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+http:
+  addr: $PLAIN_REGISTRY
+  secret: stevedore-test-plain-registry
+auth:
+  htpasswd:
+    realm: stevedore-test-plain
+    path: $STATE/registry/htpasswd
+EOF
+        log "starting the plain-HTTP registry on $PLAIN_REGISTRY"
+        setsid docker-registry serve "$dir/config.yml" </dev/null >"$dir/registry.log" 2>&1 &
+        echo $! >"$dir/registry.pid"
+    fi
+    wait_for "plain-HTTP registry" curl -sf -u "$REGISTRY_USER:$password" "http://$PLAIN_REGISTRY/v2/"
+    local version remote="$PLAIN_REGISTRY/lab/busybox"
+    for version in v1 v2; do
+        if ! curl -sf -u "$REGISTRY_USER:$password" \
+            -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+            "http://$PLAIN_REGISTRY/v2/lab/busybox/manifests/$version" >/dev/null; then
+            log "pushing $remote:$version"
+            echo "$password" | docker_main login -u "$REGISTRY_USER" --password-stdin \
+                "$PLAIN_REGISTRY" >/dev/null 2>&1
+            docker_main tag "$IMAGE_LOCAL:$version" "$remote:$version"
+            docker_main push -q "$remote:$version" >/dev/null
+            docker_main rmi "$remote:$version" >/dev/null
+        fi
+    done
+}
+
 # --- ssh ---------------------------------------------------------------------------------
 
 start_sshd() {
@@ -348,6 +394,8 @@ STEVEDORE_TEST_IMAGE_V1=$IMAGE_LOCAL:v1
 STEVEDORE_TEST_IMAGE_V2=$IMAGE_LOCAL:v2
 STEVEDORE_TEST_REGISTRY_IMAGE_V1=$IMAGE_REMOTE:v1
 STEVEDORE_TEST_REGISTRY_IMAGE_V2=$IMAGE_REMOTE:v2
+STEVEDORE_TEST_PLAIN_REGISTRY=$PLAIN_REGISTRY
+STEVEDORE_TEST_PLAIN_REGISTRY_IMAGE_V1=$PLAIN_REGISTRY/lab/busybox:v1
 STEVEDORE_TEST_ROOTFS_V1=$STATE/rootfs-v1.tar
 STEVEDORE_TEST_ROOTFS_V2=$STATE/rootfs-v2.tar
 EOF
@@ -371,6 +419,7 @@ up() {
     load_images_into "tcp://127.0.0.1:$TLS_DAEMON_PORT" env DOCKER_TLS_VERIFY=1 \
         DOCKER_CERT_PATH="$STATE/tls-client"
     start_registry
+    start_plain_registry
     start_sshd
     write_env
     log "ready; addresses in $ENV_FILE"
@@ -379,6 +428,7 @@ up() {
 down() {
     stop_pidfile sshd "$STATE/ssh/sshd.pid"
     stop_pidfile registry "$STATE/registry/registry.pid"
+    stop_pidfile "plain-HTTP registry" "$STATE/plain-registry/registry.pid"
     local name
     for name in dtls d2; do
         stop_pidfile "dockerd $name" "$STATE/$name/dockerd.pid"
@@ -398,7 +448,7 @@ restart_second() {
 
 status() {
     local name pidfile
-    for name in d2/dockerd dtls/dockerd registry/registry ssh/sshd; do
+    for name in d2/dockerd dtls/dockerd registry/registry plain-registry/registry ssh/sshd; do
         pidfile="$STATE/$name.pid"
         if pid_alive "$pidfile"; then
             echo "$name: running (pid $(cat "$pidfile"))"

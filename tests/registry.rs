@@ -1,6 +1,6 @@
-//! The Registry API v2 client against the harness's real registry (TLS + htpasswd): the
-//! catalog and tags, digests that match what a daemon records after a pull, and a clear,
-//! classified error for each way it can fail.
+//! The Registry API v2 client against the harness's real registries (TLS + htpasswd, and a
+//! plain-HTTP one with the same auth): the catalog and tags, digests that match what a
+//! daemon records after a pull, and a clear, classified error for each way it can fail.
 
 mod common;
 #[path = "common/fake_api.rs"]
@@ -267,5 +267,129 @@ mod through_the_controller {
                 call.line()
             );
         }
+    }
+}
+
+/// The usual lab registry: plain HTTP, htpasswd, `insecure: true`.
+mod plain_http {
+    use super::*;
+    use common::workspace::{Workspace, containers, remove_all, target, text};
+
+    fn client(env: &TestEnv, insecure: bool, password: &str) -> RegistryClient {
+        let spec: RegistrySpec = serde_json::from_value(serde_json::json!({
+            "server": env.get("PLAIN_REGISTRY"), "insecure": insecure
+        }))
+        .expect("spec");
+        let credentials = PullCredentials {
+            server: env.get("PLAIN_REGISTRY"),
+            ..credentials(env, password)
+        };
+        RegistryClient::new(&spec, None, Some(&credentials), Duration::from_secs(5))
+            .expect("client")
+    }
+
+    #[tokio::test]
+    async fn catalog_tags_digests_and_refusals_work_as_over_tls() {
+        let env = TestEnv::load();
+        let registry = client(&env, true, &env.get("REGISTRY_PASSWORD"));
+        let repositories = registry.repositories().await.expect("catalog");
+        assert!(
+            repositories.iter().any(|r| r == "lab/busybox"),
+            "{repositories:?}"
+        );
+        let tags = registry.tags("lab/busybox").await.expect("tags");
+        assert!(
+            tags.iter().any(|t| t == "v1") && tags.iter().any(|t| t == "v2"),
+            "{tags:?}"
+        );
+        let digest = registry.digest("lab/busybox", "v1").await.expect("digest");
+        assert!(digest.starts_with("sha256:"), "{digest}");
+
+        let refused = client(&env, true, "not-the-password");
+        let error = refused.repositories().await.expect_err("refused");
+        assert_eq!(error.kind, RegistryErrorKind::Unauthorized, "{error}");
+        assert!(!error.message.contains("not-the-password"), "{error}");
+
+        // Without `insecure`, HTTPS meets a plain-HTTP server: the message says what to do.
+        let strict = client(&env, false, &env.get("REGISTRY_PASSWORD"));
+        let error = strict.repositories().await.expect_err("not TLS");
+        assert_eq!(error.kind, RegistryErrorKind::TlsError, "{error}");
+        assert!(error.message.contains("spec.insecure"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn run_pins_and_pulls_from_it_and_status_lists_its_catalog_by_default() {
+        let env = TestEnv::load();
+        let host = common::wait::connected(common::hosts::main(&env)).await;
+        let ws = Workspace::new();
+        ws.write(
+            "target.yaml",
+            &target("main", &env.get("MAIN_HOST"), "here"),
+        );
+        ws.write(
+            "registry.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: lab-pull}}\n\
+                 type: kubernetes.io/basic-auth\n\
+                 stringData: {{username: {user}, password: {password}}}\n---\n\
+                 apiVersion: stevedore.dev/v1alpha1\nkind: Registry\nmetadata: {{name: lab}}\n\
+                 spec:\n  server: \"{server}\"\n  insecure: true\n  \
+                 credentials: {{secretRef: {{name: lab-pull}}}}\n",
+                user = env.get("REGISTRY_USER"),
+                password = env.get("REGISTRY_PASSWORD"),
+                server = env.get("PLAIN_REGISTRY"),
+            ),
+        );
+        let image = env.get("PLAIN_REGISTRY_IMAGE_V1");
+        ws.write(
+            "lab.yaml",
+            &format!(
+                "apiVersion: stevedore.dev/v1alpha1\nkind: DockerContainer\nmetadata: {{name: lab}}\n\
+                 spec:\n  image: {image}\n  imageUpdatePolicy: Pinned\n  stopTimeoutSeconds: 1\n  \
+                 placement: {{target: main}}\n"
+            ),
+        );
+        let run = ws.run_once();
+        assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+        assert_eq!(containers(&host, &ws.namespace).await.len(), 1);
+
+        let status = ws.run(&["status", "-o", "json"]);
+        assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+        let list: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+        let item = |kind: &str| {
+            list["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .find(|i| i["kind"] == kind)
+                .cloned()
+                .unwrap_or_else(|| panic!("no {kind} in {list:#}"))
+        };
+        let digest = client(&env, true, &env.get("REGISTRY_PASSWORD"))
+            .digest("lab/busybox", "v1")
+            .await
+            .expect("digest");
+        let container = item("DockerContainer");
+        assert_eq!(
+            container["status"]["resolvedImage"],
+            format!("{}/lab/busybox@{digest}", env.get("PLAIN_REGISTRY")),
+            "{container:#}"
+        );
+        // No `catalog` in the spec: the catalog is listed all the same.
+        let registry = item("Registry");
+        assert_eq!(
+            registry["status"]["conditions"][0]["status"], "True",
+            "{registry:#}"
+        );
+        let listed = registry["status"]["repositories"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            listed.iter().any(|r| r["name"] == "lab/busybox"
+                && r["tags"] == serde_json::json!(["v1", "v2"])),
+            "{registry:#}"
+        );
+        remove_all(&host, &ws.namespace).await;
     }
 }

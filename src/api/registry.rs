@@ -75,12 +75,15 @@ pub struct RegistrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<SecretSource>,
 
-    /// Skips TLS verification (or uses plain HTTP) for this registry. Only for registries
-    /// on a network you trust.
+    /// Speaks to the registry as Docker speaks to an insecure one: HTTPS without verifying
+    /// its certificate, else plain HTTP. Only for registries on a network you trust; the
+    /// daemons that pull must allow it too (`insecure-registries`, or any registry on
+    /// 127.0.0.0/8).
     #[serde(default)]
     pub insecure: bool,
 
-    /// What to list from the registry's catalog into `status.repositories`, and how often.
+    /// What to list from the registry's catalog into `status.repositories`, and how often;
+    /// without it, every repository (bounded) with its newest 50 tags, every 10 minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog: Option<CatalogSpec>,
 }

@@ -52,12 +52,7 @@ pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Act
         observed_refresh_request: requested,
         ..previous.clone()
     };
-    let mut ready = record_refresh(
-        &mut status,
-        refresh(&registry, &sources).await,
-        registry.spec.catalog.is_some(),
-        &now,
-    );
+    let mut ready = record_refresh(&mut status, refresh(&registry, &sources).await, &now);
     keep_transition_times(std::slice::from_mut(&mut ready), &previous.conditions);
     let ready_changed = previous.conditions.first().map(|c| (&c.status, &c.reason))
         != Some((&ready.status, &ready.reason));

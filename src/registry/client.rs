@@ -1,8 +1,13 @@
 //! Talking to a registry through the Registry API v2 (the `oci-client` crate does the
 //! protocol: basic and bearer-token auth, pagination parameters, manifest HEADs). Errors
 //! are classified for `Ready` conditions: Unreachable, Unauthorized, TLSError, NotFound.
+//!
+//! An `insecure` registry is spoken to as Docker speaks to one listed in
+//! `insecure-registries`: HTTPS without verifying the certificate, and plain HTTP when
+//! HTTPS cannot even connect (the usual lab registry on :5000).
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
@@ -90,12 +95,21 @@ impl RegistryError {
                 code: 401 | 403, ..
             } => K::Unauthorized,
             OciDistributionError::ServerError { code: 404, .. } => K::NotFound,
-            _ if lower.contains("certificate") || lower.contains("unknownissuer") => K::TlsError,
+            _ if lower.contains("certificate")
+                || lower.contains("unknownissuer")
+                || lower.contains("corrupt message") =>
+            {
+                K::TlsError
+            }
             OciDistributionError::RequestError(_) => K::Unreachable,
             _ => K::ServerError,
         };
         let hint = match kind {
             K::Unauthorized => "; check the username and password in spec.credentials",
+            // A plain-HTTP server answers a TLS handshake with bytes that are not TLS.
+            K::TlsError if lower.contains("corrupt message") => {
+                "; the registry does not speak TLS: set spec.insecure for a plain-HTTP registry"
+            }
             K::TlsError => "; spec.ca must hold the CA that signed the registry's certificate",
             K::Unreachable => "; is the registry running, and is spec.server right?",
             _ => "",
@@ -107,9 +121,35 @@ impl RegistryError {
     }
 }
 
+/// Runs `$call` (an expression over `$client`) with each protocol's client in turn, the
+/// one that answered last first, until the registry answers: only a failure to talk at all
+/// (no connection, no TLS) moves on to the next protocol.
+macro_rules! each_protocol {
+    ($registry:expr, |$client:ident| $call:expr) => {{
+        let mut failed = None;
+        let mut answer = None;
+        for (index, $client) in $registry.in_order() {
+            match $call.await {
+                Err(OciDistributionError::RequestError(error)) => {
+                    failed = Some(OciDistributionError::RequestError(error));
+                }
+                answered => {
+                    $registry.answered.store(index, Ordering::Relaxed);
+                    answer = Some(answered);
+                    break;
+                }
+            }
+        }
+        answer.unwrap_or_else(|| Err(failed.unwrap_or(OciDistributionError::GenericError(None))))
+    }};
+}
+
 /// A client for one Registry.
 pub struct RegistryClient {
-    client: Client,
+    /// One client per protocol to try, in order: HTTPS, then (insecure only) plain HTTP.
+    clients: Vec<Client>,
+    /// The protocol that answered last: tried first next time.
+    answered: AtomicUsize,
     server: String,
     auth: RegistryAuth,
 }
@@ -132,40 +172,60 @@ impl RegistryClient {
         timeout: Duration,
     ) -> Result<Self, RegistryError> {
         crate::docker::tls::install_crypto_provider();
-        let mut config = ClientConfig {
-            protocol: ClientProtocol::Https,
-            read_timeout: Some(timeout),
-            connect_timeout: Some(timeout),
-            ..Default::default()
+        let config = |protocol| {
+            let mut config = ClientConfig {
+                protocol,
+                read_timeout: Some(timeout),
+                connect_timeout: Some(timeout),
+                accept_invalid_certificates: spec.insecure,
+                ..Default::default()
+            };
+            if let Some(ca) = ca {
+                config.tls_certs_only = vec![Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: ca.to_vec(),
+                }];
+            }
+            config
         };
-        if let Some(ca) = ca {
-            config.tls_certs_only = vec![Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: ca.to_vec(),
-            }];
-        }
+        let mut configs = vec![config(ClientProtocol::Https)];
         if spec.insecure {
-            config.accept_invalid_certificates = true;
+            configs.push(config(ClientProtocol::Http));
         }
-        let client = Client::try_from(config).map_err(|e| {
-            RegistryError::new(
-                RegistryErrorKind::InvalidConfig,
-                format!(
-                    "spec.ca: the CA certificate for {} cannot be used: {}",
-                    spec.server,
-                    crate::docker::error::error_chain(&e)
-                ),
-            )
-        })?;
+        let clients = configs
+            .into_iter()
+            .map(|config| {
+                Client::try_from(config).map_err(|e| {
+                    RegistryError::new(
+                        RegistryErrorKind::InvalidConfig,
+                        format!(
+                            "spec.ca: the CA certificate for {} cannot be used: {}",
+                            spec.server,
+                            crate::docker::error::error_chain(&e)
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let auth = match credentials {
             Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
             None => RegistryAuth::Anonymous,
         };
         Ok(Self {
-            client,
+            clients,
+            answered: AtomicUsize::new(0),
             server: spec.server.clone(),
             auth,
         })
+    }
+
+    /// The clients to try, the one whose protocol answered last first.
+    fn in_order(&self) -> impl Iterator<Item = (usize, &Client)> {
+        let first = self.answered.load(Ordering::Relaxed);
+        let count = self.clients.len();
+        (0..count)
+            .map(move |i| (first + i) % count)
+            .filter_map(|index| Some((index, self.clients.get(index)?)))
     }
 
     fn reference(&self, repository: &str, tag: &str) -> Reference {
@@ -179,11 +239,13 @@ impl RegistryClient {
         let mut all: Vec<String> = Vec::new();
         loop {
             let last = all.last().cloned();
-            let page = self
-                .client
-                .catalog(&probe, &self.auth, Some(PAGE_SIZE), last.as_deref())
-                .await
-                .map_err(|e| RegistryError::from_oci(&self.server, "list the catalog", e))?;
+            let page = each_protocol!(self, |client| client.catalog(
+                &probe,
+                &self.auth,
+                Some(PAGE_SIZE),
+                last.as_deref()
+            ))
+            .map_err(|e| RegistryError::from_oci(&self.server, "list the catalog", e))?;
             let full = page.repositories.len() >= PAGE_SIZE;
             // A registry that repeats itself must not loop forever.
             let before = all.len();
@@ -202,11 +264,14 @@ impl RegistryClient {
     /// Whether the registry answers with these credentials (one catalog page of one entry).
     pub async fn ping(&self) -> Result<(), RegistryError> {
         let probe = self.reference("catalog", "latest");
-        self.client
-            .catalog(&probe, &self.auth, Some(1), None)
-            .await
-            .map(|_| ())
-            .map_err(|e| RegistryError::from_oci(&self.server, "reach the registry", e))
+        each_protocol!(self, |client| client.catalog(
+            &probe,
+            &self.auth,
+            Some(1),
+            None
+        ))
+        .map(|_| ())
+        .map_err(|e| RegistryError::from_oci(&self.server, "reach the registry", e))
     }
 
     /// Every tag of `repository`, page by page.
@@ -215,17 +280,15 @@ impl RegistryClient {
         let mut all: Vec<String> = Vec::new();
         loop {
             let last = all.last().cloned();
-            let page = self
-                .client
-                .list_tags(&reference, &self.auth, Some(PAGE_SIZE), last.as_deref())
-                .await
-                .map_err(|e| {
-                    RegistryError::from_oci(
-                        &self.server,
-                        &format!("list the tags of {repository}"),
-                        e,
-                    )
-                })?;
+            let page = each_protocol!(self, |client| client.list_tags(
+                &reference,
+                &self.auth,
+                Some(PAGE_SIZE),
+                last.as_deref()
+            ))
+            .map_err(|e| {
+                RegistryError::from_oci(&self.server, &format!("list the tags of {repository}"), e)
+            })?;
             let full = page.tags.len() >= PAGE_SIZE;
             let before = all.len();
             all.extend(page.tags);
@@ -240,11 +303,10 @@ impl RegistryClient {
     /// daemon records in `RepoDigests` after pulling by that tag.
     pub async fn digest(&self, repository: &str, tag: &str) -> Result<String, RegistryError> {
         let reference = self.reference(repository, tag);
-        self.client
-            .fetch_manifest_digest(&reference, &self.auth)
-            .await
-            .map_err(|e| {
-                RegistryError::from_oci(&self.server, &format!("resolve {repository}:{tag}"), e)
-            })
+        each_protocol!(self, |client| client
+            .fetch_manifest_digest(&reference, &self.auth))
+        .map_err(|e| {
+            RegistryError::from_oci(&self.server, &format!("resolve {repository}:{tag}"), e)
+        })
     }
 }

@@ -78,21 +78,14 @@ pub fn client_for(
     )
 }
 
-/// Reaches the registry and lists what `spec.catalog` asks for (only a reachability check
-/// without a catalog).
+/// Reaches the registry and lists its catalog as `spec.catalog` says (every repository,
+/// bounded, when it says nothing).
 pub async fn refresh(
     registry: &Registry,
     sources: &(dyn EnvSources + Sync),
 ) -> Result<Refreshed, RegistryError> {
     let client = client_for(registry, sources)?;
-    let Some(catalog) = &registry.spec.catalog else {
-        client.ping().await?;
-        return Ok(Refreshed {
-            repositories: Vec::new(),
-            matched: 0,
-            cut: false,
-        });
-    };
+    let catalog = registry.spec.catalog.clone().unwrap_or_default();
     let mut names: Vec<String> = client
         .repositories()
         .await?
@@ -133,7 +126,6 @@ pub async fn refresh(
 pub fn record_refresh(
     status: &mut RegistryStatus,
     result: Result<Refreshed, RegistryError>,
-    has_catalog: bool,
     now: &Time,
 ) -> Condition {
     match result {
@@ -142,10 +134,9 @@ pub fn record_refresh(
             status.repositories = refreshed.repositories;
             status.repository_count = i32::try_from(refreshed.matched).unwrap_or(i32::MAX);
             status.last_refresh_time = Some(now.clone());
-            let message = match (has_catalog, refreshed.cut) {
-                (false, _) => "the registry answers".to_string(),
-                (true, false) => format!("{listed} repositories listed"),
-                (true, true) => format!(
+            let message = match refreshed.cut {
+                false => format!("{listed} repositories listed"),
+                true => format!(
                     "{listed} of {} repositories listed; the rest are counted in repositoryCount \
                      only, to keep this object within the API server's size limit",
                     refreshed.matched

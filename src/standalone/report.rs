@@ -265,7 +265,7 @@ async fn registry_statuses(manifests: &Manifests, now: &Time) -> Vec<ObjectStatu
                 ..Default::default()
             };
             let result = refresh(registry, &sources).await;
-            let ready = record_refresh(&mut status, result, registry.spec.catalog.is_some(), now);
+            let ready = record_refresh(&mut status, result, now);
             status.conditions = vec![ready];
             ObjectStatus {
                 api_version: API_VERSION,
