@@ -43,7 +43,7 @@ die() { log "error: $*"; exit 1; }
 ensure_packages() {
     local missing=()
     local pkg
-    for pkg in busybox-static docker-registry openssh-server openssh-client apache2-utils \
+    for pkg in busybox-static docker-registry openssh-server openssh-client apache2-utils lua5.1 \
         openssl curl iproute2; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing+=("$pkg")
