@@ -57,6 +57,18 @@ async fn run_once_serves_http_then_plan_reports_no_changes() {
         stdout.contains("1/1") && stdout.contains("AllReplicasReady"),
         "{stdout}"
     );
+    // The target's row names the daemon's engine version, as `status` does.
+    let version = connected(hosts::main(&env))
+        .await
+        .engine_version()
+        .await
+        .expect("version");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(&ws.namespace) && l.contains(" main ") && l.contains(&version)),
+        "{stdout}"
+    );
     assert!(http_get(port).await.contains("stevedore test image v1"));
 
     let plan = ws.run(&["plan"]);

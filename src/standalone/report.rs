@@ -11,7 +11,7 @@ use super::manifests::{Manifests, ObjectKey};
 use super::world::{Round, sources_for, uid_of};
 use crate::api::container::{DockerContainerStatus, InstanceStatus};
 use crate::api::registry::RegistryStatus;
-use crate::api::target::DockerTargetStatus;
+use crate::api::target::{DockerTargetStatus, ServerInfo};
 use crate::api::{API_VERSION, CONDITION_READY};
 use crate::converge::status::{
     container_conditions, instance_statuses, is_ready, now_time, target_ready,
@@ -70,7 +70,8 @@ pub enum Detail {
     /// catalog listed, one inspect per container (addresses, ports, start time, exit code
     /// and log of exited containers).
     Full,
-    /// Only what the round's list calls already showed: enough for readiness and the table.
+    /// What the round's list calls already showed, and each daemon's engine version: enough
+    /// for readiness and the table.
     Summary,
 }
 
@@ -88,15 +89,27 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
             (_, Some(e)) => Err((e.kind.reason().to_string(), e.message.clone())),
             (None, None) => Err(("Unreachable".to_string(), "not connected".to_string())),
         };
-        if let (Some(host), Ok(()), Detail::Full) = (&target.host, &ready, detail) {
-            match host.server_info().await {
-                Ok(info) => status.server = Some(info),
-                Err(e) => ready = Err((e.kind.reason().to_string(), e.message)),
+        match (&target.host, &ready, detail) {
+            (Some(host), Ok(()), Detail::Full) => {
+                match host.server_info().await {
+                    Ok(info) => status.server = Some(info),
+                    Err(e) => ready = Err((e.kind.reason().to_string(), e.message)),
+                }
+                if let Ok(images) = host.list_images().await {
+                    status.record_images(images);
+                }
+                status.last_seen_time = Some(now.clone());
             }
-            if let Ok(images) = host.list_images().await {
-                status.record_images(images);
+            // The table's VERSION column: one call per target.
+            (Some(host), Ok(()), Detail::Summary) => {
+                if let Ok(version) = host.engine_version().await {
+                    status.server = Some(ServerInfo {
+                        version,
+                        ..Default::default()
+                    });
+                }
             }
-            status.last_seen_time = Some(now.clone());
+            _ => {}
         }
         let problem = ready.as_ref().err();
         status.conditions = vec![target_ready(
