@@ -677,7 +677,9 @@ async fn private_images_are_pulled_with_credentials_and_progress_is_reported() {
         "{lines:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains("Create: done")),
+        lines
+            .iter()
+            .any(|l| l.contains("created and started") && l.contains("not on this target yet")),
         "{lines:?}"
     );
     assert!(!lines.join("\n").contains(&env.get("REGISTRY_PASSWORD")));

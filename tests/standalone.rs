@@ -57,6 +57,15 @@ async fn run_once_serves_http_then_plan_reports_no_changes() {
         stdout.contains("1/1") && stdout.contains("AllReplicasReady"),
         "{stdout}"
     );
+    // What was done is said as a person says it.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "created and started {}_web_0 on main (not on this target yet)",
+            ws.namespace
+        )),
+        "{stderr}"
+    );
     // The target's row names the daemon's engine version, as `status` does.
     let version = connected(hosts::main(&env))
         .await
@@ -702,7 +711,7 @@ async fn an_image_that_cannot_be_pulled_keeps_the_old_container_and_run_once_fai
     );
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert_eq!(
-        stderr.matches("Replace: failed").count(),
+        stderr.matches("failed to replace").count(),
         1,
         "the same failure is said once, not every round: {stderr}"
     );

@@ -64,7 +64,9 @@ impl Outcome {
 pub struct Progress {
     /// The container or image.
     pub subject: String,
-    /// What is happening, e.g. `Pull: a1b2: Downloading` or `Create: started`.
+    /// What is happening, as a person says it: `Pull: a1b2: Downloading` while an image
+    /// comes in, then e.g. `created and started ns_web_0 on main (not on this target yet)`
+    /// or `failed to replace ns_web_0 on main: …`.
     pub message: String,
 }
 
@@ -75,6 +77,8 @@ pub struct Executor {
     concurrency: usize,
     health_poll: Duration,
     progress: Option<mpsc::UnboundedSender<Progress>>,
+    /// The target's name, for progress lines.
+    target: Option<String>,
     shutdown: Shutdown,
 }
 
@@ -86,6 +90,7 @@ impl Executor {
             concurrency: concurrency.max(1),
             health_poll: Duration::from_millis(250),
             progress: None,
+            target: None,
             shutdown: Shutdown::never(),
         }
     }
@@ -96,6 +101,20 @@ impl Executor {
     pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
         self.shutdown = shutdown;
         self
+    }
+
+    /// Names the target in progress lines (`… on <name>`).
+    #[must_use]
+    pub fn with_target_name(mut self, name: &str) -> Self {
+        self.target = Some(name.to_string());
+        self
+    }
+
+    /// ` on <target>`, or nothing when the target is not named.
+    fn on_target(&self) -> String {
+        self.target
+            .as_ref()
+            .map_or_else(String::new, |name| format!(" on {name}"))
     }
 
     /// The shutdown this executor drains with.
@@ -246,12 +265,16 @@ impl Executor {
         reason: &str,
         result: Result<Option<String>, DockerError>,
     ) -> Outcome {
+        let on = self.on_target();
+        let (done, doing) = verb_forms(verb);
         self.report(
             &subject,
             match &result {
-                Ok(_) => format!("{verb}: done ({reason})"),
-                Err(e) if e.kind == ErrorKind::Interrupted => format!("{verb}: {}", e.message),
-                Err(e) => format!("{verb}: failed: {e}"),
+                Ok(_) => format!("{done} {subject}{on} ({reason})"),
+                Err(e) if e.kind == ErrorKind::Interrupted => {
+                    format!("{doing} {subject}{on}: {}", e.message)
+                }
+                Err(e) => format!("failed to {} {subject}{on}: {e}", verb.to_lowercase()),
             },
         );
         Outcome {
@@ -313,7 +336,11 @@ impl Executor {
         match &source.kind {
             SourceKind::Import => {
                 let (repository, tag) = crate::docker::split_reference(image);
-                self.report(image, "Import: importing the root filesystem".into());
+                let on = self.on_target();
+                self.report(
+                    image,
+                    format!("importing {image}{on} from its root filesystem"),
+                );
                 self.host
                     .import(source.content.clone(), repository, tag)
                     .await
@@ -322,7 +349,8 @@ impl Executor {
                 dockerfile,
                 build_args,
             } => {
-                self.report(image, "Build: building the context".into());
+                let on = self.on_target();
+                self.report(image, format!("building {image}{on}"));
                 self.host
                     .build(source.content.clone(), dockerfile, build_args, image)
                     .await
@@ -647,6 +675,19 @@ fn image_pulled(
 /// what it is, so an interrupted run finds it again.
 fn aside_name(desired: &DesiredInstance, old: &ContainerRef) -> String {
     format!("{}-replaced-{}", desired.name, short_id(&old.id))
+}
+
+/// How a progress line says `verb` happened, and that it was under way.
+fn verb_forms(verb: &str) -> (&'static str, &'static str) {
+    match verb {
+        "Pull" => ("pulled", "pulling"),
+        "Create" => ("created and started", "creating"),
+        "Start" => ("started", "starting"),
+        "Replace" => ("replaced", "replacing"),
+        "Recreate" => ("recreated", "recreating"),
+        "Remove" => ("stopped and removed", "removing"),
+        _ => ("changed", "changing"),
+    }
 }
 
 /// A failed step of a replacement, after the old container was put back.

@@ -267,15 +267,16 @@ fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
                 }
                 continue;
             }
+            // Every other line is a sentence that names its container (or image) itself.
             let shape = without_digits(&progress.message);
-            let failed = progress.message.contains(": failed");
+            let failed = progress.message.starts_with("failed to ");
             if failed && last_failure.get(&progress.subject) == Some(&shape) {
                 continue;
             }
             if live {
                 let _ = write!(err, "\r\x1b[2K");
             }
-            let _ = writeln!(err, "{}: {}", progress.subject, progress.message);
+            let _ = writeln!(err, "{}", progress.message);
             if failed {
                 last_failure.insert(progress.subject, shape);
             } else {
@@ -384,6 +385,7 @@ pub async fn run_once(
             let host = target.host.clone()?;
             let executor = Executor::new(host.clone(), concurrency)
                 .with_progress(progress.clone())
+                .with_target_name(&key.name)
                 .with_shutdown(shutdown.clone());
             let mut memory = memories.remove(key).unwrap_or_default();
             Some(async move {
@@ -589,6 +591,7 @@ pub async fn run_watch(
             let forward_key = key.clone();
             let executor = Executor::new(host.clone(), concurrency)
                 .with_progress(progress.clone())
+                .with_target_name(&key.name)
                 .with_shutdown(shutdown.clone());
             let identity = target.identity.clone();
             let loop_host = host.clone();
