@@ -267,19 +267,7 @@ EOF
     fi
     wait_for registry curl -sf --cacert "$CERTS/ca.crt" -u "$REGISTRY_USER:$password" \
         "https://$REGISTRY/v2/"
-    local version
-    for version in v1 v2; do
-        if ! curl -sf --cacert "$CERTS/ca.crt" -u "$REGISTRY_USER:$password" \
-            -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-            "https://$REGISTRY/v2/stevedore/busybox/manifests/$version" >/dev/null; then
-            log "pushing $IMAGE_REMOTE:$version"
-            echo "$password" | docker_main login -u "$REGISTRY_USER" --password-stdin "$REGISTRY" \
-                >/dev/null 2>&1
-            docker_main tag "$IMAGE_LOCAL:$version" "$IMAGE_REMOTE:$version"
-            docker_main push -q "$IMAGE_REMOTE:$version" >/dev/null
-            docker_main rmi "$IMAGE_REMOTE:$version" >/dev/null
-        fi
-    done
+    push_test_images "https://$REGISTRY" stevedore/busybox "$password" --cacert "$CERTS/ca.crt"
 }
 
 # A registry without TLS, as labs run it. Daemons pull from it over plain HTTP because it is
@@ -310,17 +298,26 @@ EOF
         echo $! >"$dir/registry.pid"
     fi
     wait_for "plain-HTTP registry" curl -sf -u "$REGISTRY_USER:$password" "http://$PLAIN_REGISTRY/v2/"
-    local version remote="$PLAIN_REGISTRY/lab/busybox"
+    push_test_images "http://$PLAIN_REGISTRY" lab/busybox "$password"
+}
+
+# push_test_images URL REPOSITORY PASSWORD [CURL_OPTIONS...] — pushes the test images v1
+# and v2 to the registry at URL (scheme included) through the main daemon, unless the
+# registry already has them.
+push_test_images() {
+    local url=$1 repository=$2 password=$3
+    shift 3
+    local registry=${url#*://} version
     for version in v1 v2; do
-        if ! curl -sf -u "$REGISTRY_USER:$password" \
+        if ! curl -sf "$@" -u "$REGISTRY_USER:$password" \
             -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
-            "http://$PLAIN_REGISTRY/v2/lab/busybox/manifests/$version" >/dev/null; then
-            log "pushing $remote:$version"
+            "$url/v2/$repository/manifests/$version" >/dev/null; then
+            log "pushing $registry/$repository:$version"
             echo "$password" | docker_main login -u "$REGISTRY_USER" --password-stdin \
-                "$PLAIN_REGISTRY" >/dev/null 2>&1
-            docker_main tag "$IMAGE_LOCAL:$version" "$remote:$version"
-            docker_main push -q "$remote:$version" >/dev/null
-            docker_main rmi "$remote:$version" >/dev/null
+                "$registry" >/dev/null 2>&1
+            docker_main tag "$IMAGE_LOCAL:$version" "$registry/$repository:$version"
+            docker_main push -q "$registry/$repository:$version" >/dev/null
+            docker_main rmi "$registry/$repository:$version" >/dev/null
         fi
     done
 }

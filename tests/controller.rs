@@ -152,10 +152,7 @@ async fn owned_by(host: &DockerHost, uid: &str) -> Vec<stevedore::docker::HostCo
 }
 
 async fn remove_all(host: &DockerHost, uid: &str) {
-    for c in owned_by(host, uid).await {
-        let _ = host.stop(&c.id, &c.name, Some(0)).await;
-        let _ = host.remove(&c.id, &c.name).await;
-    }
+    common::remove_labelled(host, LABEL_UID, uid).await;
 }
 
 #[tokio::test]

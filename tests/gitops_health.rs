@@ -149,10 +149,7 @@ fn last_status(recorded: &fake_api::Recorded) -> Value {
 async fn remove_owned(env: &TestEnv, object: &Value) {
     let host = common::wait::connected(common::hosts::main(env)).await;
     let uid = object["metadata"]["uid"].as_str().unwrap_or_default();
-    for c in host.list_labelled(LABEL_UID, uid).await.expect("list") {
-        let _ = host.stop(&c.id, &c.name, Some(0)).await;
-        let _ = host.remove(&c.id, &c.name).await;
-    }
+    common::remove_labelled(&host, LABEL_UID, uid).await;
 }
 
 #[tokio::test]

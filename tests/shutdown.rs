@@ -179,7 +179,7 @@ impl Scene {
         let pid = child.id().to_string();
         self.tripwire
             .arm(call, nth, Duration::from_millis(500), move || {
-                let _ = Command::new("kill").args([signal, &pid]).status();
+                send(signal, &pid);
             });
     }
 
@@ -201,9 +201,42 @@ impl Scene {
         list
     }
 
+    /// Waits for `child` to exit (see [`exited`]) after the tripwire fired.
+    async fn exited_after_the_interrupt(
+        &self,
+        child: Child,
+        within: Duration,
+    ) -> (Option<i32>, String) {
+        let (code, stderr) = exited(child, within).await;
+        assert!(
+            self.tripwire.fired().is_some(),
+            "the interrupt never came:\n{stderr}"
+        );
+        (code, stderr)
+    }
+
+    /// The next `run --once` repairs what an interrupted run left: every replica runs, and
+    /// `port` serves.
+    async fn assert_the_next_run_repairs(&self, port: i32) {
+        let repair = self.ws.run_once();
+        assert_eq!(
+            repair.status.code(),
+            Some(0),
+            "{}",
+            common::workspace::text(&repair)
+        );
+        self.assert_every_replica_runs().await;
+        assert!(http_get(port).await.contains("stevedore test image"));
+    }
+
     async fn cleanup(&self) {
         remove_all(&self.host, &self.ws.namespace).await;
     }
+}
+
+/// Sends `signal` (`-INT`, `-TERM`) to the process `pid`, as Ctrl-C or Kubernetes would.
+fn send(signal: &str, pid: &str) {
+    let _ = Command::new("kill").args([signal, pid]).status();
 }
 
 /// Waits for `child` to exit, then a moment more so that a call the tripwire held reaches
@@ -253,12 +286,10 @@ async fn interrupt_a_replacement(
 
     scene.interrupt_at(&child, signal, call, 1);
     scene.write("two");
-    let (code, stderr) = exited(child, Duration::from_secs(60)).await;
+    let (code, stderr) = scene
+        .exited_after_the_interrupt(child, Duration::from_secs(60))
+        .await;
     let fired = scene.tripwire.fired();
-    assert!(
-        fired.is_some(),
-        "the replacement never reached {call:?}:\n{stderr}"
-    );
     assert_eq!(code, Some(0), "{stderr}");
 
     let left = scene.assert_every_replica_runs().await;
@@ -344,8 +375,9 @@ async fn a_recreate_interrupted_while_the_old_containers_stop_restores_them_all(
 
     scene.interrupt_at(&child, "-INT", ("POST", "/stop"), 1);
     scene.write("two");
-    let (code, stderr) = exited(child, Duration::from_secs(60)).await;
-    assert!(scene.tripwire.fired().is_some(), "{stderr}");
+    let (code, stderr) = scene
+        .exited_after_the_interrupt(child, Duration::from_secs(60))
+        .await;
     assert_eq!(code, Some(0), "{stderr}");
     let left = scene.assert_every_replica_runs().await;
     let old_ids: Vec<&str> = old.iter().map(|c| c.id.as_str()).collect();
@@ -371,8 +403,9 @@ async fn a_recreate_interrupted_while_the_new_containers_start_finishes() {
     // The second start: every new container has started, both wait for their health.
     scene.interrupt_at(&child, "-INT", ("POST", "/start"), 2);
     scene.write("two");
-    let (code, stderr) = exited(child, Duration::from_secs(60)).await;
-    assert!(scene.tripwire.fired().is_some(), "{stderr}");
+    let (code, stderr) = scene
+        .exited_after_the_interrupt(child, Duration::from_secs(60))
+        .await;
     assert_eq!(code, Some(0), "{stderr}");
     let left = scene.assert_every_replica_runs().await;
     assert!(
@@ -403,8 +436,9 @@ async fn a_scale_down_interrupted_while_a_replica_stops_leaves_each_running_or_g
     let mut scaled = scene.web.manifest(&scene.env.get("IMAGE_V1"), "one");
     scaled = scaled.replace("replicas: 3", "replicas: 1");
     scene.ws.write("web.yaml", &scaled);
-    let (code, stderr) = exited(child, Duration::from_secs(60)).await;
-    assert!(scene.tripwire.fired().is_some(), "{stderr}");
+    let (code, stderr) = scene
+        .exited_after_the_interrupt(child, Duration::from_secs(60))
+        .await;
     assert_eq!(code, Some(0), "{stderr}");
 
     let left = scene.containers().await;
@@ -431,14 +465,15 @@ async fn a_second_interrupt_exits_at_once_and_the_next_run_repairs() {
     scene
         .tripwire
         .arm(("POST", "/start"), 1, Duration::ZERO, move || {
-            let _ = Command::new("kill").args(["-INT", &pid]).status();
+            send("-INT", &pid);
             std::thread::sleep(Duration::from_millis(300));
-            let _ = Command::new("kill").args(["-INT", &pid]).status();
+            send("-INT", &pid);
         });
     scene.write("two");
     let interrupted = Instant::now();
-    let (code, stderr) = exited(child, Duration::from_secs(60)).await;
-    assert!(scene.tripwire.fired().is_some(), "{stderr}");
+    let (code, stderr) = scene
+        .exited_after_the_interrupt(child, Duration::from_secs(60))
+        .await;
     assert_eq!(code, Some(130), "{stderr}");
     assert!(
         interrupted.elapsed() < Duration::from_secs(4),
@@ -451,15 +486,7 @@ async fn a_second_interrupt_exits_at_once_and_the_next_run_repairs() {
     );
 
     // The next run finds what the interrupted one left (from the labels) and repairs it.
-    let repair = scene.ws.run_once();
-    assert_eq!(
-        repair.status.code(),
-        Some(0),
-        "{}",
-        common::workspace::text(&repair)
-    );
-    scene.assert_every_replica_runs().await;
-    assert!(http_get(port).await.contains("stevedore test image"));
+    scene.assert_the_next_run_repairs(port).await;
     scene.cleanup().await;
 }
 
@@ -486,8 +513,9 @@ async fn run_once_interrupted_mid_replacement_rolls_back_and_exits_130() {
         .spawn()
         .expect("start stevedore run --once");
     scene.interrupt_at(&child, "-TERM", ("POST", "/stop"), 1);
-    let (code, stderr) = exited(child, Duration::from_secs(60)).await;
-    assert!(scene.tripwire.fired().is_some(), "{stderr}");
+    let (code, stderr) = scene
+        .exited_after_the_interrupt(child, Duration::from_secs(60))
+        .await;
     assert_eq!(code, Some(130), "{stderr}");
     let left = scene.assert_every_replica_runs().await;
     assert_eq!(left[0].id, old.id, "{stderr}");
@@ -511,8 +539,9 @@ async fn a_rolling_update_interrupted_starts_no_further_replacement() {
 
     scene.interrupt_at(&child, "-INT", ("POST", "/start"), 1);
     scene.write("two");
-    let (code, stderr) = exited(child, Duration::from_secs(60)).await;
-    assert!(scene.tripwire.fired().is_some(), "{stderr}");
+    let (code, stderr) = scene
+        .exited_after_the_interrupt(child, Duration::from_secs(60))
+        .await;
     assert_eq!(code, Some(0), "{stderr}");
     let left = scene.assert_every_replica_runs().await;
     let replaced: Vec<&HostContainer> = left
@@ -542,12 +571,13 @@ async fn a_drain_stuck_on_the_daemon_exits_when_the_grace_period_is_over() {
     scene
         .tripwire
         .arm(("POST", "/stop"), 1, Duration::from_secs(12), move || {
-            let _ = Command::new("kill").args(["-INT", &pid]).status();
+            send("-INT", &pid);
         });
     scene.write("two");
     let interrupted = Instant::now();
-    let (code, stderr) = exited(child, Duration::from_secs(30)).await;
-    assert!(scene.tripwire.fired().is_some(), "{stderr}");
+    let (code, stderr) = scene
+        .exited_after_the_interrupt(child, Duration::from_secs(30))
+        .await;
     assert_eq!(code, Some(130), "{stderr}");
     assert!(
         interrupted.elapsed() < Duration::from_secs(10),
@@ -558,14 +588,6 @@ async fn a_drain_stuck_on_the_daemon_exits_when_the_grace_period_is_over() {
 
     // The held stop reaches the daemon after all; the next run repairs from the labels.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let repair = scene.ws.run_once();
-    assert_eq!(
-        repair.status.code(),
-        Some(0),
-        "{}",
-        common::workspace::text(&repair)
-    );
-    scene.assert_every_replica_runs().await;
-    assert!(http_get(port).await.contains("stevedore test image"));
+    scene.assert_the_next_run_repairs(port).await;
     scene.cleanup().await;
 }

@@ -189,9 +189,6 @@ impl Executor {
         if self.shutdown.is_draining() {
             return self.not_started(action, desired);
         }
-        if let Action::Recreate { replacements, .. } = action {
-            return self.recreate(replacements, desired, failed_pulls).await;
-        }
         let instance = |i: &usize| desired.get(*i);
         let (subject, result) = match action {
             Action::Pull {
@@ -252,7 +249,9 @@ impl Executor {
                     .await
                     .map(|()| None),
             ),
-            Action::Recreate { .. } => (String::new(), Ok(None)),
+            Action::Recreate { replacements, .. } => {
+                return self.recreate(replacements, desired, failed_pulls).await;
+            }
         };
         vec![self.outcome(subject, action.verb(), action.reason(), result)]
     }
@@ -287,23 +286,7 @@ impl Executor {
 
     /// Outcomes for an action skipped because the process is draining.
     fn not_started(&self, action: &Action, desired: &[DesiredInstance]) -> Vec<Outcome> {
-        let name = |i: usize| {
-            desired
-                .get(i)
-                .map_or_else(|| format!("desired[{i}]"), |d| d.name.clone())
-        };
-        let subjects = match action {
-            Action::Pull { image, .. } => vec![image.clone()],
-            Action::Create { desired, .. } | Action::Replace { desired, .. } => {
-                vec![name(*desired)]
-            }
-            Action::Recreate { replacements, .. } => {
-                replacements.iter().map(|r| name(r.desired)).collect()
-            }
-            Action::Start { container, .. } | Action::Remove { container, .. } => {
-                vec![container.name.clone()]
-            }
-        };
+        let subjects = action.subjects(desired);
         subjects
             .into_iter()
             .map(|subject| {

@@ -218,6 +218,28 @@ impl Action {
         }
     }
 
+    /// What the action is about: the image of a pull, the container(s) of the others (a
+    /// desired instance by its name; one the plan did not come from as `desired[i]`).
+    pub fn subjects(&self, desired: &[DesiredInstance]) -> Vec<String> {
+        let name = |i: usize| {
+            desired
+                .get(i)
+                .map_or_else(|| format!("desired[{i}]"), |d| d.name.clone())
+        };
+        match self {
+            Action::Pull { image, .. } => vec![image.clone()],
+            Action::Create { desired, .. } | Action::Replace { desired, .. } => {
+                vec![name(*desired)]
+            }
+            Action::Recreate { replacements, .. } => {
+                replacements.iter().map(|r| name(r.desired)).collect()
+            }
+            Action::Start { container, .. } | Action::Remove { container, .. } => {
+                vec![container.name.clone()]
+            }
+        }
+    }
+
     /// The action's reason.
     pub fn reason(&self) -> &str {
         match self {

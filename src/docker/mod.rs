@@ -489,25 +489,23 @@ impl DockerHost {
         move |e| DockerError::from_bollard(&what, e)
     }
 
-    /// The daemon's engine version (one call), for a table that needs no more.
-    pub async fn engine_version(&self) -> Result<String, DockerError> {
+    /// The daemon's `/version` answer.
+    async fn version(&self) -> Result<bollard::models::SystemVersion, DockerError> {
         let _timer = self.count(Call::Info);
-        let version = self
-            .docker
+        self.docker
             .version()
             .await
-            .map_err(self.fail(format!("failed to read the version of {}", self.endpoint)))?;
-        Ok(version.version.unwrap_or_default())
+            .map_err(self.fail(format!("failed to read the version of {}", self.endpoint)))
+    }
+
+    /// The daemon's engine version (one call), for a table that needs no more.
+    pub async fn engine_version(&self) -> Result<String, DockerError> {
+        Ok(self.version().await?.version.unwrap_or_default())
     }
 
     /// The daemon's version and machine, for `status.server`.
     pub async fn server_info(&self) -> Result<ServerInfo, DockerError> {
-        let _timer = self.count(Call::Info);
-        let version = self
-            .docker
-            .version()
-            .await
-            .map_err(self.fail(format!("failed to read the version of {}", self.endpoint)))?;
+        let version = self.version().await?;
         let _timer = self.count(Call::Info);
         let info = self
             .docker

@@ -205,24 +205,7 @@ pub async fn plan(source: &Source, out: &mut impl Write) -> i32 {
 }
 
 fn subject(action: &crate::converge::plan::Action, desired: &DesiredSet) -> String {
-    use crate::converge::plan::Action;
-    match action {
-        Action::Pull { image, .. } => image.clone(),
-        Action::Create { desired: i, .. } | Action::Replace { desired: i, .. } => desired
-            .instances
-            .get(*i)
-            .map(|d| d.name.clone())
-            .unwrap_or_default(),
-        Action::Recreate { replacements, .. } => replacements
-            .iter()
-            .filter_map(|r| desired.instances.get(r.desired))
-            .map(|d| d.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        Action::Start { container, .. } | Action::Remove { container, .. } => {
-            container.name.clone()
-        }
-    }
+    action.subjects(&desired.instances).join(", ")
 }
 
 /// `stevedore status`: every object's status, from the daemons.

@@ -400,6 +400,14 @@ pub mod fixture {
     }
 }
 
+/// Stops and removes every container on `host` labelled `label=value`: a test's cleanup.
+pub async fn remove_labelled(host: &stevedore::docker::DockerHost, label: &str, value: &str) {
+    for c in host.list_labelled(label, value).await.expect("list") {
+        let _ = host.stop(&c.id, &c.name, Some(0)).await;
+        let _ = host.remove(&c.id, &c.name).await;
+    }
+}
+
 /// Waiting for the daemons, and connecting to them.
 /// The harness's registry.
 pub mod registry {

@@ -109,10 +109,7 @@ pub async fn containers(host: &DockerHost, namespace: &str) -> Vec<HostContainer
 
 /// Removes the test's containers from `host`.
 pub async fn remove_all(host: &DockerHost, namespace: &str) {
-    for c in containers(host, namespace).await {
-        let _ = host.stop(&c.id, &c.name, Some(0)).await;
-        let _ = host.remove(&c.id, &c.name).await;
-    }
+    super::remove_labelled(host, LABEL_NAMESPACE, namespace).await;
 }
 
 /// A DockerTarget manifest for `endpoint`, labelled `site`.
