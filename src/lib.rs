@@ -12,6 +12,7 @@
 //! - [`controller`]: `stevedore controller`, the kube-runtime controllers.
 //! - [`registry`]: which Registry serves an image, and its credentials.
 //! - [`standalone`]: `stevedore run`, the same kinds from files, without a cluster.
+//! - [`operate`]: day two — `logs`, `exec` and `restart` on a DockerContainer's replicas.
 //! - [`shutdown`]: draining on SIGINT/SIGTERM, so that stopping Stevedore stops no service.
 
 #![deny(rust_2018_idioms)]
@@ -23,6 +24,7 @@ pub mod converge;
 pub mod crd;
 pub mod docker;
 pub mod logging;
+pub mod operate;
 pub mod placement;
 pub mod reference;
 pub mod registry;

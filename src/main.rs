@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod daytwo;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use stevedore::shutdown::Shutdown;
 use stevedore::standalone::commands::{self, Format, Source};
@@ -70,6 +72,8 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    #[command(flatten)]
+    DayTwo(daytwo::Command),
 }
 
 #[derive(Args)]
@@ -155,23 +159,16 @@ enum OutputFormat {
 }
 
 fn main() -> ExitCode {
+    // Installed as `kubectl-stevedore`, kubectl runs it as `kubectl stevedore …`.
+    if daytwo::invoked_as_kubectl_plugin() {
+        return daytwo::plugin_main();
+    }
     let cli = Cli::parse();
     let (default_level, json) = match &cli.command {
         Command::Controller(args) => ("info", matches!(args.log_format, LogFormat::Json)),
         _ => ("warn", false),
     };
-    let directives = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).ok();
-    let filter = stevedore::logging::filter(directives.as_deref(), default_level);
-    // Colour codes only where a person reads them, never into a file or a log collector.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    init_logging(default_level, json);
     match cli.command {
         Command::ApiReference => {
             print!("{}", stevedore::reference::markdown());
@@ -197,23 +194,43 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        command => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("error: failed to start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let code = runtime.block_on(run_async(command));
-            ExitCode::from(u8::try_from(code).unwrap_or(1))
-        }
+        command => block_on(run_async(command)),
     }
+}
+
+/// Logs go to stderr: text for a person, JSON for the controller's log collector.
+fn init_logging(default_level: &str, json: bool) {
+    let directives = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).ok();
+    let filter = stevedore::logging::filter(directives.as_deref(), default_level);
+    // Colour codes only where a person reads them, never into a file or a log collector.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
+/// Runs `work` on a multi-threaded runtime; its value is the exit code.
+fn block_on(work: impl std::future::Future<Output = i32>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(work);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 async fn run_async(command: Command) -> i32 {
     match command {
         Command::Crds { .. } | Command::Rbac | Command::ApiReference => 1,
+        Command::DayTwo(command) => command.run().await,
         Command::Controller(args) => run_controller(args).await,
         Command::Run {
             source,

@@ -608,6 +608,22 @@ fn default_max_unavailable() -> i32 {
     1
 }
 
+/// The annotation `stevedore restart` sets (as `kubectl rollout restart` sets
+/// `kubectl.kubernetes.io/restartedAt` on a Deployment's template): a new value replaces
+/// every replica through `updateStrategy`.
+pub const ANNOTATION_RESTARTED_AT: &str = "stevedore.dev/restartedAt";
+
+impl DockerContainer {
+    /// The restart request on this object, if any (see [`ANNOTATION_RESTARTED_AT`]).
+    pub fn restarted_at(&self) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()?
+            .get(ANNOTATION_RESTARTED_AT)
+            .map(String::as_str)
+    }
+}
+
 impl Default for UpdateStrategy {
     fn default() -> Self {
         Self {

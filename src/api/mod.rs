@@ -18,7 +18,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use common::{CONDITION_READY, LocalObjectReference, SecretReference, SecretSource};
-pub use container::{DockerContainer, DockerContainerSpec, DockerContainerStatus};
+pub use container::{
+    ANNOTATION_RESTARTED_AT, DockerContainer, DockerContainerSpec, DockerContainerStatus,
+};
 pub use registry::{Registry, RegistrySpec, RegistryStatus};
 pub use target::{DockerTarget, DockerTargetSpec, DockerTargetStatus};
 

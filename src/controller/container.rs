@@ -309,6 +309,7 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
             pull_credentials: credentials.as_ref(),
             image_source: source.as_ref(),
             resolved: resolved.as_ref(),
+            restarted_at: container.restarted_at(),
         };
         match desired_instances(&owner, &container.spec, &env, replicas, &ctx_instance) {
             Ok(instances) => wanted.push(instances),

@@ -92,20 +92,7 @@ impl Stores {
                 .state()
                 .iter()
                 .filter(|s| in_namespace(&s.metadata.namespace))
-                .map(|s| {
-                    let mut data: BTreeMap<String, Vec<u8>> = s
-                        .data
-                        .iter()
-                        .flatten()
-                        .map(|(k, v)| (k.clone(), v.0.clone()))
-                        .collect();
-                    // The API server folds stringData into data; a cache fed from a
-                    // manifest may still hold it.
-                    for (k, v) in s.string_data.iter().flatten() {
-                        data.insert(k.clone(), v.clone().into_bytes());
-                    }
-                    (s.metadata.name.clone().unwrap_or_default(), data)
-                })
+                .map(|s| (s.metadata.name.clone().unwrap_or_default(), secret_bytes(s)))
                 .collect(),
             config_maps: self
                 .config_maps
@@ -133,6 +120,22 @@ impl Stores {
         targets.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         targets
     }
+}
+
+/// A Secret's data, decoded.
+pub fn secret_bytes(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    // The API server folds stringData into data; a cache fed from a manifest may still
+    // hold it.
+    for (k, v) in secret.string_data.iter().flatten() {
+        data.insert(k.clone(), v.clone().into_bytes());
+    }
+    data
 }
 
 /// The Registry in `registries` that serves a container of `namespace` with `spec` (see

@@ -197,6 +197,9 @@ pub struct InstanceContext<'a> {
     pub image_source: Option<&'a crate::registry::source::LocalSource>,
     /// The digest `image` was pinned to, recorded in labels (see [`LABEL_RESOLVED_IMAGE`]).
     pub resolved: Option<&'a crate::registry::pinning::Resolved>,
+    /// The owner's restart request (its `stevedore.dev/restartedAt` annotation): a new
+    /// value replaces every replica through the update strategy, as a changed spec does.
+    pub restarted_at: Option<&'a str>,
 }
 
 /// The instances `spec` wants on one target: one per replica index in `replicas`.
@@ -207,7 +210,7 @@ pub fn desired_instances(
     replicas: &[u32],
     ctx: &InstanceContext<'_>,
 ) -> Result<Vec<DesiredInstance>, ConfigError> {
-    let field_digests = field_digests(spec, env, ctx.image, ctx.image_identity);
+    let field_digests = field_digests(spec, env, ctx.image, ctx.image_identity, ctx.restarted_at);
     let spec_hash = spec_hash(&field_digests);
     let host_ports = host_ports(spec);
     let health_check = spec.health_check.as_ref().map(|h| HealthTiming {
@@ -283,12 +286,14 @@ fn digest(field: &str, value: &Value) -> String {
 }
 
 /// A digest per field that shapes the container. Env variables get one each, so a
-/// replacement can name the variable (and the Secret) that changed.
+/// replacement can name the variable (and the Secret) that changed. A restart request is
+/// a field only while there is one, so objects never restarted keep the hashes they had.
 pub fn field_digests(
     spec: &DockerContainerSpec,
     env: &ResolvedEnv,
     image: &str,
     image_identity: &str,
+    restarted_at: Option<&str>,
 ) -> BTreeMap<String, String> {
     let mut fields: Vec<(String, Value)> = vec![
         ("image".into(), json!([image, image_identity])),
@@ -322,6 +327,9 @@ pub fn field_digests(
         env.iter()
             .map(|(name, value)| (format!("env.{name}"), json!(value.value))),
     );
+    if let Some(at) = restarted_at {
+        fields.push((RESTART_FIELD.into(), json!(at)));
+    }
     fields
         .into_iter()
         .map(|(field, value)| {
@@ -330,6 +338,9 @@ pub fn field_digests(
         })
         .collect()
 }
+
+/// The field a restart request adds to the digests.
+const RESTART_FIELD: &str = "restartedAt";
 
 /// The spec hash: one digest over all field digests.
 pub fn spec_hash(field_digests: &BTreeMap<String, String>) -> String {
@@ -385,6 +396,7 @@ pub fn describe_changes(
                 Some(EnvOrigin::Literal) => format!("env {var}"),
                 None => format!("env {var} (removed)"),
             },
+            None if field == RESTART_FIELD => "restart requested".to_string(),
             None => field.clone(),
         })
         .collect()
@@ -425,6 +437,7 @@ mod tests {
             pull_credentials: None,
             image_source: None,
             resolved: None,
+            restarted_at: None,
         }
     }
 
@@ -507,6 +520,29 @@ mod tests {
         assert_eq!(
             describe_changes(&a.field_digests, &b),
             vec!["image".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_restart_request_replaces_and_says_so() {
+        let spec = spec(json!({}));
+        let never_restarted = one(&spec, &ResolvedEnv::new());
+        // Without a request the digests are the ones every release before restarts had.
+        assert!(!never_restarted.field_digests.contains_key(RESTART_FIELD));
+        let restart = |at| {
+            let mut c = ctx();
+            c.restarted_at = Some(at);
+            desired_instances(&owner(), &spec, &ResolvedEnv::new(), &[0], &c)
+                .expect("instances")
+                .remove(0)
+        };
+        let first = restart("2026-11-30T10:00:00Z");
+        let again = restart("2026-11-30T11:00:00Z");
+        assert_ne!(first.spec_hash, never_restarted.spec_hash);
+        assert_ne!(first.spec_hash, again.spec_hash);
+        assert_eq!(
+            describe_changes(&first.field_digests, &again),
+            vec!["restart requested".to_string()]
         );
     }
 

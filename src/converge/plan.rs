@@ -692,6 +692,7 @@ mod tests {
             pull_credentials: None,
             image_source: None,
             resolved: None,
+            restarted_at: None,
         }
     }
 

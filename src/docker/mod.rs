@@ -12,6 +12,7 @@
 pub mod connect;
 pub mod error;
 pub mod material;
+pub mod session;
 mod ssh;
 pub mod tls;
 
@@ -110,10 +111,12 @@ pub enum Call {
     Import,
     /// `POST /build`.
     Build,
+    /// `POST /containers/{id}/exec` and `POST /exec/{id}/start` (a person's command).
+    Exec,
 }
 
 impl Call {
-    const ALL: [Call; 14] = [
+    const ALL: [Call; 15] = [
         Call::Info,
         Call::ListContainers,
         Call::InspectContainer,
@@ -128,6 +131,7 @@ impl Call {
         Call::Rename,
         Call::Import,
         Call::Build,
+        Call::Exec,
     ];
 
     /// A name for metrics: `list_containers`, `pull`, …
@@ -147,6 +151,7 @@ impl Call {
             Call::Rename => "rename",
             Call::Import => "import",
             Call::Build => "build",
+            Call::Exec => "exec",
         }
     }
 
@@ -167,6 +172,7 @@ impl Call {
                 | Call::Rename
                 | Call::Import
                 | Call::Build
+                | Call::Exec
         )
     }
 }

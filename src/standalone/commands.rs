@@ -69,6 +69,17 @@ fn first_load(source: &Source) -> Option<(Admission, Manifests)> {
     Some((admission, manifests))
 }
 
+/// The manifests under `source`, for a command that reads them once (`logs`, `exec`,
+/// `restart`); an object that breaks is left out and said so on stderr.
+pub fn load_manifests(source: &Source) -> Result<Manifests, String> {
+    let admission = Admission::stevedore().map_err(|e| e.to_string())?;
+    let manifests = load(source, &admission, None);
+    for error in &manifests.errors {
+        eprintln!("warning: {error}");
+    }
+    Ok(manifests)
+}
+
 fn print_errors(manifests: &Manifests) {
     for error in &manifests.errors {
         eprintln!("error: {error}");
@@ -111,7 +122,9 @@ fn keep_last_good(manifests: &mut Manifests, good: &Manifests) {
     }
 }
 
-async fn round(manifests: &Manifests, memory: &mut Memory, options: &WorldOptions) -> Round {
+/// One round over the manifests: connect, observe, pin, place and build every target's
+/// desired set.
+pub async fn round(manifests: &Manifests, memory: &mut Memory, options: &WorldOptions) -> Round {
     let now = unix_now();
     let Memory { connections, pins } = memory;
     world::connect_targets(manifests, connections, options, now).await;

@@ -530,6 +530,7 @@ fn place_namespace(inputs: &RoundInputs<'_>, namespace: &str, round: &mut Round)
                 pull_credentials: credentials.as_ref(),
                 image_source: source,
                 resolved,
+                restarted_at: container.restarted_at(),
             };
             match desired_instances(&owner, &container.spec, &env, &replicas, &ctx) {
                 Ok(instances) => instances_by_target

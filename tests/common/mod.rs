@@ -331,6 +331,7 @@ pub mod fixture {
                 pull_credentials: None,
                 image_source: None,
                 resolved: None,
+                restarted_at: None,
             };
             desired_instances(&self.owner(name), spec, env, replicas, &ctx).expect("instances")
         }
