@@ -62,9 +62,12 @@ impl Cluster {
             None if context.is_some() => Config::from_kubeconfig(&options)
                 .await
                 .map_err(|e| OperateError::Invalid(format!("kubeconfig: {e}")))?,
-            None => Config::infer()
-                .await
-                .map_err(|e| OperateError::Invalid(format!("no cluster to talk to: {e}")))?,
+            None => Config::infer().await.map_err(|e| {
+                OperateError::Invalid(format!(
+                    "no cluster to talk to (without one, give the manifests with \
+                         --filename): {e}"
+                ))
+            })?,
         };
         let namespace = namespace
             .map(str::to_string)

@@ -98,14 +98,10 @@ pub async fn print(replicas: &[Replica], options: &LogOptions) -> Result<Ended, 
 /// daemon kept from before the current run's start.
 async fn print_previous(replica: &Replica, options: &LogOptions) -> Result<(), OperateError> {
     let details = replica.host.inspect(&replica.container.id).await?;
-    let started = details
-        .started_at
-        .as_deref()
-        .and_then(|at| humantime::parse_rfc3339_weak(at).ok());
-    let (Some(started), true) = (started, details.restart_count > 0) else {
+    let started_text = details.started_at.unwrap_or_default();
+    let Ok(started) = humantime::parse_rfc3339_weak(&started_text) else {
         return Err(OperateError::NotFound(format!(
-            "replica {} on {} ({}) has not restarted: there is no previous run to show \
-             (a replaced container is removed once its replacement runs)",
+            "replica {} on {} ({}) has never started: there is no previous run",
             replica.index, replica.target, replica.container.name
         )));
     };
@@ -130,6 +126,16 @@ async fn print_previous(replica: &Replica, options: &LogOptions) -> Result<(), O
                 ));
             }
         }
+    }
+    if kept.is_empty() {
+        // Docker restarts a container in place: what a run wrote before the current one
+        // started is the previous run's output. A replaced container is gone with its log.
+        return Err(OperateError::NotFound(format!(
+            "replica {} on {} ({}) wrote nothing before its current run started at {}: it \
+             has not restarted since it was created (a replacement starts a new container \
+             and removes the old one, log included)",
+            replica.index, replica.target, replica.container.name, started_text
+        )));
     }
     let skip = options.tail.map_or(0, |n| kept.len().saturating_sub(n));
     let mut lines = Lines::new(std::slice::from_ref(replica), options.prefix);

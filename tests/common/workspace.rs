@@ -64,7 +64,7 @@ impl Workspace {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_stevedore"));
-        command.args(args).arg("-f").arg(&self.dir).args([
+        command.args(args).arg("--filename").arg(&self.dir).args([
             "--namespace",
             &self.namespace,
             "--manager",
