@@ -14,51 +14,83 @@ use stevedore::operate::{OperateError, Which, exec, logs, restart, select};
 use stevedore::shutdown::{EXIT_INTERRUPTED, Shutdown};
 use stevedore::standalone::commands::Source;
 
-const LOGS_EXAMPLES: &str = "\
-Examples:
+/// `kubectl logs`-style examples for the command line `program` (`stevedore` or
+/// `kubectl stevedore`); the first names the manifests form too.
+fn logs_examples(program: &str) -> String {
+    let mut text = format!(
+        "Examples:
   # The output of web's only replica (or of replica 0, saying so, when it has several)
-  kubectl stevedore logs web -n edge
+  {program} logs web -n edge
 
   # Follow replica 2's output from the last 10 minutes, until Ctrl-C
-  kubectl stevedore logs web -n edge --replica 2 -f --since 10m
+  {program} logs web -n edge --replica 2 -f --since 10m
 
   # The last 20 lines of every replica, each line prefixed with its replica and target
-  kubectl stevedore logs web -n edge --all --tail 20
+  {program} logs web -n edge --all --tail 20
 
-  # What the run before the last restart wrote
-  kubectl stevedore logs web -n edge --replica 1 -p
+  # What replica 1 wrote before the daemon last restarted it
+  {program} logs web -n edge --replica 1 -p"
+    );
+    if program == STEVEDORE {
+        text.push_str(
+            "
 
-  # Without a cluster: the same, from the manifests `stevedore run` reads
-  # (-f is --follow here, as in kubectl and docker; the manifests take --filename)
-  stevedore logs web --filename deploy/ -f";
+  # Without a cluster, from the manifests `stevedore run` reads (-f is --follow here,
+  # as in kubectl and docker; the manifests take --filename)
+  stevedore logs web --filename deploy/ -f",
+        );
+    }
+    text
+}
 
-const EXEC_EXAMPLES: &str = "\
-Examples:
+fn exec_examples(program: &str) -> String {
+    let mut text = format!(
+        "Examples:
   # A shell in web's replica 0, with a terminal
-  kubectl stevedore exec -it web -n edge -- sh
+  {program} exec -it web -n edge -- sh
 
-  # A command in replica 2, its output and exit code passed back
-  kubectl stevedore exec web -n edge --replica 2 -- cat /etc/hostname
+  # A command in replica 2; its output and its exit code come back
+  {program} exec web -n edge --replica 2 -- cat /etc/hostname
 
   # Input from a pipe
-  echo hello | kubectl stevedore exec -i web -n edge -- cat
+  echo hello | {program} exec -i web -n edge -- cat"
+    );
+    if program == STEVEDORE {
+        text.push_str(
+            "
 
   # Without a cluster
-  stevedore exec -it web --filename deploy/ -- sh";
+  stevedore exec -it web --filename deploy/ -- sh",
+        );
+    }
+    text
+}
 
-const RESTART_EXAMPLES: &str = "\
-Examples:
-  # Restart every replica of web, as its updateStrategy rolls a change (health gate included)
-  kubectl stevedore restart web -n edge
+fn restart_examples(program: &str) -> String {
+    let mut text = format!(
+        "Examples:
+  # Restart every replica of web as its updateStrategy rolls a change, health gate included
+  {program} restart web -n edge"
+    );
+    if program == STEVEDORE {
+        text.push_str(
+            "
 
-  # Without a cluster: each replica replaced in turn, the next only once the last is ready
-  stevedore restart web --filename deploy/";
+  # Without a cluster: each replica replaced in turn, the next once the last is healthy
+  stevedore restart web --filename deploy/",
+        );
+    }
+    text
+}
+
+const STEVEDORE: &str = "stevedore";
+const PLUGIN: &str = "kubectl stevedore";
 
 /// The day-two subcommands of `stevedore`.
 #[derive(Subcommand)]
 pub enum Command {
     /// Print the logs of a DockerContainer's replica (or of all of them).
-    #[command(after_help = LOGS_EXAMPLES)]
+    #[command(after_help = logs_examples(STEVEDORE))]
     Logs {
         #[command(flatten)]
         logs: LogsArgs,
@@ -66,7 +98,7 @@ pub enum Command {
         place: Place,
     },
     /// Execute a command in a DockerContainer's replica.
-    #[command(after_help = EXEC_EXAMPLES)]
+    #[command(after_help = exec_examples(STEVEDORE))]
     Exec {
         #[command(flatten)]
         exec: ExecArgs,
@@ -75,7 +107,7 @@ pub enum Command {
     },
     /// Restart every replica of a DockerContainer through its rollout (never a bare
     /// `docker restart`).
-    #[command(after_help = RESTART_EXAMPLES)]
+    #[command(after_help = restart_examples(STEVEDORE))]
     Restart {
         #[command(flatten)]
         restart: RestartArgs,
@@ -84,9 +116,10 @@ pub enum Command {
     },
 }
 
-/// `kubectl stevedore`: logs, exec and restart for DockerContainers.
+/// Look at and restart the replicas of Stevedore's DockerContainers: their logs, a command
+/// run inside one, a rolling restart. Acts with your own kubeconfig and RBAC.
 #[derive(Parser)]
-#[command(name = "kubectl stevedore", bin_name = "kubectl stevedore", version)]
+#[command(name = PLUGIN, bin_name = PLUGIN, version)]
 struct Plugin {
     #[command(subcommand)]
     command: PluginCommand,
@@ -95,7 +128,7 @@ struct Plugin {
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Print the logs of a DockerContainer's replica (or of all of them).
-    #[command(after_help = LOGS_EXAMPLES)]
+    #[command(after_help = logs_examples(PLUGIN))]
     Logs {
         #[command(flatten)]
         logs: LogsArgs,
@@ -103,7 +136,7 @@ enum PluginCommand {
         cluster: ClusterArgs,
     },
     /// Execute a command in a DockerContainer's replica.
-    #[command(after_help = EXEC_EXAMPLES)]
+    #[command(after_help = exec_examples(PLUGIN))]
     Exec {
         #[command(flatten)]
         exec: ExecArgs,
@@ -111,7 +144,7 @@ enum PluginCommand {
         cluster: ClusterArgs,
     },
     /// Restart every replica of a DockerContainer through its rollout.
-    #[command(after_help = RESTART_EXAMPLES)]
+    #[command(after_help = restart_examples(PLUGIN))]
     Restart {
         #[command(flatten)]
         restart: RestartArgs,

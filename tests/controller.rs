@@ -757,7 +757,7 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
     recorded.clear();
     secrets_writer
         .apply_watcher_event(&kube::runtime::watcher::Event::Apply(token(&rotated_value)));
-    container::reconcile(Arc::new(web.clone()), ctx)
+    container::reconcile(Arc::new(web.clone()), ctx.clone())
         .await
         .expect("rotate");
     let rotated = owned_by(&host, &uid).await;
@@ -770,6 +770,33 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
         .map(|e| e["note"].as_str().unwrap_or_default().to_string())
         .collect();
     assert!(notes.iter().any(|n| n.contains("api-token")), "{notes:?}");
+
+    // `stevedore restart`'s annotation: replaced once more, the Event saying why; the same
+    // value again changes nothing.
+    recorded.clear();
+    web.metadata.annotations = Some(
+        [(
+            stevedore::api::ANNOTATION_RESTARTED_AT.to_string(),
+            "2026-11-30T12:00:00Z".to_string(),
+        )]
+        .into(),
+    );
+    container::reconcile(Arc::new(web.clone()), ctx.clone())
+        .await
+        .expect("restart");
+    let restarted = owned_by(&host, &uid).await;
+    assert_eq!(restarted.len(), 1);
+    assert_ne!(restarted[0].id, rotated[0].id, "replaced on the restart request");
+    assert!(
+        recorded.events().iter().any(|e| e["reason"] == "Replaced"
+            && e["note"].as_str().unwrap_or_default().contains("restart requested")),
+        "{:?}",
+        recorded.events()
+    );
+    container::reconcile(Arc::new(web.clone()), ctx)
+        .await
+        .expect("again");
+    assert_eq!(owned_by(&host, &uid).await[0].id, restarted[0].id);
 
     // Neither value ever reached the API server (Events, status) or the labels.
     for call in recorded.all() {

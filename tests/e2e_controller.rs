@@ -712,3 +712,195 @@ async fn sigterm_in_the_middle_of_a_replacement_rolls_it_back_and_the_next_leade
     delete_namespace_while_the_controller_runs(&client, &ns).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kubectl stevedore` as kubectl runs it: this binary under the plugin's name.
+fn plugin(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("kubectl-stevedore");
+    if !path.exists() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_stevedore"), &path).expect("symlink");
+    }
+    path
+}
+
+/// A copy of the e2e kubeconfig that acts as `user` (impersonation, as `kubectl --as`).
+fn kubeconfig_as(kubeconfig: &str, user: &str, dir: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(kubeconfig).expect("read kubeconfig");
+    let mut config: Value = serde_yaml_ng::from_str(&text).expect("kubeconfig YAML");
+    for entry in config["users"].as_array_mut().expect("users") {
+        entry["user"]["as"] = json!(user);
+    }
+    let path = dir.join(format!("{user}.kubeconfig"));
+    std::fs::write(&path, serde_yaml_ng::to_string(&config).expect("YAML")).expect("write");
+    path.display().to_string()
+}
+
+/// A Role allowing `verbs` on `resources`, bound to `user`.
+async fn grant(client: &Client, ns: &str, user: &str, rules: Value) {
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let role: Role = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": user, "namespace": ns}, "rules": rules}))
+    .expect("role");
+    Api::<Role>::namespaced(client.clone(), ns)
+        .patch(user, &params, &Patch::Apply(&role))
+        .await
+        .expect("apply Role");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": user, "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}))
+    .expect("binding");
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .patch(user, &params, &Patch::Apply(&binding))
+        .await
+        .expect("apply RoleBinding");
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
+async fn kubectl_stevedore_reaches_replicas_with_the_users_own_rbac() {
+    let (client, kubeconfig) =
+        cluster("kubectl_stevedore_reaches_replicas_with_the_users_own_rbac").await;
+    let env = TestEnv::load();
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client).await;
+    let _controller = ControllerProcess::start(&kubeconfig, &ns, &["--leader-elect=false"]);
+    let read = |var: &str| std::fs::read_to_string(env.get(var)).expect("read PEM");
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "remote-tls"},
+               "stringData": {"ca.crt": read("CA"), "tls.crt": read("CLIENT_CERT"),
+                              "tls.key": read("CLIENT_KEY")}}),
+    )
+    .await;
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
+               "metadata": {"name": "remote"},
+               "spec": {"endpoint": env.get("TLS_HOST"), "tls": {"secretRef": {"name": "remote-tls"}}}}),
+    )
+    .await;
+    let containers: Api<DockerContainer> = Api::namespaced(client.clone(), &ns);
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
+               "metadata": {"name": "web"},
+               "spec": {"image": env.get("IMAGE_V1"), "placement": {"target": "remote"},
+                        "command": ["sh", "-c", "echo hello from web; sleep 3600"],
+                        "stopTimeoutSeconds": 1}}),
+    )
+    .await;
+    let ready = wait_for("web Ready", Duration::from_secs(60), async || {
+        containers.get("web").await.ok().filter(is_ready)
+    })
+    .await;
+    let first_id = ready.status.as_ref().expect("status").instances[0]
+        .container_id
+        .clone()
+        .expect("container ID");
+
+    let reach = json!([
+        {"apiGroups": ["stevedore.dev"], "resources": ["dockercontainers"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["stevedore.dev"], "resources": ["dockertargets"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]);
+    let look = json!([
+        {"apiGroups": ["stevedore.dev"], "resources": ["dockercontainers", "dockertargets"], "verbs": ["get"]}]);
+    grant(&client, &ns, "alice", reach).await;
+    grant(&client, &ns, "bob", look).await;
+    let dir = std::env::temp_dir().join(common::fixture::unique("plugin"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubectl_stevedore = plugin(&dir);
+    let alice = kubeconfig_as(&kubeconfig, "alice", &dir);
+    let bob = kubeconfig_as(&kubeconfig, "bob", &dir);
+    let as_user = |config: &str, args: &[&str]| {
+        // The subcommand, then kubectl's options, then the rest (an exec's command last).
+        Command::new(&kubectl_stevedore)
+            .arg(args[0])
+            .args(["-n", &ns, "--kubeconfig", config])
+            .args(&args[1..])
+            .output()
+            .expect("run kubectl-stevedore")
+    };
+    let said = |out: &std::process::Output| {
+        format!(
+            "exit {:?}\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+
+    // Allowed to read the target's Secret: the logs and a command, through TLS.
+    let logs = as_user(&alice, &["logs", "web"]);
+    assert!(logs.status.success(), "{}", said(&logs));
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "hello from web\n");
+    let exec = as_user(&alice, &["exec", "web", "--", "hostname"]);
+    assert!(exec.status.success(), "{}", said(&exec));
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout).trim(),
+        &first_id[..12]
+    );
+
+    // Not allowed: the error names the permission that is missing, and what it is for.
+    for args in [&["logs", "web"][..], &["exec", "web", "--", "hostname"][..]] {
+        let refused = as_user(&bob, args);
+        assert_eq!(refused.status.code(), Some(1), "{}", said(&refused));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "you cannot get secrets \"remote-tls\" in namespace \"{ns}\" (the connection Secret of DockerTarget remote)"
+            )) && stderr.contains("\"get\" on \"secrets\""),
+            "{}",
+            said(&refused)
+        );
+    }
+    let refused = as_user(&bob, &["restart", "web"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", said(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("\"patch\" on \"dockercontainers.stevedore.dev\""),
+        "{}",
+        said(&refused)
+    );
+
+    // Restart: the annotation, then the controller's own rollout replaces the container.
+    let restart = as_user(&alice, &["restart", "web"]);
+    assert!(restart.status.success(), "{}", said(&restart));
+    assert_eq!(
+        String::from_utf8_lossy(&restart.stdout),
+        "dockercontainer.stevedore.dev/web restarted\n"
+    );
+    wait_for(
+        "a Replaced event saying restart requested",
+        Duration::from_secs(60),
+        async || event_note(&client, &ns, "Replaced", "restart requested").await,
+    )
+    .await;
+    let replaced = wait_for("web Ready again", Duration::from_secs(60), async || {
+        let web = containers.get("web").await.ok().filter(is_ready)?;
+        let id = web
+            .status
+            .as_ref()?
+            .instances
+            .first()?
+            .container_id
+            .clone()?;
+        (id != first_id).then_some(id)
+    })
+    .await;
+    let logs = as_user(&alice, &["logs", "web"]);
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout),
+        "hello from web\n",
+        "{}",
+        said(&logs)
+    );
+    assert_ne!(replaced, first_id);
+    let _ = std::fs::remove_dir_all(&dir);
+    delete_namespace_while_the_controller_runs(&client, &ns).await;
+}
