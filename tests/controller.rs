@@ -786,10 +786,16 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
         .expect("restart");
     let restarted = owned_by(&host, &uid).await;
     assert_eq!(restarted.len(), 1);
-    assert_ne!(restarted[0].id, rotated[0].id, "replaced on the restart request");
+    assert_ne!(
+        restarted[0].id, rotated[0].id,
+        "replaced on the restart request"
+    );
     assert!(
         recorded.events().iter().any(|e| e["reason"] == "Replaced"
-            && e["note"].as_str().unwrap_or_default().contains("restart requested")),
+            && e["note"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("restart requested")),
         "{:?}",
         recorded.events()
     );

@@ -38,7 +38,8 @@ use crate::converge::model::{
 };
 use crate::converge::plan::{Action as PlanAction, ContainerRef, Plan};
 use crate::converge::status::{
-    condition, container_conditions, instance_statuses, is_ready, keep_transition_times, now_time,
+    CONDITION_DEGRADED, CONDITION_PROGRESSING, condition, container_conditions, instance_statuses,
+    is_ready, keep_transition_times, mirror_for_kstatus, now_time,
 };
 use crate::docker::material::target_material;
 use crate::docker::{DockerError, DockerHost, ErrorKind, HostContainer, LABEL_TARGET};
@@ -550,9 +551,10 @@ async fn hold(
     let now = now_time();
     let mut conditions = vec![
         condition(CONDITION_READY, false, reason, why.clone(), &now),
-        condition("Progressing", false, reason, why.clone(), &now),
-        condition("Degraded", true, reason, why.clone(), &now),
+        condition(CONDITION_PROGRESSING, false, reason, why.clone(), &now),
+        condition(CONDITION_DEGRADED, true, reason, why.clone(), &now),
     ];
+    mirror_for_kstatus(&mut conditions);
     keep_transition_times(&mut conditions, &previous.conditions);
     let status = DockerContainerStatus {
         observed_generation: container.metadata.generation,

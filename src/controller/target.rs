@@ -24,7 +24,7 @@ use super::outcome::apply_status;
 use crate::api::DockerTarget;
 use crate::api::target::DockerTargetStatus;
 use crate::converge::model::{LABEL_MANAGER, LABEL_UID};
-use crate::converge::status::{keep_transition_times, now_time, target_ready};
+use crate::converge::status::{keep_transition_times, now_time, target_conditions};
 use crate::docker::LABEL_TARGET;
 use crate::docker::material::target_material;
 
@@ -173,14 +173,13 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         },
         Err(e) => Err(e),
     };
-    let ready = target_ready(
+    status.conditions = target_conditions(
         checked
             .as_ref()
             .err()
             .map(|e| (e.kind.reason(), e.message.as_str())),
         &now,
     );
-    status.conditions = vec![ready];
     keep_transition_times(&mut status.conditions, &previous.conditions);
     let ready_changed = status.conditions.first().map(|c| &c.status)
         != previous.conditions.first().map(|c| &c.status);

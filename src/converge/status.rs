@@ -102,10 +102,11 @@ pub fn condition(kind: &str, ok: bool, reason: &str, message: String, now: &Time
     }
 }
 
-/// A DockerTarget's `Ready`: `Connected` while the daemon answers, else the reason (as
-/// [`crate::docker::ErrorKind::reason`] names it) and what went wrong.
-pub fn target_ready(problem: Option<(&str, &str)>, now: &Time) -> Condition {
-    match problem {
+/// A DockerTarget's conditions: `Ready` — `Connected` while the daemon answers, else the
+/// reason (as [`crate::docker::ErrorKind::reason`] names it) and what went wrong — and,
+/// while it is not, `Stalled` (see [`mirror_for_kstatus`]).
+pub fn target_conditions(problem: Option<(&str, &str)>, now: &Time) -> Vec<Condition> {
+    let ready = match problem {
         None => condition(
             CONDITION_READY,
             true,
@@ -116,8 +117,49 @@ pub fn target_ready(problem: Option<(&str, &str)>, now: &Time) -> Condition {
         Some((reason, message)) => {
             condition(CONDITION_READY, false, reason, message.to_string(), now)
         }
+    };
+    let stalled = (ready.status == "False").then(|| Condition {
+        type_: CONDITION_STALLED.into(),
+        status: "True".into(),
+        ..ready.clone()
+    });
+    std::iter::once(ready).chain(stalled).collect()
+}
+
+/// kstatus (what Flux's health checks and `kubectl wait`-style tools read) knows two
+/// conditions that are only ever written while True: `Reconciling` (in progress) and
+/// `Stalled` (failed). It reads nothing into `Progressing` or `Degraded`, so a degraded
+/// object would look "in progress" to Flux until its timeout: mirror them, one at most —
+/// a degraded object is stalled even while its rollout waits.
+pub fn mirror_for_kstatus(conditions: &mut Vec<Condition>) {
+    conditions.retain(|c| c.type_ != CONDITION_RECONCILING && c.type_ != CONDITION_STALLED);
+    let true_one = |type_: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "True")
+            .cloned()
+    };
+    let mirror = match (true_one(CONDITION_DEGRADED), true_one(CONDITION_PROGRESSING)) {
+        (Some(degraded), _) => Some((CONDITION_STALLED, degraded)),
+        (None, Some(progressing)) => Some((CONDITION_RECONCILING, progressing)),
+        (None, None) => None,
+    };
+    if let Some((type_, original)) = mirror {
+        conditions.push(Condition {
+            type_: type_.into(),
+            ..original
+        });
     }
 }
+
+/// A DockerContainer's rollout is under way (or waiting).
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+/// Something keeps a DockerContainer from running as asked.
+pub const CONDITION_DEGRADED: &str = "Degraded";
+/// kstatus's "in progress", written while `Progressing` is True.
+pub const CONDITION_RECONCILING: &str = "Reconciling";
+/// kstatus's "failed", written while `Degraded` (or a target's `Ready`) says so.
+pub const CONDITION_STALLED: &str = "Stalled";
 
 /// The current time in whole seconds, as the API server stores it.
 pub fn now_time() -> Time {
@@ -147,17 +189,17 @@ pub fn container_conditions(
         ),
         (false, false) => ("NotReady", counted),
     };
-    vec![
+    let mut conditions = vec![
         condition(CONDITION_READY, all_ready, reason, message, now),
         condition(
-            "Progressing",
+            CONDITION_PROGRESSING,
             rolling,
             if rolling { "RollingOut" } else { "Complete" },
             format!("{updated} of {wanted} replicas run the current spec"),
             now,
         ),
         condition(
-            "Degraded",
+            CONDITION_DEGRADED,
             !problems.is_empty(),
             if problems.is_empty() {
                 "AsExpected"
@@ -167,7 +209,9 @@ pub fn container_conditions(
             problems.join("; "),
             now,
         ),
-    ]
+    ];
+    mirror_for_kstatus(&mut conditions);
+    conditions
 }
 
 /// Keeps the `lastTransitionTime` of every condition whose status did not change, as the
@@ -208,6 +252,48 @@ mod tests {
             ("False", "NotReady")
         );
         assert_eq!(ready.message, "1 of 2 replicas ready");
+    }
+
+    #[test]
+    fn kstatus_reads_progress_and_failure_from_their_mirrors() {
+        let now = now_time();
+        let kinds = |conditions: &[Condition]| -> Vec<(String, String)> {
+            conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.status.clone()))
+                .collect()
+        };
+        let settled = container_conditions(2, 2, 2, &[], &now);
+        assert_eq!(settled.len(), 3, "nothing to mirror: {:?}", kinds(&settled));
+        let rolling = container_conditions(2, 2, 1, &[], &now);
+        let reconciling = rolling.iter().find(|c| c.type_ == CONDITION_RECONCILING);
+        assert_eq!(
+            reconciling.map(|c| c.message.as_str()),
+            Some("1 of 2 replicas run the current spec")
+        );
+        let problems = vec!["target edge: Unreachable".to_string()];
+        let degraded = container_conditions(1, 0, 1, &problems, &now);
+        let stalled = degraded.iter().find(|c| c.type_ == CONDITION_STALLED);
+        assert_eq!(stalled.map(|c| c.status.as_str()), Some("True"));
+        let both = container_conditions(1, 0, 0, &problems, &now);
+        assert!(
+            !both.iter().any(|c| c.type_ == CONDITION_RECONCILING),
+            "stalled wins over reconciling: {:?}",
+            kinds(&both)
+        );
+        // Mirroring twice keeps one of each.
+        let mut again = degraded.clone();
+        mirror_for_kstatus(&mut again);
+        assert_eq!(kinds(&again), kinds(&degraded));
+        let target = target_conditions(Some(("Unreachable", "no daemon")), &now);
+        assert_eq!(
+            kinds(&target),
+            vec![
+                ("Ready".to_string(), "False".to_string()),
+                ("Stalled".to_string(), "True".to_string())
+            ]
+        );
+        assert_eq!(target_conditions(None, &now).len(), 1);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::api::registry::RegistryStatus;
 use crate::api::target::{DockerTargetStatus, ServerInfo};
 use crate::api::{API_VERSION, CONDITION_READY};
 use crate::converge::status::{
-    container_conditions, instance_statuses, is_ready, now_time, target_ready,
+    CONDITION_DEGRADED, container_conditions, instance_statuses, is_ready, now_time,
+    target_conditions,
 };
 use crate::registry::pinning::Resolved;
 use crate::registry::refresh::{record_refresh, refresh};
@@ -112,10 +113,10 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
             _ => {}
         }
         let problem = ready.as_ref().err();
-        status.conditions = vec![target_ready(
+        status.conditions = target_conditions(
             problem.map(|(reason, message)| (reason.as_str(), message.as_str())),
             &now,
-        )];
+        );
         targets.push(ObjectStatus {
             api_version: API_VERSION,
             kind: "DockerTarget",
@@ -417,7 +418,7 @@ pub fn table(report: &StatusReport) -> String {
         if let Some(degraded) = status
             .conditions
             .iter()
-            .find(|c| c.type_ == "Degraded" && c.status == "True")
+            .find(|c| c.type_ == CONDITION_DEGRADED && c.status == "True")
         {
             notes.push(format!(
                 "container {}/{}: {}",
