@@ -55,11 +55,14 @@ impl Talkers {
         self.command(args).output().expect("run stevedore")
     }
 
-    /// Replica `index`'s container (on edge-1 for 0, edge-2 for 1).
+    /// Replica `index`'s current container (on edge-1 for 0, edge-2 for 1).
     async fn replica(&self, index: usize) -> HostContainer {
+        let name = format!("{}_talker_{index}", self.ws.namespace);
         let list = containers(&self.hosts[index], &self.ws.namespace).await;
-        assert_eq!(list.len(), 1, "one container per target: {list:?}");
-        list.into_iter().next().expect("one container")
+        let mut current = list.into_iter().filter(|c| c.name == name);
+        let found = current.next().expect("the replica's container");
+        assert!(current.next().is_none(), "one container named {name}");
+        found
     }
 
     async fn clean(&self) {
@@ -395,7 +398,11 @@ async fn exec_with_a_terminal_under_a_real_pty() {
 #[tokio::test]
 async fn restart_replaces_one_replica_at_a_time_behind_the_health_gate() {
     let health = "  healthCheck:\n    command: [\"sh\", \"-c\", \"test -e /tmp/up\"]\n    intervalSeconds: 1\n    timeoutSeconds: 1\n    retries: 3\n";
-    let t = Talkers::up("sleep 1; touch /tmp/up; sleep 3600", health).await;
+    let t = Talkers::up(
+        "echo up in $(hostname); sleep 1; touch /tmp/up; sleep 3600",
+        health,
+    )
+    .await;
     let before = [t.replica(0).await.id, t.replica(1).await.id];
     let asked = SystemTime::now();
     let out = t.run(&["restart", "talker"]);
@@ -424,6 +431,23 @@ async fn restart_replaces_one_replica_at_a_time_behind_the_health_gate() {
         "replica 1 was replaced before replica 0 could be healthy: created {:?}, replica 0 started {:?}",
         second.created,
         first.started
+    );
+    // The container the restart ended is kept, stopped, with its log: `--previous`.
+    let previous = t.run(&["logs", "talker", "--replica", "0", "--previous"]);
+    assert!(previous.status.success(), "{}", text(&previous));
+    assert_eq!(stdout(&previous), format!("up in {}\n", &before[0][..12]));
+    let kept = common::workspace::containers(&t.hosts[0], &t.ws.namespace).await;
+    let names: Vec<(&str, ContainerState)> =
+        kept.iter().map(|c| (c.name.as_str(), c.state)).collect();
+    assert_eq!(
+        names,
+        vec![
+            (format!("{ns}_talker_0").as_str(), ContainerState::Running),
+            (
+                format!("{ns}_talker_0-previous").as_str(),
+                ContainerState::Exited
+            )
+        ],
     );
     // Nothing left to converge: the restart made what `run` would have made.
     let plan = t.run(&["plan"]);

@@ -17,9 +17,9 @@ use futures::future::join_all;
 use futures::{StreamExt, stream};
 use tokio::sync::mpsc;
 
-use super::model::DesiredInstance;
+use super::model::{DesiredInstance, LABEL_MANAGER, LABEL_REPLICA, LABEL_UID, previous_name};
 use super::plan::{Action, ContainerRef, Plan, Replacement};
-use crate::docker::{DockerError, DockerHost, ErrorKind, Health};
+use crate::docker::{DockerError, DockerHost, ErrorKind, Health, HostContainer, LABEL_TARGET};
 use crate::shutdown::Shutdown;
 
 /// What an action that never started says, once the process drains.
@@ -373,6 +373,47 @@ impl Executor {
         self.host.remove(&container.id, &container.name).await
     }
 
+    /// Keeps a replaced container, stopped, as its replica's previous one (the one before
+    /// goes): its log stays readable (`logs --previous`). Should the name be taken after
+    /// all, the old container is removed as before.
+    async fn retire(
+        &self,
+        old: &ContainerRef,
+        desired: &DesiredInstance,
+        stop_timeout_seconds: Option<i32>,
+    ) -> Result<(), DockerError> {
+        match self
+            .host
+            .stop(&old.id, &old.name, stop_timeout_seconds)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let previous = previous_name(&desired.name);
+        // Only the replica's own previous container goes: a container of that name that is
+        // not ours (made by hand, another manager's) is never touched.
+        let labels = desired.body.labels.clone().unwrap_or_default();
+        let ours = |c: &&HostContainer| {
+            c.name == previous
+                && [LABEL_MANAGER, LABEL_TARGET, LABEL_REPLICA]
+                    .iter()
+                    .all(|key| c.labels.get(*key) == labels.get(*key))
+        };
+        let owned = self
+            .host
+            .list_labelled(LABEL_UID, &desired.owner.uid)
+            .await?;
+        if let Some(earlier) = owned.iter().find(ours) {
+            self.host.remove(&earlier.id, &previous).await?;
+        }
+        if self.host.rename(&old.id, &previous).await.is_err() {
+            self.host.remove(&old.id, &old.name).await?;
+        }
+        Ok(())
+    }
+
     async fn replace(
         &self,
         old: &ContainerRef,
@@ -407,11 +448,12 @@ impl Executor {
         };
         match started {
             Ok(id) => {
-                self.stop_and_remove(
+                self.retire(
                     &ContainerRef {
                         id: old.id.clone(),
                         name: aside,
                     },
+                    desired,
                     Some(desired.stop_timeout_seconds),
                 )
                 .await?;
@@ -502,17 +544,15 @@ impl Executor {
         };
         if started.iter().all(Result::is_ok) {
             let mut results = Vec::new();
-            for ((old, aside, _, _, _), new) in olds.iter().zip(started) {
-                let removed = self
-                    .stop_and_remove(
-                        &ContainerRef {
-                            id: old.id.clone(),
-                            name: aside.clone(),
-                        },
-                        Some(0),
-                    )
-                    .await;
-                results.push(removed.and(new.map(Some).map_err(|(_, e)| e)));
+            for (((old, aside, _, _, _), new), (_, desired)) in
+                olds.iter().zip(started).zip(members)
+            {
+                let old = ContainerRef {
+                    id: old.id.clone(),
+                    name: aside.clone(),
+                };
+                let retired = self.retire(&old, desired, Some(0)).await;
+                results.push(retired.and(new.map(Some).map_err(|(_, e)| e)));
             }
             return results;
         }

@@ -46,6 +46,13 @@ pub fn container_name(namespace: &str, name: &str, replica: u32) -> String {
     format!("{namespace}_{name}_{replica}")
 }
 
+/// Where a replica's last replaced container is kept, stopped, with its log: the
+/// container `logs --previous` reads after a replacement (one per replica, as the kubelet
+/// keeps one dead container and Docker Swarm a task history).
+pub fn previous_name(current: &str) -> String {
+    format!("{current}-previous")
+}
+
 /// The object that wants containers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Owner {

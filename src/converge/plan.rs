@@ -10,6 +10,8 @@
 //! - a container that is missing, created or exited is created or started — unless the
 //!   owner's `driftPolicy` is `Report` and Stevedore had seen it before, then it is reported;
 //! - exited containers are restarted with back-off (10 s doubling to 5 min);
+//! - a replaced container is kept, stopped, as its replica's previous one (see
+//!   [`previous_name`]) until the replica goes;
 //! - a managed container nobody wants is removed, unless its owner is protected (its
 //!   manifest is broken: unknown is not the same as gone).
 
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::model::{
     DesiredInstance, LABEL_MANAGER, LABEL_REPLICA, LABEL_SPEC_FIELDS, LABEL_SPEC_HASH, LABEL_UID,
-    describe_changes, parse_field_digests,
+    describe_changes, parse_field_digests, previous_name,
 };
 use crate::api::container::{DriftPolicy, ImagePullPolicy, RestartPolicy, UpdateStrategyType};
 use crate::docker::{ContainerState, Health, HostContainer, LABEL_MANAGED, LABEL_TARGET};
@@ -351,11 +353,15 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
     for index in order {
         let desired = &input.desired[index];
         let replica = desired.replica.to_string();
-        let group = by_identity
+        let mut group = by_identity
             .get(&(desired.owner.uid.as_str(), replica.as_str()))
             .cloned()
             .unwrap_or_default();
         matched.extend(group.iter().map(|c| c.id.as_str()));
+        // The replica's previous container stays while the replica does (it goes with the
+        // replica, as an orphan); started by hand, it is a duplicate like any other.
+        let previous = previous_name(&desired.name);
+        group.retain(|c| c.name != previous || c.state == ContainerState::Running);
 
         if let Some((port, holder)) = desired.host_ports.iter().find_map(|port| {
             claimed_ports

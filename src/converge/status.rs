@@ -139,7 +139,10 @@ pub fn mirror_for_kstatus(conditions: &mut Vec<Condition>) {
             .find(|c| c.type_ == type_ && c.status == "True")
             .cloned()
     };
-    let mirror = match (true_one(CONDITION_DEGRADED), true_one(CONDITION_PROGRESSING)) {
+    let mirror = match (
+        true_one(CONDITION_DEGRADED),
+        true_one(CONDITION_PROGRESSING),
+    ) {
         (Some(degraded), _) => Some((CONDITION_STALLED, degraded)),
         (None, Some(progressing)) => Some((CONDITION_RECONCILING, progressing)),
         (None, None) => None,

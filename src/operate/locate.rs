@@ -12,7 +12,7 @@ use super::{OperateError, Replica};
 use crate::api::{DockerContainer, DockerTarget};
 use crate::controller::context::secret_bytes;
 use crate::converge::env::StaticSources;
-use crate::converge::model::{LABEL_REPLICA, LABEL_UID, container_name};
+use crate::converge::model::{LABEL_REPLICA, LABEL_UID, container_name, previous_name};
 use crate::docker::material::target_material;
 use crate::docker::{ConnectOptions, DockerHost, HostContainer, connect};
 use crate::standalone::commands::{Source, load_manifests};
@@ -188,7 +188,8 @@ pub async fn in_manifests(source: &Source, name: &str) -> Result<Located, Operat
 }
 
 /// The replicas among a target's containers of one owner: those under the replica's own
-/// name (a `-replaced-` leftover of an interrupted replacement is not one).
+/// name (a `-replaced-` leftover of an interrupted replacement is not one), each with the
+/// previous container its last replacement kept.
 fn replicas_of(
     namespace: &str,
     name: &str,
@@ -196,14 +197,21 @@ fn replicas_of(
     host: &DockerHost,
     listed: Vec<HostContainer>,
 ) -> Vec<Replica> {
-    listed
+    let index_of = |c: &HostContainer| c.labels.get(LABEL_REPLICA)?.parse::<u32>().ok();
+    let (current, rest): (Vec<HostContainer>, Vec<HostContainer>) = listed
+        .into_iter()
+        .partition(|c| index_of(c).is_some_and(|i| c.name == container_name(namespace, name, i)));
+    current
         .into_iter()
         .filter_map(|container| {
-            let index: u32 = container.labels.get(LABEL_REPLICA)?.parse().ok()?;
-            (container.name == container_name(namespace, name, index)).then(|| Replica {
+            let index = index_of(&container)?;
+            let previous_name = previous_name(&container.name);
+            let previous = rest.iter().find(|c| c.name == previous_name).cloned();
+            Some(Replica {
                 index,
                 target: target.to_string(),
                 container,
+                previous,
                 host: host.clone(),
             })
         })

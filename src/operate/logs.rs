@@ -9,6 +9,7 @@ use futures::StreamExt;
 use futures::stream::select_all;
 
 use super::{OperateError, Replica};
+use crate::docker::HostContainer;
 use crate::docker::session::{LogRequest, Output};
 
 /// What `logs` was asked for.
@@ -128,14 +129,16 @@ async fn print_previous(replica: &Replica, options: &LogOptions) -> Result<(), O
         }
     }
     if kept.is_empty() {
-        // Docker restarts a container in place: what a run wrote before the current one
-        // started is the previous run's output. A replaced container is gone with its log.
-        return Err(OperateError::NotFound(format!(
-            "replica {} on {} ({}) wrote nothing before its current run started at {}: it \
-             has not restarted since it was created (a replacement starts a new container \
-             and removes the old one, log included)",
-            replica.index, replica.target, replica.container.name, started_text
-        )));
+        // Not restarted in place: the previous container is the one the last replacement
+        // ended, if the host keeps it.
+        let Some(previous) = &replica.previous else {
+            return Err(OperateError::NotFound(format!(
+                "replica {} on {} ({}) has not restarted since it was created at {} and no \
+                 container of an earlier replacement is kept",
+                replica.index, replica.target, replica.container.name, started_text
+            )));
+        };
+        return print_whole(replica, previous, options).await;
     }
     let skip = options.tail.map_or(0, |n| kept.len().saturating_sub(n));
     let mut lines = Lines::new(std::slice::from_ref(replica), options.prefix);
@@ -147,6 +150,28 @@ async fn print_previous(replica: &Replica, options: &LogOptions) -> Result<(), O
             Output::Stdout(bytes)
         };
         if lines.write(0, &output).is_err() {
+            return Ok(());
+        }
+    }
+    lines.finish();
+    Ok(())
+}
+
+/// All the output of `container` (a replica's previous one).
+async fn print_whole(
+    replica: &Replica,
+    container: &HostContainer,
+    options: &LogOptions,
+) -> Result<(), OperateError> {
+    let request = LogRequest {
+        tail: options.tail,
+        timestamps: options.timestamps,
+        ..Default::default()
+    };
+    let mut stream = replica.host.logs(&container.id, &request);
+    let mut lines = Lines::new(std::slice::from_ref(replica), options.prefix);
+    while let Some(output) = stream.next().await {
+        if lines.write(0, &output?).is_err() {
             return Ok(());
         }
     }

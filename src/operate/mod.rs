@@ -26,6 +26,9 @@ pub struct Replica {
     pub target: String,
     /// The container, as the host lists it.
     pub container: HostContainer,
+    /// The container its last replacement ended, kept stopped with its log, if the host
+    /// still has it.
+    pub previous: Option<HostContainer>,
     /// The connection to its host.
     pub host: DockerHost,
 }
