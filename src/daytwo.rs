@@ -28,7 +28,7 @@ fn logs_examples(program: &str) -> String {
   # The last 20 lines of every replica, each line prefixed with its replica and target
   {program} logs web -n edge --all --tail 20
 
-  # What replica 1 wrote before the daemon last restarted it
+  # What replica 1's previous run wrote (before a crash, or before a replacement)
   {program} logs web -n edge --replica 1 -p"
     );
     if program == STEVEDORE {
@@ -203,7 +203,8 @@ pub struct LogsArgs {
     /// Put the daemon's timestamp in front of each line.
     #[arg(long)]
     timestamps: bool,
-    /// What the run before the last restart wrote (Docker restarts a container in place).
+    /// The run before the current one: what the container wrote before the daemon last
+    /// restarted it, else the container the last replacement ended.
     #[arg(short, long)]
     previous: bool,
     /// Prefix each line with its replica and target (the default with --all).

@@ -147,8 +147,10 @@ fn assert_rbac_allows(recorded: &Recorded) {
     }
 }
 
+/// The containers of owner `uid` that serve (a replica's previous one, kept stopped after
+/// a replacement, is not one).
 async fn owned_by(host: &DockerHost, uid: &str) -> Vec<stevedore::docker::HostContainer> {
-    host.list_labelled(LABEL_UID, uid).await.expect("list")
+    common::serving(host.list_labelled(LABEL_UID, uid).await.expect("list"))
 }
 
 async fn remove_all(host: &DockerHost, uid: &str) {
@@ -739,6 +741,14 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
     let edited = owned_by(&host, &uid).await;
     assert_eq!(edited.len(), 1);
     assert_ne!(edited[0].id, first[0].id, "replaced");
+    // The replaced container is kept, stopped, as the replica's previous one.
+    let all = host.list_labelled(LABEL_UID, &uid).await.expect("list");
+    let previous: Vec<_> = all
+        .iter()
+        .filter(|c| c.name.ends_with("-previous"))
+        .collect();
+    assert_eq!(previous.len(), 1, "{all:#?}");
+    assert_eq!(previous[0].id, first[0].id, "{all:#?}");
     let replaced: Vec<Value> = recorded
         .events()
         .into_iter()

@@ -195,8 +195,14 @@ async fn each_changed_field_replaces_only_its_container_and_says_what_changed() 
         "{:?}",
         second.outcomes
     );
-    let now = target.containers().await;
-    assert_eq!(now.len(), 7, "no leftovers: {now:?}");
+    let all = target.containers().await;
+    let now = common::serving(all.clone());
+    assert_eq!(now.len(), 7, "no leftovers: {all:?}");
+    assert_eq!(
+        all.len() - now.len(),
+        6,
+        "each replaced one kept as previous: {all:?}"
+    );
     for c in &now {
         assert_eq!(c.state, ContainerState::Running, "{}", c.name);
         let unchanged = c.name.ends_with("_unchanged_0");

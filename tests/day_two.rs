@@ -233,13 +233,6 @@ async fn previous_shows_the_run_before_the_daemon_restarted_it() {
     // Always has the daemon restart it in place.
     let script = "echo run $(cat /proc/sys/kernel/random/uuid); sleep 4; exit 3";
     let t = Talkers::up(script, "  restartPolicy: Always\n").await;
-    let never = t.run(&["logs", "talker", "--replica", "0", "-p"]);
-    assert_eq!(never.status.code(), Some(1), "{}", text(&never));
-    assert!(
-        stderr(&never).contains("has not restarted"),
-        "{}",
-        text(&never)
-    );
 
     let runs = |out: &Output| -> Vec<String> {
         stdout(out)
@@ -284,6 +277,14 @@ async fn previous_shows_the_run_before_the_daemon_restarted_it() {
 async fn exec_passes_output_input_and_the_exit_code() {
     let t = Talkers::up("sleep 3600", "").await;
     let second = t.replica(1).await;
+    // Never restarted, never replaced: no previous run to show, and it says so.
+    let never = t.run(&["logs", "talker", "--replica", "0", "-p"]);
+    assert_eq!(never.status.code(), Some(1), "{}", text(&never));
+    assert!(
+        stderr(&never).contains("has not restarted since it was created"),
+        "{}",
+        text(&never)
+    );
     let out = t.run(&[
         "exec",
         "talker",
@@ -449,6 +450,25 @@ async fn restart_replaces_one_replica_at_a_time_behind_the_health_gate() {
             )
         ],
     );
+    // A daemon restart will not bring it back: its restart policy is `no` now.
+    let previous_id = &kept[1].id;
+    let docker = bollard::Docker::connect_with_unix(
+        t.hosts[0].endpoint().trim_start_matches("unix://"),
+        30,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .expect("bollard");
+    let policy = docker
+        .inspect_container(
+            previous_id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .expect("inspect")
+        .host_config
+        .and_then(|h| h.restart_policy)
+        .and_then(|p| p.name);
+    assert_eq!(policy, Some(bollard::models::RestartPolicyNameEnum::NO));
     // Nothing left to converge: the restart made what `run` would have made.
     let plan = t.run(&["plan"]);
     assert!(stdout(&plan).contains("no changes"), "{}", text(&plan));

@@ -292,11 +292,13 @@ async fn the_controller_converges_repairs_rolls_and_cleans_up() {
     )
     .await;
 
-    // Remove it by hand: repaired, with an Event.
-    let current = host
-        .list_labelled(LABEL_NAMESPACE, &ns)
-        .await
-        .expect("list");
+    // Remove it by hand: repaired, with an Event. (The replaced ones are kept stopped as
+    // the replica's previous container: not what serves.)
+    let current = common::serving(
+        host.list_labelled(LABEL_NAMESPACE, &ns)
+            .await
+            .expect("list"),
+    );
     host.stop(&current[0].id, &current[0].name, Some(0))
         .await
         .expect("stop");
@@ -304,7 +306,7 @@ async fn the_controller_converges_repairs_rolls_and_cleans_up() {
         .await
         .expect("rm");
     wait_for("repair", Duration::from_secs(10), async || {
-        let list = host.list_labelled(LABEL_NAMESPACE, &ns).await.ok()?;
+        let list = common::serving(host.list_labelled(LABEL_NAMESPACE, &ns).await.ok()?);
         (list.len() == 1 && list[0].id != current[0].id).then_some(())
     })
     .await;
@@ -701,7 +703,7 @@ async fn sigterm_in_the_middle_of_a_replacement_rolls_it_back_and_the_next_leade
         "the replacement by the next leader",
         Duration::from_secs(60),
         async || {
-            let list = host.list_labelled(LABEL_NAMESPACE, &ns).await.ok()?;
+            let list = common::serving(host.list_labelled(LABEL_NAMESPACE, &ns).await.ok()?);
             (list.len() == 1
                 && list[0].id != old[0].id
                 && list[0].health == Some(stevedore::docker::Health::Healthy))

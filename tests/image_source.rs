@@ -253,11 +253,10 @@ async fn imported_and_built_images_are_made_once_and_remade_when_the_source_chan
     );
     for object in [&imported, &built] {
         let uid = object.metadata.uid.clone().expect("uid");
-        let list = host.list_labelled(LABEL_UID, &uid).await.expect("list");
+        let list = common::serving(host.list_labelled(LABEL_UID, &uid).await.expect("list"));
         assert_eq!(list.len(), 1);
         assert_ne!(running[&uid], list[0].id, "replaced");
-        let _ = host.stop(&list[0].id, &list[0].name, Some(0)).await;
-        let _ = host.remove(&list[0].id, &list[0].name).await;
+        common::remove_labelled(&host, LABEL_UID, &uid).await;
     }
     remove_images(&env, &format!("stevedore-src/{ns}-"));
 }

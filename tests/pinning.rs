@@ -78,8 +78,9 @@ impl Tracked {
     }
 }
 
+/// The owner's containers that serve (not the replicas' previous ones).
 async fn running(host: &DockerHost, uid: &str) -> Vec<HostContainer> {
-    host.list_labelled(LABEL_UID, uid).await.expect("list")
+    common::serving(host.list_labelled(LABEL_UID, uid).await.expect("list"))
 }
 
 #[tokio::test]
@@ -288,10 +289,7 @@ async fn one_digest_everywhere_pinned_follow_tag_and_a_failed_rollout() {
 
     for tracked in [&pinned, &follow, &guarded] {
         for host in &hosts {
-            for c in running(host, &tracked.uid()).await {
-                let _ = host.stop(&c.id, &c.name, Some(0)).await;
-                let _ = host.remove(&c.id, &c.name).await;
-            }
+            common::remove_labelled(host, LABEL_UID, &tracked.uid()).await;
         }
     }
 }

@@ -217,9 +217,10 @@ async fn killing_stevedore_mid_rollout_is_finished_by_the_next_run_without_dupli
         label,
         Duration::from_secs(10),
         "the finished rollout",
-        |l| l.len() == 10,
+        |l| common::serving(l.to_vec()).len() == 10,
     )
     .await;
+    let now = common::serving(now);
     assert!(no_duplicate_names(&now));
     let expected: HashSet<String> = (0..10).map(|i| format!("{namespace}_app_{i}")).collect();
     let names: HashSet<String> = now.iter().map(|c| c.name.clone()).collect();

@@ -186,7 +186,7 @@ impl Scene {
     /// What every replica looks like after the process exited: each is running under its
     /// own name, with nothing renamed aside and no duplicate.
     async fn assert_every_replica_runs(&self) -> Vec<HostContainer> {
-        let list = self.containers().await;
+        let list = common::serving(self.containers().await);
         for replica in 0..self.web.replicas {
             let name = self.name(replica);
             let found: Vec<&HostContainer> = list.iter().filter(|c| c.name == name).collect();
@@ -274,6 +274,7 @@ enum Serving {
 async fn interrupt_a_replacement(
     signal: &'static str,
     call: (&'static str, &'static str),
+    nth: usize,
     grace: &str,
     health_interval: u32,
     expected: Serving,
@@ -284,7 +285,7 @@ async fn interrupt_a_replacement(
     let child = scene.spawn_watching(grace);
     let old = scene.healthy("one").await.remove(0);
 
-    scene.interrupt_at(&child, signal, call, 1);
+    scene.interrupt_at(&child, signal, call, nth);
     scene.write("two");
     let (code, stderr) = scene
         .exited_after_the_interrupt(child, Duration::from_secs(60))
@@ -313,12 +314,12 @@ async fn interrupt_a_replacement(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_while_the_old_container_is_renamed_aside_puts_it_back() {
-    interrupt_a_replacement("-INT", ("POST", "/rename"), "25s", 1, Serving::Old).await;
+    interrupt_a_replacement("-INT", ("POST", "/rename"), 1, "25s", 1, Serving::Old).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_while_the_old_container_stops_starts_it_again() {
-    interrupt_a_replacement("-INT", ("POST", "/stop"), "25s", 1, Serving::Old).await;
+    interrupt_a_replacement("-INT", ("POST", "/stop"), 1, "25s", 1, Serving::Old).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,6 +327,7 @@ async fn sigint_while_the_new_container_is_created_removes_it_and_restores_the_o
     interrupt_a_replacement(
         "-INT",
         ("POST", "/containers/create"),
+        1,
         "25s",
         1,
         Serving::Old,
@@ -336,23 +338,24 @@ async fn sigint_while_the_new_container_is_created_removes_it_and_restores_the_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_while_the_new_container_starts_waits_for_its_health_and_finishes() {
     // The first health verdict comes after 4 s: the drain waits for it.
-    interrupt_a_replacement("-INT", ("POST", "/start"), "25s", 4, Serving::New).await;
+    interrupt_a_replacement("-INT", ("POST", "/start"), 1, "25s", 4, Serving::New).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_container_not_healthy_before_the_grace_period_ends_is_rolled_back() {
     // A 2 s grace period ends before the first health verdict (after 4 s).
-    interrupt_a_replacement("-INT", ("POST", "/start"), "2s", 4, Serving::Old).await;
+    interrupt_a_replacement("-INT", ("POST", "/start"), 1, "2s", 4, Serving::Old).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigint_while_the_old_container_is_removed_finishes_the_replacement() {
-    interrupt_a_replacement("-INT", ("DELETE", "/containers/"), "25s", 1, Serving::New).await;
+async fn sigint_while_the_old_container_is_retired_finishes_the_replacement() {
+    // The second rename: the old container, aside and stopped, becomes the previous one.
+    interrupt_a_replacement("-INT", ("POST", "/rename"), 2, "25s", 1, Serving::New).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_behaves_as_sigint() {
-    interrupt_a_replacement("-TERM", ("POST", "/stop"), "25s", 1, Serving::Old).await;
+    interrupt_a_replacement("-TERM", ("POST", "/stop"), 1, "25s", 1, Serving::Old).await;
 }
 
 /// Two replicas without host ports, updated by Recreate.

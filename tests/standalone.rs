@@ -120,7 +120,7 @@ async fn an_edit_is_planned_with_its_field_then_replaces_only_that_container() {
 
     let second = ws.run_once();
     assert_eq!(second.status.code(), Some(0), "{}", text(&second));
-    let after = containers(&host, &ws.namespace).await;
+    let after = common::serving(containers(&host, &ws.namespace).await);
     assert_eq!(after.len(), 2, "{after:?}");
     assert_ne!(after[0].id, before[0].id, "a was not replaced");
     assert_eq!(after[1].id, before[1].id, "b was replaced");

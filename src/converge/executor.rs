@@ -373,9 +373,10 @@ impl Executor {
         self.host.remove(&container.id, &container.name).await
     }
 
-    /// Keeps a replaced container, stopped, as its replica's previous one (the one before
-    /// goes): its log stays readable (`logs --previous`). Should the name be taken after
-    /// all, the old container is removed as before.
+    /// Keeps a replaced container, stopped and never restarted by the daemon, as its
+    /// replica's previous one (the one before goes): its log stays readable (`logs
+    /// --previous`). Should that fail (the name taken after all), the old container is
+    /// removed instead.
     async fn retire(
         &self,
         old: &ContainerRef,
@@ -408,7 +409,11 @@ impl Executor {
         if let Some(earlier) = owned.iter().find(ours) {
             self.host.remove(&earlier.id, &previous).await?;
         }
-        if self.host.rename(&old.id, &previous).await.is_err() {
+        let kept = match self.host.never_restart(&old.id, &old.name).await {
+            Ok(()) => self.host.rename(&old.id, &previous).await,
+            Err(e) => Err(e),
+        };
+        if kept.is_err() {
             self.host.remove(&old.id, &old.name).await?;
         }
         Ok(())

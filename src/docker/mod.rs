@@ -113,10 +113,12 @@ pub enum Call {
     Build,
     /// `POST /containers/{id}/exec` and `POST /exec/{id}/start` (a person's command).
     Exec,
+    /// `POST /containers/{id}/update`.
+    Update,
 }
 
 impl Call {
-    const ALL: [Call; 15] = [
+    const ALL: [Call; 16] = [
         Call::Info,
         Call::ListContainers,
         Call::InspectContainer,
@@ -132,6 +134,7 @@ impl Call {
         Call::Import,
         Call::Build,
         Call::Exec,
+        Call::Update,
     ];
 
     /// A name for metrics: `list_containers`, `pull`, …
@@ -152,6 +155,7 @@ impl Call {
             Call::Import => "import",
             Call::Build => "build",
             Call::Exec => "exec",
+            Call::Update => "update",
         }
     }
 
@@ -173,6 +177,7 @@ impl Call {
                 | Call::Import
                 | Call::Build
                 | Call::Exec
+                | Call::Update
         )
     }
 }
@@ -379,6 +384,9 @@ fn exit_code_from_status(status: &str) -> Option<i64> {
 pub struct ContainerDetails {
     /// RFC 3339 start time, when it ever started.
     pub started_at: Option<String>,
+    /// RFC 3339 time its last run ended, when one did (before `started_at` once it was
+    /// started again).
+    pub finished_at: Option<String>,
     /// Exit code of the last run.
     pub exit_code: Option<i64>,
     /// Restarts done by the daemon's restart policy.
@@ -768,6 +776,23 @@ impl DockerHost {
         }
     }
 
+    /// Sets a container's restart policy to `no`: a stopped container kept for its log must
+    /// not come back when the daemon restarts.
+    pub async fn never_restart(&self, id: &str, name: &str) -> Result<(), DockerError> {
+        let _timer = self.count(Call::Update);
+        let body = bollard::models::ContainerUpdateBody {
+            restart_policy: Some(bollard::models::RestartPolicy {
+                name: Some(bollard::models::RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(id, body)
+            .await
+            .map_err(self.fail(format!("failed to update container {name}")))
+    }
+
     /// Renames a container.
     pub async fn rename(&self, id: &str, new_name: &str) -> Result<(), DockerError> {
         let _timer = self.count(Call::Rename);
@@ -819,6 +844,7 @@ impl DockerHost {
         ports.sort();
         Ok(ContainerDetails {
             started_at: state.started_at.filter(|t| !t.starts_with("0001-01-01")),
+            finished_at: state.finished_at.filter(|t| !t.starts_with("0001-01-01")),
             exit_code: state.exit_code,
             restart_count: inspect.restart_count.unwrap_or_default(),
             ips,

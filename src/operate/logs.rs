@@ -23,7 +23,8 @@ pub struct LogOptions {
     pub tail: Option<usize>,
     /// Keep the daemon's timestamp in front of each line.
     pub timestamps: bool,
-    /// The run before the current one (the output up to the last restart).
+    /// The run before the current one: the output up to the last restart in place, else
+    /// the replica's previous container.
     pub previous: bool,
     /// Put `[replica N on TARGET]` in front of each line.
     pub prefix: bool,
@@ -95,16 +96,31 @@ pub async fn print(replicas: &[Replica], options: &LogOptions) -> Result<Ended, 
     Ok(Ended::Complete)
 }
 
-/// The output of the run that ended when the container last restarted: everything the
-/// daemon kept from before the current run's start.
+/// The output of the run that ended when the container last restarted (everything the
+/// daemon kept from before the current run's start), else that of the replica's previous
+/// container.
 async fn print_previous(replica: &Replica, options: &LogOptions) -> Result<(), OperateError> {
     let details = replica.host.inspect(&replica.container.id).await?;
-    let started_text = details.started_at.unwrap_or_default();
-    let Ok(started) = humantime::parse_rfc3339_weak(&started_text) else {
-        return Err(OperateError::NotFound(format!(
-            "replica {} on {} ({}) has never started: there is no previous run",
-            replica.index, replica.target, replica.container.name
-        )));
+    let time = |at: &Option<String>| {
+        at.as_deref()
+            .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
+    };
+    // Started again after its last run ended (by the daemon's restart policy, or by
+    // Stevedore starting an exited container): that run is the previous one, and it wrote
+    // nothing after it ended. (The start time itself is no boundary: the daemon records it
+    // a moment after the new run may have written its first lines.)
+    let ended = match (time(&details.finished_at), time(&details.started_at)) {
+        (Some(finished), Some(started)) if finished < started => finished,
+        _ => {
+            let Some(previous) = &replica.previous else {
+                return Err(OperateError::NotFound(format!(
+                    "replica {} on {} ({}) has not restarted since it was created, and no \
+                     container of an earlier replacement is kept",
+                    replica.index, replica.target, replica.container.name
+                )));
+            };
+            return print_whole(replica, previous, options).await;
+        }
     };
     let request = LogRequest {
         timestamps: true,
@@ -120,25 +136,13 @@ async fn print_previous(replica: &Replica, options: &LogOptions) -> Result<(), O
         for line in String::from_utf8_lossy(&bytes).lines() {
             let (at, text) = line.split_once(' ').unwrap_or((line, ""));
             let written = humantime::parse_rfc3339_weak(at).ok();
-            if written.is_some_and(|w| w < started) {
+            if written.is_some_and(|w| w <= ended) {
                 kept.push((
                     is_err,
                     if options.timestamps { line } else { text }.to_string(),
                 ));
             }
         }
-    }
-    if kept.is_empty() {
-        // Not restarted in place: the previous container is the one the last replacement
-        // ended, if the host keeps it.
-        let Some(previous) = &replica.previous else {
-            return Err(OperateError::NotFound(format!(
-                "replica {} on {} ({}) has not restarted since it was created at {} and no \
-                 container of an earlier replacement is kept",
-                replica.index, replica.target, replica.container.name, started_text
-            )));
-        };
-        return print_whole(replica, previous, options).await;
     }
     let skip = options.tail.map_or(0, |n| kept.len().saturating_sub(n));
     let mut lines = Lines::new(std::slice::from_ref(replica), options.prefix);

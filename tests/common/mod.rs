@@ -401,6 +401,25 @@ pub mod fixture {
     }
 }
 
+/// The containers that serve: all but the replicas' previous ones, which a replacement
+/// keeps stopped for `logs --previous` (each checked to be stopped: a previous container
+/// that runs would serve twice).
+pub fn serving(
+    list: Vec<stevedore::docker::HostContainer>,
+) -> Vec<stevedore::docker::HostContainer> {
+    let (previous, serving): (Vec<_>, Vec<_>) = list
+        .into_iter()
+        .partition(|c| c.name.ends_with("-previous"));
+    for kept in &previous {
+        assert_ne!(
+            kept.state,
+            stevedore::docker::ContainerState::Running,
+            "a previous container runs: {kept:?}"
+        );
+    }
+    serving
+}
+
 /// Stops and removes every container on `host` labelled `label=value`: a test's cleanup.
 pub async fn remove_labelled(host: &stevedore::docker::DockerHost, label: &str, value: &str) {
     for c in host.list_labelled(label, value).await.expect("list") {
