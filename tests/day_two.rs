@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::TestEnv;
 use common::wait::connected;
-use common::workspace::{Workspace, containers, remove_all, text, wait_for};
+use common::workspace::{Watcher, Workspace, containers, remove_all, text, wait_for};
 use stevedore::docker::{ContainerState, DockerHost, HostContainer};
 
 /// A workspace with `edge-1` (the machine's daemon) and `edge-2` (the second one) and a
@@ -174,13 +174,15 @@ async fn logs_of_one_replica_of_every_replica_and_the_last_lines() {
 #[tokio::test]
 async fn follow_prints_new_lines_and_stops_cleanly_on_ctrl_c() {
     let t = Talkers::up(COUNTING, "").await;
-    let mut follower = t
-        .command(&["logs", "talker", "--replica", "0", "-f", "--tail", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn logs -f");
-    let mut lines = BufReader::new(follower.stdout.take().expect("stdout")).lines();
+    // Interrupted on drop too, should a check fail first.
+    let mut follower = Watcher(
+        t.command(&["logs", "talker", "--replica", "0", "-f", "--tail", "1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn logs -f"),
+    );
+    let mut lines = BufReader::new(follower.0.stdout.take().expect("stdout")).lines();
     // Lines keep coming while it follows: five new ones, in order.
     let mut seen = Vec::new();
     while seen.len() < 6 {
@@ -202,12 +204,12 @@ async fn follow_prints_new_lines_and_stops_cleanly_on_ctrl_c() {
 
     let signalled = Instant::now();
     let status = Command::new("kill")
-        .args(["-INT", &follower.id().to_string()])
+        .args(["-INT", &follower.0.id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
     let exit = loop {
-        if let Some(exit) = follower.try_wait().expect("wait") {
+        if let Some(exit) = follower.0.try_wait().expect("wait") {
             break exit;
         }
         assert!(
@@ -218,7 +220,7 @@ async fn follow_prints_new_lines_and_stops_cleanly_on_ctrl_c() {
     };
     assert_eq!(exit.code(), Some(130), "exit code of an interrupted follow");
     let mut errors = String::new();
-    std::io::Read::read_to_string(&mut follower.stderr.take().expect("stderr"), &mut errors)
+    std::io::Read::read_to_string(&mut follower.0.stderr.take().expect("stderr"), &mut errors)
         .expect("read stderr");
     assert!(
         errors.lines().all(|l| l.starts_with("warn ")),

@@ -181,11 +181,14 @@ async fn killing_stevedore_mid_rollout_is_finished_by_the_next_run_without_dupli
 
     // Rotate the Secret and roll out one container at a time; kill Stevedore halfway.
     manifests(&dir, &env, "second", 10);
-    let mut child = stevedore(&["run", "--no-progress", "--concurrency", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the rollout");
+    // Stopped on drop too, so a failed check leaves no stray run converging behind it.
+    let mut child = common::workspace::Watcher(
+        stevedore(&["run", "--no-progress", "--concurrency", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the rollout"),
+    );
     until(
         &host,
         label,
@@ -200,8 +203,8 @@ async fn killing_stevedore_mid_rollout_is_finished_by_the_next_run_without_dupli
         },
     )
     .await;
-    child.kill().expect("SIGKILL stevedore");
-    let _ = child.wait();
+    child.0.kill().expect("SIGKILL stevedore");
+    let _ = child.0.wait();
 
     let resumed = stevedore(&["run", "--once", "--no-progress", "--timeout", "90s"])
         .output()

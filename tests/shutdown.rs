@@ -148,7 +148,7 @@ impl Scene {
             &format!("every replica running {mode}, healthy"),
             Duration::from_secs(60),
             async || {
-                let list = self.containers().await;
+                let list = common::serving(self.containers().await);
                 let ready: Vec<HostContainer> = wanted
                     .iter()
                     .filter_map(|name| {

@@ -129,7 +129,7 @@ async fn an_edit_is_planned_with_its_field_then_replaces_only_that_container() {
     ws.remove("b.yaml");
     let third = ws.run_once();
     assert_eq!(third.status.code(), Some(0), "{}", text(&third));
-    let left = containers(&host, &ws.namespace).await;
+    let left = common::serving(containers(&host, &ws.namespace).await);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].id, after[0].id);
     remove_all(&host, &ws.namespace).await;
