@@ -588,8 +588,9 @@ fn default_replicas() -> i32 {
 pub struct UpdateStrategy {
     /// `RollingUpdate` replaces `maxUnavailable + maxSurge` (at least one) containers at a
     /// time on each target, each new one started (and healthy, with a health check) before
-    /// the old one is removed; `Recreate` stops every old container on a target before the
-    /// first new one starts, and removes them once every new one runs.
+    /// the old one is retired; `Recreate` stops every old container on a target before the
+    /// first new one starts, and retires them once every new one runs. A retired container
+    /// is kept stopped, as its replica's previous one, until the next replacement.
     #[serde(rename = "type", default)]
     pub kind: UpdateStrategyType,
     /// How many containers may be missing during a rolling update; with `maxSurge`, how
