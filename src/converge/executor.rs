@@ -356,19 +356,33 @@ impl Executor {
         Ok(id)
     }
 
-    async fn stop_and_remove(
+    /// Stops a container gracefully; `false` when it is gone already.
+    async fn stop_unless_gone(
         &self,
         container: &ContainerRef,
         stop_timeout_seconds: Option<i32>,
-    ) -> Result<(), DockerError> {
+    ) -> Result<bool, DockerError> {
         match self
             .host
             .stop(&container.id, &container.name, stop_timeout_seconds)
             .await
         {
-            Ok(()) => {}
-            Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn stop_and_remove(
+        &self,
+        container: &ContainerRef,
+        stop_timeout_seconds: Option<i32>,
+    ) -> Result<(), DockerError> {
+        if !self
+            .stop_unless_gone(container, stop_timeout_seconds)
+            .await?
+        {
+            return Ok(());
         }
         self.host.remove(&container.id, &container.name).await
     }
@@ -383,14 +397,8 @@ impl Executor {
         desired: &DesiredInstance,
         stop_timeout_seconds: Option<i32>,
     ) -> Result<(), DockerError> {
-        match self
-            .host
-            .stop(&old.id, &old.name, stop_timeout_seconds)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.kind == ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
+        if !self.stop_unless_gone(old, stop_timeout_seconds).await? {
+            return Ok(());
         }
         let previous = previous_name(&desired.name);
         // Only the replica's own previous container goes: a container of that name that is
