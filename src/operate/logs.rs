@@ -96,9 +96,9 @@ pub async fn print(replicas: &[Replica], options: &LogOptions) -> Result<Ended, 
     Ok(Ended::Complete)
 }
 
-/// The output of the run that ended when the container last restarted (everything the
-/// daemon kept from before the current run's start), else that of the replica's previous
-/// container.
+/// The output of the runs before the current one when the container was started again in
+/// place (everything the daemon kept up to its last exit), else that of the replica's
+/// previous container.
 async fn print_previous(replica: &Replica, options: &LogOptions) -> Result<(), OperateError> {
     let details = replica.host.inspect(&replica.container.id).await?;
     let time = |at: &Option<String>| {
