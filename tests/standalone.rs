@@ -3,6 +3,8 @@
 //! with its own manager, so tests never see each other's containers.
 
 mod common;
+#[path = "common/tripwire.rs"]
+mod tripwire;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -720,4 +722,67 @@ async fn an_image_that_cannot_be_pulled_keeps_the_old_container_and_run_once_fai
     assert_eq!(after[0].id, before[0].id, "the old container serves");
     assert_eq!(after[0].state, ContainerState::Running);
     remove_all(&main, &ws.namespace).await;
+}
+
+#[tokio::test]
+async fn a_start_that_keeps_failing_the_same_way_is_said_once() {
+    let env = TestEnv::load();
+    let host = connected(hosts::main(&env)).await;
+    let ws = Workspace::new();
+    // The daemon through a proxy that notices the second start attempt.
+    let wire = tripwire::Tripwire::start(&ws.dir, std::path::Path::new("/var/run/docker.sock"));
+    ws.write("target.yaml", &target("main", &wire.endpoint(), "here"));
+    // The host port is held by something that is not a container: every start fails the
+    // same way, with another endpoint ID in Docker's error each time.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = i32::from(holder.local_addr().expect("addr").port());
+    ws.write("web.yaml", &web("web", &env.get("IMAGE_V1"), port, "one"));
+    wire.arm(("POST", "/start"), 3, Duration::ZERO, || {});
+    let child = ws
+        .command(&["run", "--no-progress", "--resync", "1h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start stevedore run");
+    let mut watcher = Watcher(child);
+    wait_for(
+        "a third start attempt",
+        Duration::from_secs(60),
+        async || wire.fired(),
+    )
+    .await;
+    // Let the third attempt's outcome reach the printer, then stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = Command::new("kill")
+        .args(["-INT", &watcher.0.id().to_string()])
+        .status();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = watcher.0.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    // The first attempt is the create (whose start fails), the next ones are starts.
+    let failures: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("failed to start"))
+        .collect();
+    assert_eq!(
+        failures.len(),
+        1,
+        "two start attempts, said once:\n{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("failed to "))
+            .count(),
+        2,
+        "{stderr}"
+    );
+    assert!(
+        failures[0].contains(&port.to_string()),
+        "the line names the port:\n{stderr}"
+    );
+    drop(holder);
+    remove_all(&host, &ws.namespace).await;
 }

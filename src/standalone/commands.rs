@@ -283,10 +283,31 @@ fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
     tx
 }
 
-/// A line with its digits left out: the same problem with another countdown or count is
-/// the same problem.
+/// A line with its digits and object IDs left out: the same problem with another
+/// countdown, count, or the ID of another attempt's endpoint or container (Docker names
+/// them in its errors: `… on endpoint web_0 (e46d86…)`) is the same problem.
 fn without_digits(line: &str) -> String {
-    line.chars().filter(|c| !c.is_ascii_digit()).collect()
+    let mut shape = String::with_capacity(line.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, shape: &mut String| {
+        // Twelve hex characters or more: an ID (a word as `deadbeef` is shorter).
+        if run.len() < 12 {
+            shape.extend(run.chars().filter(|c| !c.is_ascii_digit()));
+        }
+        run.clear();
+    };
+    for c in line.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut shape);
+            if !c.is_ascii_digit() {
+                shape.push(c);
+            }
+        }
+    }
+    flush(&mut run, &mut shape);
+    shape
 }
 
 /// Prints problems once while they last: a converge that runs every half second, or a
@@ -697,5 +718,36 @@ impl Drained {
             parts.push("nothing was under way".into());
         }
         format!("stopped: {}; containers keep running", parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_digits;
+
+    #[test]
+    fn the_same_failure_with_other_ids_and_counts_has_one_shape() {
+        let attempt = |endpoint: &str, seconds: u32| {
+            format!(
+                "failed to start ns_web_0 on local: ServerError: driver failed programming \
+                 external connectivity on endpoint ns_web_0 ({endpoint}): Bind for \
+                 127.0.0.1:25999 failed: port is already allocated; retry in {seconds} s"
+            )
+        };
+        let first = attempt(
+            "e46d8667595953e30bc0b9f28080ba64de3a3c32eaaf901fce7ad2ba663c5101",
+            10,
+        );
+        let again = attempt(
+            "c47620169d386cd50010875e289894e8b8808fde3375ea8dc8e9be5f3309f22e",
+            20,
+        );
+        assert_eq!(without_digits(&first), without_digits(&again));
+        // Words made of hex letters stay: "added" is not an ID.
+        assert!(without_digits("a bad feed was added").contains("bad feed was added"));
+        assert_ne!(
+            without_digits("failed to start ns_web_0: port is already allocated"),
+            without_digits("failed to start ns_web_0: no such image")
+        );
     }
 }
