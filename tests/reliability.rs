@@ -263,9 +263,7 @@ async fn killing_stevedore_mid_rollout_is_finished_by_the_next_run_without_dupli
         "a Secret value is in a label"
     );
 
-    for c in now {
-        let _ = host.stop(&c.id, &c.name, Some(0)).await;
-        let _ = host.remove(&c.id, &c.name).await;
-    }
+    // Every container of the namespace, the replicas' previous ones included.
+    common::remove_labelled(&host, LABEL_NAMESPACE, &namespace).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
