@@ -9,6 +9,9 @@
 #      and a second one on plain HTTP (the usual lab registry), with the same auth and images
 #   5. sshd on a loopback port whose user reaches the second daemon with
 #      `docker system dial-stdio`, the way ssh:// Docker hosts are reached
+#   6. the other engines hosts run: a Docker 26 daemon (Debian trixie's docker.io and
+#      containerd, unpacked beside the system's 20.10) and a Podman 4.3 service (Debian
+#      bookworm's `podman system service`), each on its own unix socket, roots and bridge
 #
 # Usage: hack/test-env.sh up|down|status|restart-second
 #
@@ -20,6 +23,8 @@ set -euo pipefail
 source "$(dirname "$0")/lib/busybox-rootfs.sh"
 
 STATE=${STEVEDORE_TEST_DIR:-/tmp/stevedore-test-env}
+# Downloads kept across runs (Docker 26's packages).
+CACHE=${STEVEDORE_TEST_CACHE:-/var/cache/stevedore-test}
 ENV_FILE="$STATE/env"
 CERTS="$STATE/certs"
 
@@ -44,7 +49,7 @@ ensure_packages() {
     local missing=()
     local pkg
     for pkg in busybox-static docker-registry openssh-server openssh-client apache2-utils lua5.1 \
-        openssl curl iproute2; do
+        openssl curl iproute2 podman netavark aardvark-dns; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing+=("$pkg")
     done
@@ -62,6 +67,28 @@ ensure_packages() {
         python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
             'helm-python-sdk==0.2.2' >/dev/null
     fi
+}
+
+# Docker 26: Debian trixie's docker.io and containerd, downloaded through an apt
+# configuration of their own (the machine's sources and installed packages stay as they are)
+# and unpacked under $CACHE/docker26. The daemon runs there with the system's runc.
+fetch_docker26() {
+    local root="$CACHE/docker26" apt="$CACHE/apt-trixie"
+    [[ -x $root/usr/sbin/dockerd && -x $root/usr/bin/containerd ]] && return 0
+    log "downloading Docker 26 (trixie's docker.io and containerd)"
+    mkdir -p "$apt/lists/partial" "$apt/archives/partial" "$root"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]" \
+        "http://deb.debian.org/debian trixie main" >"$apt/sources.list"
+    local options=(-o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=-"
+        -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt" -o "Dir::Cache::Archives=$apt/archives"
+        -o "APT::Sandbox::User=root")
+    apt-get "${options[@]}" update -qq
+    (cd "$apt/archives" && apt-get "${options[@]}" download -qq docker.io/trixie containerd/trixie)
+    local deb
+    for deb in "$apt"/archives/docker.io_*.deb "$apt"/archives/containerd_*.deb; do
+        dpkg-deb -x "$deb" "$root"
+    done
+    [[ -x $root/usr/sbin/dockerd ]] || die "Docker 26 did not unpack into $root"
 }
 
 # --- processes ---------------------------------------------------------------------------
@@ -203,6 +230,103 @@ start_daemon() {
 start_second_daemon() {
     start_daemon d2 172.31.252.1/24 --host "unix://$STATE/d2/docker.sock"
     wait_for "second daemon" env DOCKER_HOST="unix://$STATE/d2/docker.sock" docker version
+}
+
+# Docker 26 from $CACHE/docker26, with its own containerd (dockerd starts the one first on
+# PATH) and a bridge of its own: a 26.x daemon told `--bridge none` deletes the host's docker0.
+start_docker26() {
+    local root="$CACHE/docker26"
+    PATH="$root/usr/bin:$root/usr/sbin:$PATH" start_daemon d26 172.31.251.1/24 \
+        --host "unix://$STATE/d26/docker.sock"
+    wait_for "Docker 26 daemon" env DOCKER_HOST="unix://$STATE/d26/docker.sock" docker version
+}
+
+# --- podman ------------------------------------------------------------------------------
+
+PODMAN_DIR="$STATE/podman"
+
+# podman_cli ARGS... — the podman CLI on the harness's own storage and configuration.
+podman_cli() {
+    CONTAINERS_CONF="$PODMAN_DIR/containers.conf" \
+        CONTAINERS_STORAGE_CONF="$PODMAN_DIR/storage.conf" \
+        CONTAINERS_REGISTRIES_CONF="$PODMAN_DIR/registries.conf" podman "$@"
+}
+
+# Podman's Docker-compatible API, rootful, on its own storage, network and socket. What a
+# Podman host needs that a Docker host does not is configured here, as its admin would:
+# ulimits within this machine's hard limits (Podman asks for more than the sandbox allows
+# and every start fails with "error setting rlimits"), and the plain-HTTP lab registry
+# listed as insecure (Podman, unlike Docker, does not trust 127.0.0.0/8 by itself).
+start_podman() {
+    mkdir -p "$PODMAN_DIR/storage" "$PODMAN_DIR/run" "$PODMAN_DIR/tmp" "$PODMAN_DIR/networks"
+    cat >"$PODMAN_DIR/containers.conf" <<EOF
+[containers]
+default_ulimits = ["nofile=16384:16384", "nproc=32768:32768"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$PODMAN_DIR/events.log"
+tmp_dir = "$PODMAN_DIR/tmp"
+[network]
+network_backend = "netavark"
+network_config_dir = "$PODMAN_DIR/networks"
+default_subnet = "172.31.250.0/24"
+EOF
+    cat >"$PODMAN_DIR/storage.conf" <<EOF
+[storage]
+driver = "vfs"
+graphroot = "$PODMAN_DIR/storage"
+runroot = "$PODMAN_DIR/run"
+EOF
+    cat >"$PODMAN_DIR/registries.conf" <<EOF
+[[registry]]
+location = "$PLAIN_REGISTRY"
+insecure = true
+EOF
+    if ! pid_alive "$PODMAN_DIR/service.pid"; then
+        log "starting the Podman service"
+        setsid env CONTAINERS_CONF="$PODMAN_DIR/containers.conf" \
+            CONTAINERS_STORAGE_CONF="$PODMAN_DIR/storage.conf" \
+            CONTAINERS_REGISTRIES_CONF="$PODMAN_DIR/registries.conf" \
+            podman system service --time 0 "unix://$PODMAN_DIR/podman.sock" \
+            </dev/null >"$PODMAN_DIR/service.log" 2>&1 &
+        echo $! >"$PODMAN_DIR/service.pid"
+    fi
+    wait_for "Podman service" env DOCKER_HOST="unix://$PODMAN_DIR/podman.sock" docker version
+    if ! pid_alive "$PODMAN_DIR/healthcheck.pid"; then
+        podman_health_checks </dev/null >"$PODMAN_DIR/healthcheck.log" 2>&1 &
+        echo $! >"$PODMAN_DIR/healthcheck.pid"
+    fi
+}
+
+# Podman schedules health checks with systemd timers; this machine has no systemd, so this
+# loop stands in for them: each running container with a health check gets
+# `podman healthcheck run` once per its own interval, which records the verdict as the
+# timer's run would (inspect's State.Health, health_status events).
+podman_health_checks() {
+    declare -A due
+    local now id interval running
+    while sleep 0.5; do
+        now=$(date +%s%N)
+        mapfile -t running < <(podman_cli ps -q --no-trunc 2>/dev/null)
+        ((${#running[@]})) || continue
+        while read -r id interval; do
+            [[ -n $interval && $interval != 0 ]] || continue
+            if ((now >= ${due[$id]:-0})); then
+                due[$id]=$((now + interval))
+                podman_cli healthcheck run "$id" >/dev/null 2>&1 &
+            fi
+        done < <(podman_cli inspect --format \
+            '{{.Id}} {{if .Config.Healthcheck}}{{printf "%d" .Config.Healthcheck.Interval}}{{end}}' \
+            "${running[@]}" 2>/dev/null)
+        wait
+    done
+}
+
+# Stops every container of the harness's Podman: unlike dockerd's, they outlive the service.
+stop_podman_containers() {
+    [[ -s $PODMAN_DIR/storage.conf ]] || return 0
+    podman_cli rm --all --force --time 2 >/dev/null 2>&1 || true
 }
 
 tls_docker() {
@@ -373,6 +497,8 @@ write_env() {
 STEVEDORE_TEST_DIR=$STATE
 STEVEDORE_TEST_MAIN_HOST=$MAIN_HOST
 STEVEDORE_TEST_SECOND_HOST=unix://$STATE/d2/docker.sock
+STEVEDORE_TEST_DOCKER26_HOST=unix://$STATE/d26/docker.sock
+STEVEDORE_TEST_PODMAN_HOST=unix://$PODMAN_DIR/podman.sock
 STEVEDORE_TEST_TLS_HOST=tcp://127.0.0.1:$TLS_DAEMON_PORT
 STEVEDORE_TEST_TLS_UNIX_HOST=unix://$STATE/dtls/docker.sock
 STEVEDORE_TEST_CA=$CERTS/ca.crt
@@ -407,12 +533,17 @@ up() {
     mkdir -p "$STATE"
     chmod 700 "$STATE"
     ensure_packages
+    fetch_docker26
     make_certs
     wait_for "main Docker daemon" docker_main version
     make_images
     start_second_daemon
     start_tls_daemon
+    start_docker26
+    start_podman
     load_images_into "unix://$STATE/d2/docker.sock"
+    load_images_into "unix://$STATE/d26/docker.sock"
+    load_images_into "unix://$PODMAN_DIR/podman.sock"
     load_images_into "tcp://127.0.0.1:$TLS_DAEMON_PORT" env DOCKER_TLS_VERIFY=1 \
         DOCKER_CERT_PATH="$STATE/tls-client"
     start_registry
@@ -424,10 +555,13 @@ up() {
 
 down() {
     stop_pidfile sshd "$STATE/ssh/sshd.pid"
+    stop_pidfile "Podman health checks" "$PODMAN_DIR/healthcheck.pid"
+    stop_podman_containers
+    stop_pidfile "Podman service" "$PODMAN_DIR/service.pid"
     stop_pidfile registry "$STATE/registry/registry.pid"
     stop_pidfile "plain-HTTP registry" "$STATE/plain-registry/registry.pid"
     local name
-    for name in dtls d2; do
+    for name in d26 dtls d2; do
         stop_pidfile "dockerd $name" "$STATE/$name/dockerd.pid"
         if ip link show "stv-$name" >/dev/null 2>&1; then
             ip link delete "stv-$name" 2>/dev/null || true
@@ -445,7 +579,8 @@ restart_second() {
 
 status() {
     local name pidfile
-    for name in d2/dockerd dtls/dockerd registry/registry plain-registry/registry ssh/sshd; do
+    for name in d2/dockerd dtls/dockerd d26/dockerd podman/service podman/healthcheck \
+        registry/registry plain-registry/registry ssh/sshd; do
         pidfile="$STATE/$name.pid"
         if pid_alive "$pidfile"; then
             echo "$name: running (pid $(cat "$pidfile"))"

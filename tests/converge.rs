@@ -2,6 +2,7 @@
 //! replacements with reasons, drift repair through events, orphans, isolation between
 //! targets, failures that stay local, and every transport.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::fixture::{Target, free_port, spec, unique};
 use common::wait::connected;
+use common::engines::Engine;
 use common::{TestEnv, hosts};
 use serde_json::json;
 use stevedore::converge::engine::LoopOptions;
@@ -48,10 +50,9 @@ fn running_names(containers: &[stevedore::docker::HostContainer]) -> Vec<String>
     names
 }
 
-#[tokio::test]
-async fn from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_change() {
+async fn from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_change(engine: Engine) {
     let env = TestEnv::load();
-    let mut target = Target::new(connected(hosts::main(&env)).await);
+    let mut target = Target::new(connected(engine.host(&env)).await);
     let web = spec(json!({"image": env.get("IMAGE_V1")}));
     let instances = target
         .instances("web", &web, &no_env(), &[0, 1, 2, 3, 4])
@@ -83,10 +84,9 @@ async fn from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_cha
     target.cleanup().await;
 }
 
-#[tokio::test]
-async fn each_changed_field_replaces_only_its_container_and_says_what_changed() {
+async fn each_changed_field_replaces_only_its_container_and_says_what_changed(engine: Engine) {
     let env = TestEnv::load();
-    let mut target = Target::new(connected(hosts::main(&env)).await);
+    let mut target = Target::new(connected(engine.host(&env)).await);
     let image = env.get("IMAGE_V1");
     let (port_a, port_b) = (free_port(), free_port());
     let base = |extra: serde_json::Value| {
@@ -244,11 +244,10 @@ async fn http_get(port: i32) -> String {
     }
 }
 
-#[tokio::test]
-async fn containers_removed_stopped_or_killed_by_hand_are_repaired_from_events() {
+async fn containers_removed_stopped_or_killed_by_hand_are_repaired_from_events(engine: Engine) {
     let env = TestEnv::load();
-    let daemon = env.get("SECOND_HOST");
-    let target = Target::new(connected(hosts::second(&env)).await);
+    let daemon = engine.address(&env);
+    let target = Target::new(connected(engine.host(&env)).await);
     let sleeper = spec(json!({"image": env.get("IMAGE_V1")}));
     let instances = target.instances("drift", &sleeper, &no_env(), &[0]).await;
     let name = instances[0].name.clone();
@@ -309,11 +308,10 @@ async fn running_id(target: &Target, name: &str) -> Option<String> {
         .map(|c| c.id)
 }
 
-#[tokio::test]
-async fn unmanaged_containers_are_never_touched_and_orphans_are_removed() {
+async fn unmanaged_containers_are_never_touched_and_orphans_are_removed(engine: Engine) {
     let env = TestEnv::load();
-    let daemon = env.get("MAIN_HOST");
-    let mut target = Target::new(connected(hosts::main(&env)).await);
+    let daemon = engine.address(&env);
+    let mut target = Target::new(connected(engine.host(&env)).await);
     let hand_made = unique("hand-made");
     docker_cli(
         &daemon,
@@ -371,11 +369,10 @@ async fn unmanaged_containers_are_never_touched_and_orphans_are_removed() {
     target.cleanup().await;
 }
 
-#[tokio::test]
-async fn two_targets_on_one_daemon_converge_independently() {
+async fn two_targets_on_one_daemon_converge_independently(engine: Engine) {
     let env = TestEnv::load();
-    let mut one = Target::new(connected(hosts::main(&env)).await);
-    let mut two = Target::new(connected(hosts::main(&env)).await);
+    let mut one = Target::new(connected(engine.host(&env)).await);
+    let mut two = Target::new(connected(engine.host(&env)).await);
     let s = spec(json!({"image": env.get("IMAGE_V1")}));
     let a = one.instances("a", &s, &no_env(), &[0]).await;
     let b = two.instances("b", &s, &no_env(), &[0]).await;
@@ -393,11 +390,10 @@ async fn two_targets_on_one_daemon_converge_independently() {
     two.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_name_taken_by_a_container_of_someone_else_is_named_as_the_cause() {
+async fn a_name_taken_by_a_container_of_someone_else_is_named_as_the_cause(engine: Engine) {
     let env = TestEnv::load();
-    let daemon = env.get("MAIN_HOST");
-    let mut target = Target::new(connected(hosts::main(&env)).await);
+    let daemon = engine.address(&env);
+    let mut target = Target::new(connected(engine.host(&env)).await);
     let s = spec(json!({"image": env.get("IMAGE_V1")}));
     let instances = target.instances("web", &s, &no_env(), &[0]).await;
     // Made by hand (or by another manager) under the very name Stevedore would use.
@@ -432,10 +428,9 @@ async fn a_name_taken_by_a_container_of_someone_else_is_named_as_the_cause() {
     target.cleanup().await;
 }
 
-#[tokio::test]
-async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges() {
+async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges(engine: Engine) {
     let env = TestEnv::load();
-    let mut target = Target::new(connected(hosts::main(&env)).await);
+    let mut target = Target::new(connected(engine.host(&env)).await);
     let port = free_port();
     let good = spec(json!({"image": env.get("IMAGE_V1")}));
     // In the harness's registry (loopback): nothing leaves the machine.
@@ -509,7 +504,7 @@ async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges() {
     );
 
     // An unreachable daemon fails on its own, classified; this host still converges.
-    let (mut unreachable, material) = hosts::main(&env);
+    let (mut unreachable, material) = engine.host(&env);
     unreachable.endpoint = "tcp://127.0.0.1:1".into();
     let error = connect(&unreachable, &material, ConnectOptions::default())
         .await
@@ -522,10 +517,9 @@ async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges() {
     target.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_running() {
+async fn a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_running(engine: Engine) {
     let env = TestEnv::load();
-    let mut target = Target::new(connected(hosts::main(&env)).await);
+    let mut target = Target::new(connected(engine.host(&env)).await);
     let v1 = spec(json!({"image": env.get("IMAGE_V1")}));
     target
         .converge(target.instances("web", &v1, &no_env(), &[0]).await)
@@ -557,10 +551,9 @@ async fn a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_run
     target.cleanup().await;
 }
 
-#[tokio::test]
-async fn an_unhealthy_replacement_is_rolled_back_and_the_old_container_keeps_serving() {
+async fn an_unhealthy_replacement_is_rolled_back_and_the_old_container_keeps_serving(engine: Engine) {
     let env = TestEnv::load();
-    let mut target = Target::new(connected(hosts::main(&env)).await);
+    let mut target = Target::new(connected(engine.host(&env)).await);
     let port = free_port();
     let check = |command: serde_json::Value| {
         spec(json!({
@@ -692,10 +685,9 @@ async fn private_images_are_pulled_with_credentials_and_progress_is_reported() {
     target.cleanup().await;
 }
 
-#[tokio::test]
-async fn instance_status_shows_addresses_ports_and_the_log_of_an_exited_container() {
+async fn instance_status_shows_addresses_ports_and_the_log_of_an_exited_container(engine: Engine) {
     let env = TestEnv::load();
-    let mut target = Target::new(connected(hosts::main(&env)).await);
+    let mut target = Target::new(connected(engine.host(&env)).await);
     let port = free_port();
     let web = spec(json!({"image": env.get("IMAGE_V1"),
         "ports": [{"containerPort": 8080, "hostPort": port, "hostIP": "127.0.0.1"}]}));
@@ -765,3 +757,16 @@ async fn instance_status_shows_addresses_ports_and_the_log_of_an_exited_containe
     assert_eq!(statuses[2].state, "missing");
     target.cleanup().await;
 }
+
+on_every_engine!(
+    from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_change,
+    each_changed_field_replaces_only_its_container_and_says_what_changed,
+    containers_removed_stopped_or_killed_by_hand_are_repaired_from_events,
+    unmanaged_containers_are_never_touched_and_orphans_are_removed,
+    two_targets_on_one_daemon_converge_independently,
+    a_name_taken_by_a_container_of_someone_else_is_named_as_the_cause,
+    bad_images_and_port_clashes_fail_alone_while_the_rest_converges,
+    a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_running,
+    an_unhealthy_replacement_is_rolled_back_and_the_old_container_keeps_serving,
+    instance_status_shows_addresses_ports_and_the_log_of_an_exited_container,
+);

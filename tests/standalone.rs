@@ -2,6 +2,7 @@
 //! directory, against the harness's real daemons. Each test works in its own namespace and
 //! with its own manager, so tests never see each other's containers.
 
+#[macro_use]
 mod common;
 #[path = "common/tripwire.rs"]
 mod tripwire;
@@ -15,6 +16,7 @@ use common::wait::connected;
 use common::workspace::{
     Watcher, Workspace, containers, http_get, remove_all, target, text, wait_for,
 };
+use common::engines::Engine;
 use common::{TestEnv, hosts};
 use stevedore::docker::{ContainerState, DockerHost, HostContainer};
 
@@ -45,12 +47,11 @@ spec:
     )
 }
 
-#[tokio::test]
-async fn run_once_serves_http_then_plan_reports_no_changes() {
+async fn run_once_serves_http_then_plan_reports_no_changes(engine: Engine) {
     let env = TestEnv::load();
     let ws = Workspace::new();
     let port = free_port();
-    ws.write_main_target(&env);
+    ws.write_engine_target(&env, engine);
     ws.write("web.yaml", &web("web", &env.get("IMAGE_V1"), port, "a"));
     let output = ws.run_once();
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
@@ -69,7 +70,7 @@ async fn run_once_serves_http_then_plan_reports_no_changes() {
         "{stderr}"
     );
     // The target's row names the daemon's engine version, as `status` does.
-    let version = connected(hosts::main(&env))
+    let version = connected(engine.host(&env))
         .await
         .engine_version()
         .await
@@ -85,15 +86,14 @@ async fn run_once_serves_http_then_plan_reports_no_changes() {
     let plan = ws.run(&["plan"]);
     assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
     assert!(String::from_utf8_lossy(&plan.stdout).contains("no changes"));
-    remove_all(&connected(hosts::main(&env)).await, &ws.namespace).await;
+    remove_all(&connected(engine.host(&env)).await, &ws.namespace).await;
 }
 
-#[tokio::test]
-async fn an_edit_is_planned_with_its_field_then_replaces_only_that_container() {
+async fn an_edit_is_planned_with_its_field_then_replaces_only_that_container(engine: Engine) {
     let env = TestEnv::load();
-    let host = connected(hosts::main(&env)).await;
+    let host = connected(engine.host(&env)).await;
     let ws = Workspace::new();
-    ws.write_main_target(&env);
+    ws.write_engine_target(&env, engine);
     ws.write(
         "a.yaml",
         &web("a", &env.get("IMAGE_V1"), free_port(), "one"),
@@ -274,12 +274,11 @@ async fn corrupt_files_are_reported_with_file_line_and_field_and_nothing_is_stop
     remove_all(&host, &ws.namespace).await;
 }
 
-#[tokio::test]
-async fn watching_repairs_removed_containers_and_applies_edits_within_two_seconds() {
+async fn watching_repairs_removed_containers_and_applies_edits_within_two_seconds(engine: Engine) {
     let env = TestEnv::load();
-    let host = connected(hosts::main(&env)).await;
+    let host = connected(engine.host(&env)).await;
     let ws = Workspace::new();
-    ws.write_main_target(&env);
+    ws.write_engine_target(&env, engine);
     let port = free_port();
     ws.write("web.yaml", &web("web", &env.get("IMAGE_V1"), port, "one"));
     let child = ws
@@ -302,7 +301,7 @@ async fn watching_repairs_removed_containers_and_applies_edits_within_two_second
     .await;
 
     let status = Command::new("docker")
-        .args(["-H", &env.get("MAIN_HOST"), "rm", "-f", &name])
+        .args(["-H", &engine.address(&env), "rm", "-f", &name])
         .stdout(Stdio::null())
         .status()
         .expect("docker rm");
@@ -786,3 +785,9 @@ async fn a_start_that_keeps_failing_the_same_way_is_said_once() {
     drop(holder);
     remove_all(&host, &ws.namespace).await;
 }
+
+on_every_engine!(
+    run_once_serves_http_then_plan_reports_no_changes,
+    an_edit_is_planned_with_its_field_then_replaces_only_that_container,
+    watching_repairs_removed_containers_and_applies_edits_within_two_seconds,
+);

@@ -256,7 +256,9 @@ async fn negotiate(docker: Docker, endpoint: &str) -> Result<DockerHost, DockerE
             ),
         ));
     }
-    Ok(DockerHost::new(docker, endpoint.to_string()))
+    DockerHost::new(docker, endpoint.to_string())
+        .identify_engine()
+        .await
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod connect;
+pub mod engine;
 pub mod error;
 pub mod material;
 pub mod session;
@@ -32,6 +33,7 @@ use bollard::{BollardRequest, Docker};
 use futures::{Stream, StreamExt, TryStreamExt};
 
 pub use connect::{ConnectOptions, ConnectionMaterial, SshMaterial, TlsMaterial, connect};
+pub use engine::Engine;
 pub use error::{DockerError, ErrorKind};
 
 use crate::api::target::{HostImage, ServerInfo};
@@ -397,6 +399,8 @@ pub struct ContainerDetails {
     pub ports: Vec<String>,
     /// Health, with a health check.
     pub health: Option<Health>,
+    /// Whether the container has a health check (its image's or its own).
+    pub has_health_check: bool,
 }
 
 /// A container event from the daemon's event stream.
@@ -440,12 +444,15 @@ pub struct DockerHost {
     docker: Docker,
     endpoint: String,
     calls: Arc<CallCounter>,
+    engine: Engine,
+    health_checks: Arc<engine::HealthCheckMemory>,
 }
 
 impl std::fmt::Debug for DockerHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DockerHost")
             .field("endpoint", &self.endpoint)
+            .field("engine", &self.engine)
             .finish_non_exhaustive()
     }
 }
@@ -456,7 +463,20 @@ impl DockerHost {
             docker,
             endpoint,
             calls: Arc::default(),
+            engine: Engine::Docker,
+            health_checks: Arc::default(),
         }
+    }
+
+    /// Asks the daemon which engine it is (one `/version` call).
+    async fn identify_engine(mut self) -> Result<Self, DockerError> {
+        self.engine = Engine::from_version(&self.version().await?);
+        Ok(self)
+    }
+
+    /// The engine behind the endpoint.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// The endpoint this host was connected through.
@@ -538,27 +558,64 @@ impl DockerHost {
         })
     }
 
-    /// Every container (running or not) carrying `label=value`, in one list call.
+    /// Every container (running or not) carrying `label=value`, in one list call — and,
+    /// on an engine whose list leaves health out, one inspect per running container with a
+    /// health check (see [`engine`]).
     pub async fn list_labelled(
         &self,
         label: &str,
         value: &str,
     ) -> Result<Vec<HostContainer>, DockerError> {
-        let _timer = self.count(Call::ListContainers);
-        let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
-        let options = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let summaries = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(self.fail(format!("failed to list containers on {}", self.endpoint)))?;
-        Ok(summaries
-            .into_iter()
-            .filter_map(HostContainer::from_summary)
-            .collect())
+        let filter = format!("{label}={value}");
+        let mut containers = {
+            let _timer = self.count(Call::ListContainers);
+            let filters = HashMap::from([("label", vec![filter.clone()])]);
+            let options = ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build();
+            let summaries = self
+                .docker
+                .list_containers(Some(options))
+                .await
+                .map_err(self.fail(format!("failed to list containers on {}", self.endpoint)))?;
+            summaries
+                .into_iter()
+                .filter_map(HostContainer::from_summary)
+                .collect::<Vec<_>>()
+        };
+        if !self.engine.lists_health() {
+            self.health_from_inspect(&filter, &mut containers).await?;
+        }
+        Ok(containers)
+    }
+
+    /// Fills in the health of running containers from inspect, for engines whose list has
+    /// none. A container that went away meanwhile is left as listed.
+    async fn health_from_inspect(
+        &self,
+        filter: &str,
+        containers: &mut [HostContainer],
+    ) -> Result<(), DockerError> {
+        let listed: Vec<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        self.health_checks.keep_only(filter, &listed);
+        for container in containers.iter_mut() {
+            if container.state != ContainerState::Running
+                || self.health_checks.has_check(filter, &container.id) == Some(false)
+            {
+                continue;
+            }
+            match self.inspect(&container.id).await {
+                Ok(details) => {
+                    self.health_checks
+                        .learn(filter, &container.id, details.has_health_check);
+                    container.health = details.health.filter(|_| details.has_health_check);
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// The images the host holds, one entry per reference (untagged images by ID).
@@ -814,6 +871,11 @@ impl DockerHost {
             .await
             .map_err(self.fail(format!("failed to inspect container {id}")))?;
         let state = inspect.state.unwrap_or_default();
+        let has_health_check = inspect
+            .config
+            .and_then(|config| config.healthcheck)
+            .and_then(|check| check.test)
+            .is_some_and(|test| test.first().is_some_and(|kind| kind != "NONE"));
         let network = inspect.network_settings.unwrap_or_default();
         let mut ips: Vec<String> = network
             .networks
@@ -853,6 +915,7 @@ impl DockerHost {
                 .health
                 .and_then(|h| h.status)
                 .and_then(|s| Health::parse(s.as_ref())),
+            has_health_check,
         })
     }
 

@@ -4,6 +4,7 @@
 pub mod cases;
 pub mod chart;
 pub mod cluster;
+pub mod engines;
 pub mod workspace;
 
 use std::collections::HashMap;

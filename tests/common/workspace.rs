@@ -10,6 +10,7 @@ use stevedore::converge::model::LABEL_NAMESPACE;
 use stevedore::docker::{DockerHost, HostContainer};
 
 use super::TestEnv;
+use super::engines::Engine;
 use super::fixture::unique;
 
 /// One test's manifests directory, namespace and manager.
@@ -39,9 +40,14 @@ impl Workspace {
 
     /// `target.yaml`: a DockerTarget `main` for the machine's own daemon.
     pub fn write_main_target(&self, env: &TestEnv) {
+        self.write_engine_target(env, Engine::Docker20);
+    }
+
+    /// `target.yaml`: a DockerTarget `main` for one of the harness's engines.
+    pub fn write_engine_target(&self, env: &TestEnv, engine: Engine) {
         self.write(
             "target.yaml",
-            &target("main", &env.get("MAIN_HOST"), "here"),
+            &target("main", &engine.address(env), "here"),
         );
     }
 
