@@ -198,10 +198,13 @@ async fn each_changed_field_replaces_only_its_container_and_says_what_changed(en
     let all = target.containers().await;
     let now = common::serving(all.clone());
     assert_eq!(now.len(), 7, "no leftovers: {all:?}");
+    // Podman 4 cannot set a retired container's restart policy to `no`, so a replaced
+    // container whose policy is `always` (the default) is removed there, not kept.
+    let kept = if engine.can_change_restart_policy() { 6 } else { 0 };
     assert_eq!(
         all.len() - now.len(),
-        6,
-        "each replaced one kept as previous: {all:?}"
+        kept,
+        "each replaced one kept as previous on {engine:?}: {all:?}"
     );
     for c in &now {
         assert_eq!(c.state, ContainerState::Running, "{}", c.name);
@@ -273,8 +276,11 @@ async fn containers_removed_stopped_or_killed_by_hand_are_repaired_from_events(e
         let before = running_id(&target, &name).await.expect("running before");
         let mut args = how.to_vec();
         args.push(&name);
-        let started = Instant::now();
+        // Timed from the command's return: Podman's `rm -f` stops the container gracefully
+        // first (its stop timeout, 10 s for a process that ignores SIGTERM), and there is
+        // nothing to repair before it is gone.
         docker_cli(&daemon, &args);
+        let started = Instant::now();
         let repaired = loop {
             if let Some(id) = running_id(&target, &name).await
                 && (how[0] != "rm" || id != before)
@@ -735,7 +741,9 @@ async fn instance_status_shows_addresses_ports_and_the_log_of_an_exited_containe
         "{web:?}"
     );
     assert!(
-        web.ips.iter().any(|ip| ip.starts_with("bridge=")),
+        web.ips
+            .iter()
+            .any(|ip| ip.starts_with(&format!("{}=", engine.default_network()))),
         "{web:?}"
     );
     assert_eq!(web.ports, vec![format!("127.0.0.1:{port}->8080/tcp")]);

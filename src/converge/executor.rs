@@ -421,7 +421,8 @@ impl Executor {
             Ok(()) => self.host.rename(&old.id, &previous).await,
             Err(e) => Err(e),
         };
-        if kept.is_err() {
+        if let Err(e) = kept {
+            tracing::info!(container = %old.name, reason = %e, "removing the replaced container instead of keeping it as the previous one");
             self.host.remove(&old.id, &old.name).await?;
         }
         Ok(())

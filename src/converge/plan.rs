@@ -597,7 +597,11 @@ fn keep_running(
         .map(|code| format!(" (exit code {code})"))
         .unwrap_or_default();
     match current.state {
-        ContainerState::Running | ContainerState::Restarting | ContainerState::Removing => None,
+        // On its way somewhere: its events say where (a start now would be refused).
+        ContainerState::Running
+        | ContainerState::Restarting
+        | ContainerState::Removing
+        | ContainerState::Stopping => None,
         ContainerState::Paused => {
             plan.drift.push(Finding {
                 container: desired.name.clone(),

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use bollard::models::SystemVersion;
+use bollard::models::{ContainerInspectResponse, ContainerSummary, SystemVersion};
+use serde_json::Value;
 
 /// The engine behind a Docker API endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +80,54 @@ impl HealthCheckMemory {
     }
 }
 
+/// Reads a container list whose states bollard does not know: Podman 4's list says
+/// `stopped` for a container that has exited and not been cleaned up yet, and `configured`
+/// or `initialized` for one created but never started; every other field is Docker's.
+pub fn summaries_with_foreign_states(json: &str) -> serde_json::Result<Vec<ContainerSummary>> {
+    let mut entries: Vec<Value> = serde_json::from_str(json)?;
+    for entry in &mut entries {
+        translate_state(entry.get_mut("State"));
+    }
+    serde_json::from_value(Value::Array(entries))
+}
+
+/// Reads an inspect answer whose `State.Status` bollard does not know (as
+/// [`summaries_with_foreign_states`] for a list).
+pub fn inspect_with_foreign_state(json: &str) -> serde_json::Result<ContainerInspectResponse> {
+    let mut inspect: Value = serde_json::from_str(json)?;
+    translate_state(inspect.pointer_mut("/State/Status"));
+    serde_json::from_value(inspect)
+}
+
+/// Docker's word for an event action another engine names differently: Podman says
+/// `remove` where Docker says `destroy`.
+pub fn docker_event_action(action: String) -> String {
+    match action.as_str() {
+        "remove" => "destroy".to_string(),
+        _ => action,
+    }
+}
+
+fn translate_state(state: Option<&mut Value>) {
+    if let Some(state) = state
+        && let Some(word) = state.as_str()
+    {
+        *state = Value::from(docker_state_word(word));
+    }
+}
+
+/// Docker's word for a container state another engine names differently.
+fn docker_state_word(word: &str) -> &str {
+    match word {
+        "stopped" => "exited",
+        "configured" | "initialized" => "created",
+        known @ ("created" | "running" | "paused" | "restarting" | "exited" | "removing"
+        | "dead" | "stopping" | "") => known,
+        // Better "dead" (not running, not ours to start) than failing the whole list.
+        _ => "dead",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bollard::models::SystemVersionComponents;
@@ -111,6 +160,30 @@ mod tests {
             Engine::from_version(&SystemVersion::default()),
             Engine::Docker
         );
+    }
+
+    #[test]
+    fn podman_states_read_as_dockers() {
+        let json = r#"[{"Id":"a","Names":["/a"],"State":"stopped","Status":"Exited (0) 1 second ago"},
+                       {"Id":"b","Names":["/b"],"State":"configured","Status":"Created"},
+                       {"Id":"c","Names":["/c"],"State":"running","Status":"Up 1 second"},
+                       {"Id":"d","Names":["/d"],"State":"frozen-solid","Status":""}]"#;
+        let states: Vec<String> = summaries_with_foreign_states(json)
+            .expect("parsed")
+            .into_iter()
+            .map(|s| s.state.map(|s| s.to_string()).unwrap_or_default())
+            .collect();
+        assert_eq!(states, ["exited", "created", "running", "dead"]);
+        let inspect = inspect_with_foreign_state(r#"{"Id":"a","State":{"Status":"stopped"}}"#)
+            .expect("parsed");
+        let status = inspect.state.and_then(|s| s.status).map(|s| s.to_string());
+        assert_eq!(status.as_deref(), Some("exited"));
+    }
+
+    #[test]
+    fn podmans_remove_event_is_dockers_destroy() {
+        assert_eq!(docker_event_action("remove".into()), "destroy");
+        assert_eq!(docker_event_action("die".into()), "die");
     }
 
     #[test]

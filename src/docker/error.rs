@@ -89,6 +89,13 @@ impl DockerError {
                         400 if message.contains("HTTP request to an HTTPS server") => {
                             ErrorKind::TlsError
                         }
+                        // Podman answers 500 where Docker answers 409: a name in use, or a
+                        // container whose state refuses the request (stopping, being removed).
+                        500 if message.contains("is already in use")
+                            || message.contains("container state improper") =>
+                        {
+                            ErrorKind::Conflict
+                        }
                         _ => ErrorKind::ServerError,
                     },
                     format!("{what}: {message}"),
@@ -97,6 +104,8 @@ impl DockerError {
             E::RequestTimeoutError => ErrorKind::Unreachable,
             E::CertParseError { .. } | E::NoNativeCertsError { .. } => ErrorKind::InvalidConfig,
             E::APIVersionParseError {} => ErrorKind::VersionUnsupported,
+            // The daemon answered, with something this client cannot read: not a link problem.
+            E::JsonDataError { .. } => ErrorKind::ServerError,
             E::SocketNotFoundError(_) | E::UnsupportedURISchemeError { .. } => {
                 ErrorKind::Unreachable
             }

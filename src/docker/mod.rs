@@ -252,6 +252,8 @@ pub enum ContainerState {
     Restarting,
     /// Being removed.
     Removing,
+    /// Being stopped: Podman shows it while a stop (or `rm -f`) waits for the process.
+    Stopping,
     /// Exited (stopped).
     Exited,
     /// Dead (failed to stop or remove).
@@ -266,6 +268,7 @@ impl ContainerState {
             "paused" => Self::Paused,
             "restarting" => Self::Restarting,
             "removing" => Self::Removing,
+            "stopping" => Self::Stopping,
             "dead" => Self::Dead,
             _ => Self::Exited,
         }
@@ -279,6 +282,7 @@ impl ContainerState {
             Self::Paused => "paused",
             Self::Restarting => "restarting",
             Self::Removing => "removing",
+            Self::Stopping => "stopping",
             Self::Exited => "exited",
             Self::Dead => "dead",
         }
@@ -401,6 +405,8 @@ pub struct ContainerDetails {
     pub health: Option<Health>,
     /// Whether the container has a health check (its image's or its own).
     pub has_health_check: bool,
+    /// Its restart policy's name (`no`, `always`, `unless-stopped`, `on-failure`).
+    pub restart_policy: String,
 }
 
 /// A container event from the daemon's event stream.
@@ -574,11 +580,21 @@ impl DockerHost {
                 .all(true)
                 .filters(&filters)
                 .build();
-            let summaries = self
-                .docker
-                .list_containers(Some(options))
-                .await
-                .map_err(self.fail(format!("failed to list containers on {}", self.endpoint)))?;
+            let listed = self.docker.list_containers(Some(options)).await;
+            let summaries = match listed {
+                Err(bollard::errors::Error::JsonDataError { contents, .. }) => {
+                    engine::summaries_with_foreign_states(&contents).map_err(|e| {
+                        DockerError::new(
+                            ErrorKind::ServerError,
+                            format!("cannot read the container list of {}: {e}", self.endpoint),
+                        )
+                    })?
+                }
+                other => other.map_err(self.fail(format!(
+                    "failed to list containers on {}",
+                    self.endpoint
+                )))?,
+            };
             summaries
                 .into_iter()
                 .filter_map(HostContainer::from_summary)
@@ -836,6 +852,9 @@ impl DockerHost {
     /// Sets a container's restart policy to `no`: a stopped container kept for its log must
     /// not come back when the daemon restarts.
     pub async fn never_restart(&self, id: &str, name: &str) -> Result<(), DockerError> {
+        if self.engine == Engine::Podman {
+            return self.restarts_only_when_told(id, name).await;
+        }
         let _timer = self.count(Call::Update);
         let body = bollard::models::ContainerUpdateBody {
             restart_policy: Some(bollard::models::RestartPolicy {
@@ -848,6 +867,23 @@ impl DockerHost {
             .update_container(id, body)
             .await
             .map_err(self.fail(format!("failed to update container {name}")))
+    }
+
+    /// Podman 4 cannot change a restart policy (it has no update endpoint); a stopped
+    /// container stays stopped there unless its policy is `always` or `unless-stopped`,
+    /// which `podman-restart.service` starts at boot. Those are refused.
+    async fn restarts_only_when_told(&self, id: &str, name: &str) -> Result<(), DockerError> {
+        let policy = self.inspect(id).await?.restart_policy;
+        match policy.as_str() {
+            "" | "no" | "on-failure" => Ok(()),
+            _ => Err(DockerError::new(
+                ErrorKind::ServerError,
+                format!(
+                    "Podman cannot change the restart policy of {name} ({policy}), which would \
+                     start it again at boot beside its replacement"
+                ),
+            )),
+        }
     }
 
     /// Renames a container.
@@ -865,12 +901,28 @@ impl DockerHost {
     /// Details for status: start time, exit code, restarts, addresses and published ports.
     pub async fn inspect(&self, id: &str) -> Result<ContainerDetails, DockerError> {
         let _timer = self.count(Call::InspectContainer);
-        let inspect = self
+        let inspected = self
             .docker
             .inspect_container(id, None::<InspectContainerOptions>)
-            .await
-            .map_err(self.fail(format!("failed to inspect container {id}")))?;
+            .await;
+        let inspect = match inspected {
+            Err(bollard::errors::Error::JsonDataError { contents, .. }) => {
+                engine::inspect_with_foreign_state(&contents).map_err(|e| {
+                    DockerError::new(
+                        ErrorKind::ServerError,
+                        format!("cannot read the inspect answer for container {id}: {e}"),
+                    )
+                })?
+            }
+            other => other.map_err(self.fail(format!("failed to inspect container {id}")))?,
+        };
         let state = inspect.state.unwrap_or_default();
+        let restart_policy = inspect
+            .host_config
+            .and_then(|config| config.restart_policy)
+            .and_then(|policy| policy.name)
+            .map(|name| name.to_string())
+            .unwrap_or_default();
         let has_health_check = inspect
             .config
             .and_then(|config| config.healthcheck)
@@ -916,6 +968,7 @@ impl DockerHost {
                 .and_then(|h| h.status)
                 .and_then(|s| Health::parse(s.as_ref())),
             has_health_check,
+            restart_policy,
         })
     }
 
@@ -965,7 +1018,7 @@ impl ContainerEvent {
         let actor = event.actor?;
         let attributes = actor.attributes.unwrap_or_default();
         Some(Self {
-            action: event.action?,
+            action: engine::docker_event_action(event.action?),
             id: actor.id?,
             name: attributes.get("name").cloned(),
             owner: attributes

@@ -28,6 +28,21 @@ impl Engine {
         })
     }
 
+    /// The network a container joins when it names none: `bridge` on Docker, `podman` on
+    /// Podman.
+    pub fn default_network(self) -> &'static str {
+        match self {
+            Self::Docker20 | Self::Docker26 => "bridge",
+            Self::Podman => "podman",
+        }
+    }
+
+    /// Whether the engine can change a container's restart policy (Podman 4 has no
+    /// update endpoint), which keeping a replaced `always` container needs.
+    pub fn can_change_restart_policy(self) -> bool {
+        self != Self::Podman
+    }
+
     /// The engine as a target spec (a unix socket needs no Secret material).
     pub fn host(self, env: &TestEnv) -> (DockerTargetSpec, ConnectionMaterial) {
         let spec = serde_json::from_value(serde_json::json!({"endpoint": self.address(env)}))
