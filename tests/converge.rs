@@ -8,9 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use common::engines::Engine;
 use common::fixture::{Target, free_port, spec, unique};
 use common::wait::connected;
-use common::engines::Engine;
 use common::{TestEnv, hosts};
 use serde_json::json;
 use stevedore::converge::engine::LoopOptions;
@@ -50,7 +50,9 @@ fn running_names(containers: &[stevedore::docker::HostContainer]) -> Vec<String>
     names
 }
 
-async fn from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_change(engine: Engine) {
+async fn from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_change(
+    engine: Engine,
+) {
     let env = TestEnv::load();
     let mut target = Target::new(connected(engine.host(&env)).await);
     let web = spec(json!({"image": env.get("IMAGE_V1")}));
@@ -200,7 +202,11 @@ async fn each_changed_field_replaces_only_its_container_and_says_what_changed(en
     assert_eq!(now.len(), 7, "no leftovers: {all:?}");
     // Podman 4 cannot set a retired container's restart policy to `no`, so a replaced
     // container whose policy is `always` (the default) is removed there, not kept.
-    let kept = if engine.can_change_restart_policy() { 6 } else { 0 };
+    let kept = if engine.can_change_restart_policy() {
+        6
+    } else {
+        0
+    };
     assert_eq!(
         all.len() - now.len(),
         kept,
@@ -523,7 +529,9 @@ async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges(engine:
     target.cleanup().await;
 }
 
-async fn a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_running(engine: Engine) {
+async fn a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_running(
+    engine: Engine,
+) {
     let env = TestEnv::load();
     let mut target = Target::new(connected(engine.host(&env)).await);
     let v1 = spec(json!({"image": env.get("IMAGE_V1")}));
@@ -557,7 +565,9 @@ async fn a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_run
     target.cleanup().await;
 }
 
-async fn an_unhealthy_replacement_is_rolled_back_and_the_old_container_keeps_serving(engine: Engine) {
+async fn an_unhealthy_replacement_is_rolled_back_and_the_old_container_keeps_serving(
+    engine: Engine,
+) {
     let env = TestEnv::load();
     let mut target = Target::new(connected(engine.host(&env)).await);
     let port = free_port();

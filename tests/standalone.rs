@@ -10,13 +10,13 @@ mod tripwire;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::engines::Engine;
 use common::fixture::{free_port, unique};
 use common::registry::{pinned_image, push};
 use common::wait::connected;
 use common::workspace::{
     Watcher, Workspace, containers, http_get, remove_all, target, text, wait_for,
 };
-use common::engines::Engine;
 use common::{TestEnv, hosts};
 use stevedore::docker::{ContainerState, DockerHost, HostContainer};
 

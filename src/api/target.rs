@@ -30,6 +30,7 @@ use super::common::SecretSource;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
+    printcolumn(name = "Engine", type_ = "string", json_path = ".status.server.engine"),
     printcolumn(
         name = "Version",
         type_ = "string",
@@ -142,7 +143,12 @@ impl DockerTargetStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerInfo {
-    /// Docker Engine version, e.g. `20.10.24`.
+    /// The engine behind the Docker API: `Docker`, or `Podman` (whose Docker-compatible
+    /// service differs in ways Stevedore handles; see the README's engine table).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 64))]
+    pub engine: String,
+    /// Engine version, e.g. `20.10.24` (Docker) or `4.3.1` (Podman).
     #[serde(default)]
     #[schemars(length(max = 256))]
     pub version: String,

@@ -197,6 +197,10 @@ mod tests {
         memory.keep_only("a=1", &["y"]);
         assert_eq!(memory.has_check("a=1", "x"), None);
         assert_eq!(memory.has_check("a=1", "y"), Some(false));
-        assert_eq!(memory.has_check("b=2", "z"), Some(true), "other filters kept");
+        assert_eq!(
+            memory.has_check("b=2", "z"),
+            Some(true),
+            "other filters kept"
+        );
     }
 }

@@ -554,6 +554,7 @@ impl DockerHost {
             .map_err(self.fail(format!("failed to read the info of {}", self.endpoint)))?;
         let negotiated = self.docker.client_version();
         Ok(ServerInfo {
+            engine: self.engine.as_str().to_string(),
             version: version.version.unwrap_or_default(),
             api_version: format!("{}.{}", negotiated.major_version, negotiated.minor_version),
             os: info.os_type.or(version.os).unwrap_or_default(),
@@ -590,10 +591,9 @@ impl DockerHost {
                         )
                     })?
                 }
-                other => other.map_err(self.fail(format!(
-                    "failed to list containers on {}",
-                    self.endpoint
-                )))?,
+                other => other.map_err(
+                    self.fail(format!("failed to list containers on {}", self.endpoint)),
+                )?,
             };
             summaries
                 .into_iter()

@@ -105,6 +105,7 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
             (Some(host), Ok(()), Detail::Summary) => {
                 if let Ok(version) = host.engine_version().await {
                     status.server = Some(ServerInfo {
+                        engine: host.engine().as_str().to_string(),
                         version,
                         ..Default::default()
                     });
@@ -344,6 +345,7 @@ pub fn table(report: &StatusReport) -> String {
         "NAMESPACE".into(),
         "TARGET".into(),
         "READY".into(),
+        "ENGINE".into(),
         "VERSION".into(),
         "CONTAINERS".into(),
     ]];
@@ -354,6 +356,12 @@ pub fn table(report: &StatusReport) -> String {
             target.metadata.namespace.clone(),
             target.metadata.name.clone(),
             ready.map(|c| c.status.clone()).unwrap_or_default(),
+            target
+                .status
+                .server
+                .as_ref()
+                .map(|s| s.engine.clone())
+                .unwrap_or_default(),
             target
                 .status
                 .server

@@ -45,10 +45,7 @@ impl Workspace {
 
     /// `target.yaml`: a DockerTarget `main` for one of the harness's engines.
     pub fn write_engine_target(&self, env: &TestEnv, engine: Engine) {
-        self.write(
-            "target.yaml",
-            &target("main", &engine.address(env), "here"),
-        );
+        self.write("target.yaml", &target("main", &engine.address(env), "here"));
     }
 
     /// `edge-1.yaml` and `edge-2.yaml`: DockerTargets labelled `site: edge` for the
