@@ -5,7 +5,7 @@
 //! known to have a health check, each learnt once, so a steady host costs one inspect per
 //! health-checked container per list, not one per container.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use bollard::models::{ContainerInspectResponse, ContainerSummary, SystemVersion};
@@ -72,10 +72,10 @@ impl HealthCheckMemory {
     }
 
     /// Forgets the containers of `filter` that its latest list no longer returned.
-    pub fn keep_only(&self, filter: &str, listed: &[&str]) {
+    pub fn keep_only(&self, filter: &str, listed: &HashSet<&str>) {
         let mut memory = self.by_filter.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(ids) = memory.get_mut(filter) {
-            ids.retain(|id, _| listed.contains(&id.as_str()));
+            ids.retain(|id, _| listed.contains(id.as_str()));
         }
     }
 }
@@ -194,7 +194,7 @@ mod tests {
         memory.learn("b=2", "z", true);
         assert_eq!(memory.has_check("a=1", "x"), Some(true));
         assert_eq!(memory.has_check("a=1", "y"), Some(false));
-        memory.keep_only("a=1", &["y"]);
+        memory.keep_only("a=1", &HashSet::from(["y"]));
         assert_eq!(memory.has_check("a=1", "x"), None);
         assert_eq!(memory.has_check("a=1", "y"), Some(false));
         assert_eq!(

@@ -613,7 +613,8 @@ impl DockerHost {
         filter: &str,
         containers: &mut [HostContainer],
     ) -> Result<(), DockerError> {
-        let listed: Vec<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        let listed: std::collections::HashSet<&str> =
+            containers.iter().map(|c| c.id.as_str()).collect();
         self.health_checks.keep_only(filter, &listed);
         for container in containers.iter_mut() {
             if container.state != ContainerState::Running
