@@ -19,8 +19,9 @@ use futures::{StreamExt, stream};
 use serde_json::json;
 use stevedore::converge::engine::LoopOptions;
 use stevedore::converge::env::{EnvOrigin, EnvValue, ResolvedEnv};
-use stevedore::converge::model::{DesiredInstance, LABEL_MANAGER};
+use stevedore::converge::model::DesiredInstance;
 use stevedore::docker::{CallCounts, ContainerState, DockerHost};
+use stevedore::labels::LABEL_MANAGER;
 
 const CONCURRENCY: usize = 4;
 const PORT_BASE: i32 = 32000;

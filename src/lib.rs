@@ -19,16 +19,20 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod conditions;
 pub mod controller;
 pub mod converge;
 pub mod crd;
 pub mod docker;
+pub mod error_chain;
+pub mod labels;
 pub mod logging;
 pub mod operate;
 pub mod placement;
 pub mod reference;
 pub mod registry;
 pub mod shutdown;
+pub mod sources;
 pub mod standalone;
 
 /// Errors of the Stevedore library.

@@ -190,7 +190,7 @@ fn main() -> ExitCode {
         Command::Crds { output_dir } => match print_crds(output_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("error: {}", stevedore::docker::error::error_chain(&error));
+                eprintln!("error: {}", stevedore::error_chain::error_chain(&error));
                 ExitCode::FAILURE
             }
         },
@@ -302,7 +302,7 @@ async fn run_controller(args: ControllerArgs) -> i32 {
     match stevedore::controller::run(options).await {
         Ok(()) => 0,
         Err(error) => {
-            let error = stevedore::docker::error::error_chain(&error);
+            let error = stevedore::error_chain::error_chain(&error);
             tracing::error!(%error, "controller stopped");
             1
         }

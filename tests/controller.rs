@@ -23,8 +23,8 @@ use stevedore::controller::container::{self, FINALIZER};
 use stevedore::controller::context::{CachesListed, Context};
 use stevedore::controller::hosts::HostSignal;
 use stevedore::controller::{rbac, target};
-use stevedore::converge::model::LABEL_UID;
 use stevedore::docker::{Call, ConnectOptions, DockerHost, connect};
+use stevedore::labels::LABEL_UID;
 
 /// A DockerTarget fixture.
 fn mk_target(namespace: &str, name: &str, endpoint: &str) -> DockerTarget {
@@ -405,7 +405,7 @@ async fn delete_with_an_unreachable_target_keeps_the_finalizer_and_says_which() 
 
     let error = result.expect_err("deletion must wait for the unreachable target");
     assert!(
-        stevedore::docker::error::error_chain(&error).contains("gone"),
+        stevedore::error_chain::error_chain(&error).contains("gone"),
         "{error:?}"
     );
     let status_path = format!("{}/status", path(&ns, "dockercontainers", "web"));

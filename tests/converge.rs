@@ -14,11 +14,11 @@ use common::wait::connected;
 use common::{TestEnv, hosts};
 use serde_json::json;
 use stevedore::converge::engine::LoopOptions;
-use stevedore::converge::env::{EnvOrigin, EnvValue, ResolvedEnv, StaticSources, resolve_env};
+use stevedore::converge::env::{EnvOrigin, EnvValue, ResolvedEnv, resolve_env};
 use stevedore::converge::plan::Action;
-use stevedore::docker::{
-    Call, ConnectOptions, ContainerState, ErrorKind, LABEL_MANAGED, LABEL_TARGET, connect,
-};
+use stevedore::docker::{Call, ConnectOptions, ContainerState, ErrorKind, connect};
+use stevedore::labels::{LABEL_MANAGED, LABEL_TARGET};
+use stevedore::sources::StaticSources;
 
 fn no_env() -> ResolvedEnv {
     ResolvedEnv::new()

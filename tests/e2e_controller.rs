@@ -24,8 +24,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget};
-use stevedore::converge::model::LABEL_NAMESPACE;
 use stevedore::docker::{ConnectOptions, DockerHost, connect};
+use stevedore::labels::LABEL_NAMESPACE;
 
 /// The controller binary, watching `namespace`, as its own process.
 struct ControllerProcess {

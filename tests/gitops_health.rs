@@ -20,7 +20,7 @@ use fake_api::World;
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget};
 use stevedore::controller::{container, target};
-use stevedore::converge::model::LABEL_UID;
+use stevedore::labels::LABEL_UID;
 
 /// The health script for `kind` from the example ConfigMap.
 fn script(kind: &str) -> String {

@@ -17,8 +17,8 @@ use fake_api::World;
 use serde_json::json;
 use stevedore::api::{DockerContainer, DockerTarget};
 use stevedore::controller::container;
-use stevedore::converge::model::LABEL_UID;
 use stevedore::docker::Call;
+use stevedore::labels::LABEL_UID;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Files served over HTTP on loopback, with ETags and `304 Not Modified`; counts full

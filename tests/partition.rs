@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget};
 use stevedore::controller::context::Context;
 use stevedore::controller::{container, target};
-use stevedore::converge::model::{LABEL_SPEC_HASH, LABEL_UID};
 use stevedore::docker::{ConnectOptions, DockerHost, HostContainer, connect};
+use stevedore::labels::{LABEL_SPEC_HASH, LABEL_UID};
 
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(2);
 

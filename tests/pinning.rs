@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget, Registry};
 use stevedore::controller::container;
 use stevedore::controller::context::Context;
-use stevedore::converge::model::LABEL_UID;
 use stevedore::docker::{DockerHost, HostContainer};
+use stevedore::labels::LABEL_UID;
 
 fn with_meta<T: kube::Resource>(mut object: T, ns: &str) -> T {
     let meta = object.meta_mut();

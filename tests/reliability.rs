@@ -14,8 +14,8 @@ use common::{TestEnv, hosts};
 use serde_json::json;
 use stevedore::converge::engine::LoopOptions;
 use stevedore::converge::env::ResolvedEnv;
-use stevedore::converge::model::{LABEL_NAMESPACE, LABEL_SPEC_HASH};
 use stevedore::docker::{Call, ContainerState};
+use stevedore::labels::{LABEL_NAMESPACE, LABEL_SPEC_HASH};
 
 #[tokio::test]
 async fn a_crash_looping_container_is_reported_and_backed_off_while_others_converge() {

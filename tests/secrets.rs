@@ -24,8 +24,8 @@ use fake_api::World;
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget, Registry};
 use stevedore::controller::{container, registry, target};
-use stevedore::converge::model::{LABEL_NAMESPACE, LABEL_UID};
 use stevedore::docker::{DockerHost, HostContainer};
+use stevedore::labels::{LABEL_NAMESPACE, LABEL_UID};
 
 /// The `RUST_LOG` a person debugging a host would set.
 const VERBOSE: &str = "debug,stevedore=trace";

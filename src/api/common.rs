@@ -31,3 +31,12 @@ pub struct LocalObjectReference {
 
 /// The condition type every Stevedore kind reports: whether the object is usable.
 pub const CONDITION_READY: &str = "Ready";
+
+/// An RFC 3339 timestamp from a daemon (`2024-05-01T10:00:00.123456789Z`) as a status
+/// field's time; `None` when it does not parse.
+pub fn timestamp(rfc3339: &str) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    rfc3339
+        .parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
+}

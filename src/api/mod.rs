@@ -17,7 +17,7 @@ pub mod validation;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub use common::{CONDITION_READY, LocalObjectReference, SecretReference, SecretSource};
+pub use common::{CONDITION_READY, LocalObjectReference, SecretReference, SecretSource, timestamp};
 pub use container::{
     ANNOTATION_RESTARTED_AT, DockerContainer, DockerContainerSpec, DockerContainerStatus,
 };

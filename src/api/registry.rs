@@ -13,6 +13,9 @@ use super::common::SecretSource;
 /// Annotation whose every change asks for a catalog refresh now.
 pub const REFRESH_REQUESTED_ANNOTATION: &str = "stevedore.dev/refresh-requested";
 
+/// The most repositories kept in `status.repositories`; the rest are counted only.
+pub const MAX_STATUS_REPOSITORIES: usize = 500;
+
 /// A container registry (Registry API v2). Containers whose image host matches `server`,
 /// or that name this object in `registryRef`, are pulled with its credentials and CA.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -147,7 +150,7 @@ pub struct RegistryStatus {
     /// Repositories matching `catalog.repositories`, with their tags. Bounded in size: when
     /// the registry has more, the list is cut and `repositoryCount` tells the full number.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = crate::registry::catalog::MAX_STATUS_REPOSITORIES))]
+    #[schemars(length(max = MAX_STATUS_REPOSITORIES))]
     pub repositories: Vec<RepositoryStatus>,
 
     /// How many repositories matched, including those cut from `repositories`.

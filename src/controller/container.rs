@@ -27,26 +27,29 @@ use super::outcome::apply_status;
 use crate::api::container::ImageUpdatePolicy;
 use crate::api::container::{DeletionPolicy, DockerContainerStatus, InstanceStatus};
 use crate::api::{CONDITION_READY, DockerContainer, DockerTarget};
+use crate::conditions::{
+    CONDITION_DEGRADED, CONDITION_PROGRESSING, condition, container_conditions,
+    keep_transition_times, mirror_for_kstatus, now_time,
+};
 use crate::converge::engine::{
     DesiredSet, LOOK_AGAIN_AFTER_CHANGES, TargetIdentity, converge_listed, unix_now,
 };
-use crate::converge::env::{StaticSources, resolve_env};
+use crate::converge::env::resolve_env;
 use crate::converge::executor::{Executor, Outcome};
 use crate::converge::model::{
-    DesiredInstance, InstanceContext, LABEL_REPLICA, LABEL_UID, Owner, desired_instances,
-    host_ports,
+    DesiredInstance, InstanceContext, Owner, desired_instances, host_ports,
 };
 use crate::converge::plan::{Action as PlanAction, ContainerRef, Plan};
-use crate::converge::status::{
-    CONDITION_DEGRADED, CONDITION_PROGRESSING, condition, container_conditions, instance_statuses,
-    is_ready, keep_transition_times, mirror_for_kstatus, now_time,
-};
+use crate::converge::status::{instance_statuses, is_ready};
 use crate::docker::material::target_material;
-use crate::docker::{DockerError, DockerHost, ErrorKind, HostContainer, LABEL_TARGET};
+use crate::docker::{DockerError, DockerHost, ErrorKind, HostContainer};
+use crate::labels::LABEL_TARGET;
+use crate::labels::{LABEL_REPLICA, LABEL_UID};
 use crate::placement::{Existing, TargetInfo, Workload, place};
 use crate::registry::credentials::credentials_of;
 use crate::registry::pinning::{Resolved, image_to_run, pin};
 use crate::registry::refresh::refresh_interval;
+use crate::sources::StaticSources;
 
 /// The finalizer that removes an object's containers before it goes.
 pub const FINALIZER: &str = "stevedore.dev/cleanup";

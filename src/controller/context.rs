@@ -14,9 +14,9 @@ use super::events::EventRecorder;
 use super::hosts::Hosts;
 use super::metrics::Metrics;
 use crate::api::{DockerContainer, DockerContainerSpec, DockerTarget, Registry};
-use crate::converge::env::StaticSources;
 use crate::registry::credentials::registry_for;
 use crate::shutdown::Shutdown;
+use crate::sources::StaticSources;
 
 /// The objects the controllers watch, read from their caches (never fetched per reconcile).
 #[derive(Clone)]

@@ -63,7 +63,7 @@ where
         kind = %K::kind(&()),
         namespace = object.namespace().unwrap_or_default(),
         name = object.name_any(),
-        error = %crate::docker::error::error_chain(error),
+        error = %crate::error_chain::error_chain(error),
         "reconcile failed"
     );
     if error.is_permanent() {

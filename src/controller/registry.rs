@@ -16,7 +16,7 @@ use super::events::{EventKind, publish};
 use super::outcome::apply_status;
 use crate::api::Registry;
 use crate::api::registry::{REFRESH_REQUESTED_ANNOTATION, RegistryStatus};
-use crate::converge::status::{keep_transition_times, now_time};
+use crate::conditions::{keep_transition_times, now_time};
 use crate::registry::refresh::{record_refresh, refresh, refresh_interval};
 
 /// Refreshes one Registry when it is due and writes its status when it changed.

@@ -23,10 +23,10 @@ use super::events::{EventKind, publish};
 use super::outcome::apply_status;
 use crate::api::DockerTarget;
 use crate::api::target::DockerTargetStatus;
-use crate::converge::model::{LABEL_MANAGER, LABEL_UID};
-use crate::converge::status::{keep_transition_times, now_time, target_conditions};
-use crate::docker::LABEL_TARGET;
+use crate::conditions::{keep_transition_times, now_time, target_conditions};
 use crate::docker::material::target_material;
+use crate::labels::LABEL_TARGET;
+use crate::labels::{LABEL_MANAGER, LABEL_UID};
 
 /// `lastSeenTime` alone is rewritten at most this often: a heartbeat that changes nothing
 /// else writes nothing (no write storm, nothing for GitOps tools to flap on).

@@ -17,9 +17,11 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use super::events;
 use super::executor::{Executor, Outcome};
-use super::model::{DesiredInstance, LABEL_SPEC_HASH, LABEL_UID};
+use super::model::DesiredInstance;
 use super::plan::{Action, Finding, Plan, PlanInput, RestartBook, plan};
-use crate::docker::{DockerError, DockerHost, HostContainer, LABEL_TARGET};
+use crate::docker::{DockerError, DockerHost, HostContainer};
+use crate::labels::LABEL_TARGET;
+use crate::labels::{LABEL_SPEC_HASH, LABEL_UID};
 
 /// What one target remembers between converges.
 #[derive(Clone, Debug, Default)]

@@ -5,33 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::container::{DockerContainerSpec, KeySelector};
-
-/// The Secrets and ConfigMaps of one namespace, as far as the caller knows them.
-pub trait EnvSources {
-    /// A Secret's data (decoded bytes), or `None` when there is no such Secret.
-    fn secret(&self, name: &str) -> Option<&BTreeMap<String, Vec<u8>>>;
-    /// A ConfigMap's data, or `None` when there is no such ConfigMap.
-    fn config_map(&self, name: &str) -> Option<&BTreeMap<String, String>>;
-}
-
-/// In-memory sources, for standalone mode and tests.
-#[derive(Clone, Debug, Default)]
-pub struct StaticSources {
-    /// Secret name → key → value.
-    pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
-    /// ConfigMap name → key → value.
-    pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
-}
-
-impl EnvSources for StaticSources {
-    fn secret(&self, name: &str) -> Option<&BTreeMap<String, Vec<u8>>> {
-        self.secrets.get(name)
-    }
-
-    fn config_map(&self, name: &str) -> Option<&BTreeMap<String, String>> {
-        self.config_maps.get(name)
-    }
-}
+use crate::sources::EnvSources;
 
 /// Where a variable's value came from; used to explain a replacement without its value.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -228,6 +202,7 @@ mod tests {
     use super::*;
     use crate::api::common::LocalObjectReference;
     use crate::api::container::{EnvFromSource, EnvVar, EnvVarSource};
+    use crate::sources::StaticSources;
 
     fn spec_with(env: Vec<EnvVar>, env_from: Vec<EnvFromSource>) -> DockerContainerSpec {
         let mut spec: DockerContainerSpec = serde_json::from_value(serde_json::json!({

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::docker::{ContainerEvent, DockerHost, LABEL_TARGET};
+use crate::docker::{ContainerEvent, DockerHost};
+use crate::labels::LABEL_TARGET;
 
 /// Docker event actions that mean a managed container may need repair, or that its
 /// readiness changed: a health verdict either way (a container that turned healthy makes

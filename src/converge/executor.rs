@@ -17,9 +17,11 @@ use futures::future::join_all;
 use futures::{StreamExt, stream};
 use tokio::sync::mpsc;
 
-use super::model::{DesiredInstance, LABEL_MANAGER, LABEL_REPLICA, LABEL_UID, previous_name};
+use super::model::{DesiredInstance, previous_name};
 use super::plan::{Action, ContainerRef, Plan, Replacement};
-use crate::docker::{DockerError, DockerHost, ErrorKind, Health, HostContainer, LABEL_TARGET};
+use crate::docker::{DockerError, DockerHost, ErrorKind, Health, HostContainer};
+use crate::labels::LABEL_TARGET;
+use crate::labels::{LABEL_MANAGER, LABEL_REPLICA, LABEL_UID};
 use crate::shutdown::Shutdown;
 
 /// What an action that never started says, once the process drains.

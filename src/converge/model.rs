@@ -16,29 +16,12 @@ use super::env::{EnvOrigin, ResolvedEnv};
 use crate::api::container::{
     DockerContainerSpec, DriftPolicy, ImagePullPolicy, Protocol, RestartPolicy, UpdateStrategy,
 };
-use crate::docker::{HostContainer, LABEL_MANAGED, LABEL_TARGET, PullCredentials};
-
-/// `stevedore.dev/namespace`: the owner's namespace.
-pub const LABEL_NAMESPACE: &str = "stevedore.dev/namespace";
-/// `stevedore.dev/name`: the owner's name.
-pub const LABEL_NAME: &str = "stevedore.dev/name";
-/// `stevedore.dev/uid`: the owner's UID.
-pub const LABEL_UID: &str = "stevedore.dev/uid";
-/// `stevedore.dev/replica`: the replica index.
-pub const LABEL_REPLICA: &str = "stevedore.dev/replica";
-/// `stevedore.dev/manager`: which controller or standalone run owns the container.
-pub const LABEL_MANAGER: &str = "stevedore.dev/manager";
-/// `stevedore.dev/spec-hash`: the hash of everything that shapes the container.
-pub const LABEL_SPEC_HASH: &str = "stevedore.dev/spec-hash";
-/// `stevedore.dev/spec-fields`: a digest per field, so a replacement can say what changed.
-pub const LABEL_SPEC_FIELDS: &str = "stevedore.dev/spec-fields";
-/// `stevedore.dev/resolved-image`: the `repository@digest` a tag was resolved to.
-pub const LABEL_RESOLVED_IMAGE: &str = "stevedore.dev/resolved-image";
-/// `stevedore.dev/resolved-from`: the `spec.image` that was resolved.
-pub const LABEL_RESOLVED_FROM: &str = "stevedore.dev/resolved-from";
-/// `stevedore.dev/resolved-at`: when it was resolved (unix seconds). With the two above,
-/// this lets standalone mode, which keeps no state file, find its pin again after a restart.
-pub const LABEL_RESOLVED_AT: &str = "stevedore.dev/resolved-at";
+use crate::docker::{HostContainer, PullCredentials};
+use crate::labels::{
+    LABEL_MANAGED, LABEL_MANAGER, LABEL_NAME, LABEL_NAMESPACE, LABEL_REPLICA, LABEL_RESOLVED_AT,
+    LABEL_RESOLVED_FROM, LABEL_RESOLVED_IMAGE, LABEL_SPEC_FIELDS, LABEL_SPEC_HASH, LABEL_TARGET,
+    LABEL_UID,
+};
 
 /// The container name of one replica: `<namespace>_<name>_<replica>`. Kubernetes names
 /// never contain `_`, so the name cannot collide across owners.

@@ -17,12 +17,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::model::{
-    DesiredInstance, LABEL_MANAGER, LABEL_REPLICA, LABEL_SPEC_FIELDS, LABEL_SPEC_HASH, LABEL_UID,
-    describe_changes, parse_field_digests, previous_name,
-};
+use super::model::{DesiredInstance, describe_changes, parse_field_digests, previous_name};
 use crate::api::container::{DriftPolicy, ImagePullPolicy, RestartPolicy, UpdateStrategyType};
-use crate::docker::{ContainerState, Health, HostContainer, LABEL_MANAGED, LABEL_TARGET};
+use crate::docker::{ContainerState, Health, HostContainer};
+use crate::labels::{LABEL_MANAGED, LABEL_TARGET};
+use crate::labels::{LABEL_MANAGER, LABEL_REPLICA, LABEL_SPEC_FIELDS, LABEL_SPEC_HASH, LABEL_UID};
 
 /// First restart delay after the first quick retry.
 pub const RESTART_BACKOFF_INITIAL_SECS: u64 = 10;

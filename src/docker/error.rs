@@ -75,7 +75,7 @@ impl DockerError {
     /// container web"), keeping the daemon's own words.
     pub fn from_bollard(what: &str, error: bollard::errors::Error) -> Self {
         use bollard::errors::Error as E;
-        let detail = error_chain(&error);
+        let detail = crate::error_chain::error_chain(&error);
         let kind = match &error {
             E::DockerResponseServerError {
                 status_code,
@@ -135,21 +135,6 @@ fn classify_transport(detail: &str) -> ErrorKind {
     } else {
         ErrorKind::Unreachable
     }
-}
-
-/// The error and its sources, joined by ": ", skipping causes already in the text.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use super::connect::{ConnectionMaterial, SshMaterial, TlsMaterial};
 use super::error::{DockerError, ErrorKind};
 use crate::api::DockerTargetSpec;
-use crate::converge::env::EnvSources;
+use crate::sources::EnvSources;
 
 /// The TLS and ssh material a target's Secrets hold. A missing Secret or key is an
 /// `InvalidConfig` error that names the field and the Secret (never a value).

@@ -77,11 +77,6 @@ where
     .map_err(|e| DockerError::from_bollard(&format!("failed to set up a client for {address}"), e))
 }
 
-/// The label every managed container carries; its value is `"true"`.
-pub const LABEL_MANAGED: &str = "stevedore.dev/managed";
-/// The label with the UID of the DockerTarget a container was placed through.
-pub const LABEL_TARGET: &str = "stevedore.dev/target";
-
 /// The kinds of Docker calls, counted separately.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Call {
@@ -1015,7 +1010,7 @@ impl DockerHost {
 
 impl ContainerEvent {
     fn from_message(event: EventMessage) -> Option<Self> {
-        use crate::converge::model::{LABEL_NAME, LABEL_NAMESPACE};
+        use crate::labels::{LABEL_NAME, LABEL_NAMESPACE};
         let actor = event.actor?;
         let attributes = actor.attributes.unwrap_or_default();
         Some(Self {

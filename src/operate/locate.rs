@@ -11,10 +11,11 @@ use kube::{Api, Client, Config};
 use super::{OperateError, Replica};
 use crate::api::{DockerContainer, DockerTarget};
 use crate::controller::context::secret_bytes;
-use crate::converge::env::StaticSources;
-use crate::converge::model::{LABEL_REPLICA, LABEL_UID, container_name, previous_name};
+use crate::converge::model::{container_name, previous_name};
 use crate::docker::material::target_material;
 use crate::docker::{ConnectOptions, DockerHost, HostContainer, connect};
+use crate::labels::{LABEL_REPLICA, LABEL_UID};
+use crate::sources::StaticSources;
 use crate::standalone::commands::{Source, load_manifests};
 use crate::standalone::world::{connect_targets, uid_of};
 

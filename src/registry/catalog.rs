@@ -2,10 +2,7 @@
 //! globs, each with its newest tags, bounded so the object stays far below the API
 //! server's size limit however large the registry is.
 
-use crate::api::registry::RepositoryStatus;
-
-/// The most repositories kept in `status.repositories`; the rest are counted only.
-pub const MAX_STATUS_REPOSITORIES: usize = 500;
+use crate::api::registry::{MAX_STATUS_REPOSITORIES, RepositoryStatus};
 /// The most bytes of repository names and tags kept in `status.repositories`.
 pub const MAX_STATUS_BYTES: usize = 256 * 1024;
 

@@ -75,7 +75,7 @@ impl RegistryError {
 
     fn from_oci(server: &str, what: &str, error: OciDistributionError) -> Self {
         use RegistryErrorKind as K;
-        let detail = crate::docker::error::error_chain(&error);
+        let detail = crate::error_chain::error_chain(&error);
         let lower = detail.to_ascii_lowercase();
         let kind = match &error {
             OciDistributionError::UnauthorizedError { .. }
@@ -201,7 +201,7 @@ impl RegistryClient {
                         format!(
                             "spec.ca: the CA certificate for {} cannot be used: {}",
                             spec.server,
-                            crate::docker::error::error_chain(&e)
+                            crate::error_chain::error_chain(&e)
                         ),
                     )
                 })

@@ -3,8 +3,8 @@
 //! `kubernetes.io/dockerconfigjson` Secret it points to.
 
 use crate::api::Registry;
-use crate::converge::env::EnvSources;
 use crate::docker::PullCredentials;
+use crate::sources::EnvSources;
 
 /// The registry host of an image reference (`host:5000/team/app:1` → `host:5000`), or
 /// `None` for an image on the default registry (`busybox`, `team/app`).

@@ -13,8 +13,8 @@ use super::refresh::{client_for, refresh_interval};
 use super::source::LocalSource;
 use crate::api::Registry;
 use crate::api::container::ImageUpdatePolicy;
-use crate::converge::env::EnvSources;
 use crate::docker::split_reference;
+use crate::sources::EnvSources;
 
 /// A tag resolved to a digest.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use super::client::{RegistryClient, RegistryError, RegistryErrorKind};
 use super::credentials::credentials_of;
 use crate::api::registry::{RegistryStatus, RepositoryStatus};
 use crate::api::{CONDITION_READY, Registry};
-use crate::converge::env::EnvSources;
-use crate::converge::status::condition;
+use crate::conditions::condition;
+use crate::sources::EnvSources;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// How long one registry call may take.
@@ -97,7 +97,10 @@ pub async fn refresh(
     let max_tags = usize::try_from(catalog.max_tags_per_repository).unwrap_or(0);
     let mut tags: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Tags only for what the status can hold: no thousands of calls for a huge catalog.
-    for name in names.iter().take(super::catalog::MAX_STATUS_REPOSITORIES) {
+    for name in names
+        .iter()
+        .take(crate::api::registry::MAX_STATUS_REPOSITORIES)
+    {
         let listed = if max_tags == 0 {
             Vec::new()
         } else {

@@ -175,7 +175,7 @@ impl SourceFetcher {
         let response = request
             .send()
             .await
-            .map_err(|e| crate::docker::error::error_chain(&e))?;
+            .map_err(|e| crate::error_chain::error_chain(&e))?;
         if response.status() == reqwest::StatusCode::NOT_MODIFIED
             && let Some(cached) = cached
         {
@@ -204,7 +204,7 @@ impl SourceFetcher {
         let content = response
             .bytes()
             .await
-            .map_err(|e| crate::docker::error::error_chain(&e))?;
+            .map_err(|e| crate::error_chain::error_chain(&e))?;
         if content.len() > MAX_SOURCE_BYTES {
             return Err(format!("larger than {MAX_SOURCE_BYTES} bytes"));
         }

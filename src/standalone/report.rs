@@ -13,10 +13,8 @@ use crate::api::container::{DockerContainerStatus, InstanceStatus};
 use crate::api::registry::RegistryStatus;
 use crate::api::target::{DockerTargetStatus, ServerInfo};
 use crate::api::{API_VERSION, CONDITION_READY};
-use crate::converge::status::{
-    CONDITION_DEGRADED, container_conditions, instance_statuses, is_ready, now_time,
-    target_conditions,
-};
+use crate::conditions::{CONDITION_DEGRADED, container_conditions, now_time, target_conditions};
+use crate::converge::status::{instance_statuses, is_ready};
 use crate::registry::pinning::Resolved;
 use crate::registry::refresh::{record_refresh, refresh};
 

@@ -9,21 +9,22 @@ use futures::future::join_all;
 use super::manifests::{Manifests, ObjectKey};
 use crate::api::{DockerContainer, DockerTarget, Registry};
 use crate::converge::engine::{DesiredSet, TargetIdentity};
-use crate::converge::env::{StaticSources, resolve_env};
-use crate::converge::model::{
-    InstanceContext, LABEL_REPLICA, LABEL_RESOLVED_AT, LABEL_RESOLVED_FROM, LABEL_RESOLVED_IMAGE,
-    LABEL_UID, Owner, desired_instances, host_ports,
-};
+use crate::converge::env::resolve_env;
+use crate::converge::model::{InstanceContext, Owner, desired_instances, host_ports};
 use crate::converge::plan::Finding;
 use crate::docker::material::{fingerprint, target_material};
 use crate::docker::{
-    ConnectOptions, DockerError, DockerHost, ErrorKind, HostContainer, LABEL_TARGET,
-    PullCredentials, connect,
+    ConnectOptions, DockerError, DockerHost, ErrorKind, HostContainer, PullCredentials, connect,
+};
+use crate::labels::LABEL_TARGET;
+use crate::labels::{
+    LABEL_REPLICA, LABEL_RESOLVED_AT, LABEL_RESOLVED_FROM, LABEL_RESOLVED_IMAGE, LABEL_UID,
 };
 use crate::placement::{Existing, Placements, TargetInfo, Workload, place};
 use crate::registry::credentials::{credentials_of, registry_for};
 use crate::registry::pinning::{Pin, Resolved, image_to_run, pin};
 use crate::registry::source::{LocalSource, SourceFetcher};
+use crate::sources::StaticSources;
 
 /// Settings of a standalone run.
 #[derive(Clone, Debug)]

@@ -192,7 +192,8 @@ pub mod fixture {
     use stevedore::converge::env::ResolvedEnv;
     use stevedore::converge::executor::Executor;
     use stevedore::converge::model::{DesiredInstance, InstanceContext, Owner, desired_instances};
-    use stevedore::docker::{DockerHost, LABEL_TARGET};
+    use stevedore::docker::DockerHost;
+    use stevedore::labels::LABEL_TARGET;
 
     /// A Secret `namespace/name` holding `data`.
     pub fn secret(

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use stevedore::converge::model::LABEL_NAMESPACE;
 use stevedore::docker::{DockerHost, HostContainer};
+use stevedore::labels::LABEL_NAMESPACE;
 
 use super::TestEnv;
 use super::engines::Engine;
