@@ -4,7 +4,7 @@
 //!
 //! Sizes and repetitions: `BENCH_SIZES` (default `10,50,100`), `BENCH_REPS` (default 3).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::fmt::Write as _;

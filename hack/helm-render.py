@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Lints and renders a Helm chart with the real Helm engine (PyPI's helm-python-sdk, Helm's
-own Go SDK) and prints the result as JSON for the Rust tests (tests/chart.rs):
+own Go SDK) and prints the result as JSON for the Rust tests (tests/it/chart.rs):
 
     hack/helm-render.py CHART_DIR VALUES_JSON [NAMESPACE]
 

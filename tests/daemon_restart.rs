@@ -1,6 +1,9 @@
 //! A daemon restarting in the middle of a converge. Alone in its test binary: the second
 //! daemon is down for a moment, and no other test may be using it then.
 
+// Shares the integration tests' helpers; a binary of its own because it restarts a daemon
+// the other tests use (see tests/it/main.rs).
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::collections::HashSet;

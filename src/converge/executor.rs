@@ -19,9 +19,7 @@ use tokio::sync::mpsc;
 
 use super::model::{DesiredInstance, previous_name};
 use super::plan::{Action, ContainerRef, Plan, Replacement};
-use crate::docker::{DockerError, DockerHost, ErrorKind, Health, HostContainer};
-use crate::labels::LABEL_TARGET;
-use crate::labels::{LABEL_MANAGER, LABEL_REPLICA, LABEL_UID};
+use crate::docker::{DockerError, DockerHost, ErrorKind, Health};
 use crate::shutdown::Shutdown;
 
 /// What an action that never started says, once the process drains.
@@ -227,19 +225,12 @@ impl Executor {
                     .await
                     .map(|()| Some(container.id.clone())),
             ),
-            Action::Replace {
-                old,
-                old_running,
-                desired: i,
-                ..
-            } => match instance(i) {
+            Action::Replace(replacement) => match instance(&replacement.desired) {
                 Some(d) => (
                     d.name.clone(),
-                    self.replace(old, *old_running, d, failed_pulls)
-                        .await
-                        .map(Some),
+                    self.replace(replacement, d, failed_pulls).await.map(Some),
                 ),
-                None => out_of_range(*i),
+                None => out_of_range(replacement.desired),
             },
             Action::Remove {
                 container,
@@ -390,34 +381,27 @@ impl Executor {
     }
 
     /// Keeps a replaced container, stopped and never restarted by the daemon, as its
-    /// replica's previous one (the one before goes): its log stays readable (`logs
-    /// --previous`). Should that fail (the name taken after all), the old container is
+    /// replica's previous one: its log stays readable (`logs --previous`). The replica's
+    /// earlier previous container goes first — `earlier`, which the plan found among ours;
+    /// a container of that name that is not ours (made by hand, another manager's) is never
+    /// touched, and then the rename fails. Should keeping fail, the old container is
     /// removed instead.
     async fn retire(
         &self,
         old: &ContainerRef,
         desired: &DesiredInstance,
+        earlier: Option<&ContainerRef>,
         stop_timeout_seconds: Option<i32>,
     ) -> Result<(), DockerError> {
         if !self.stop_unless_gone(old, stop_timeout_seconds).await? {
             return Ok(());
         }
         let previous = previous_name(&desired.name);
-        // Only the replica's own previous container goes: a container of that name that is
-        // not ours (made by hand, another manager's) is never touched.
-        let labels = desired.body.labels.clone().unwrap_or_default();
-        let ours = |c: &&HostContainer| {
-            c.name == previous
-                && [LABEL_MANAGER, LABEL_TARGET, LABEL_REPLICA]
-                    .iter()
-                    .all(|key| c.labels.get(*key) == labels.get(*key))
-        };
-        let owned = self
-            .host
-            .list_labelled(LABEL_UID, &desired.owner.uid)
-            .await?;
-        if let Some(earlier) = owned.iter().find(ours) {
-            self.host.remove(&earlier.id, &previous).await?;
+        if let Some(earlier) = earlier {
+            match self.host.remove(&earlier.id, &earlier.name).await {
+                Err(e) if e.kind != ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         let kept = match self.host.never_restart(&old.id, &old.name).await {
             Ok(()) => self.host.rename(&old.id, &previous).await,
@@ -432,11 +416,11 @@ impl Executor {
 
     async fn replace(
         &self,
-        old: &ContainerRef,
-        old_running: bool,
+        replacement: &Replacement,
         desired: &DesiredInstance,
         failed_pulls: &HashMap<String, String>,
     ) -> Result<String, DockerError> {
+        let (old, old_running) = (&replacement.old, replacement.old_running);
         image_pulled(failed_pulls, desired, "kept the old container running")?;
         let aside = aside_name(desired, old);
         let renamed = old.name == desired.name;
@@ -470,6 +454,7 @@ impl Executor {
                         name: aside,
                     },
                     desired,
+                    replacement.previous.as_ref(),
                     Some(desired.stop_timeout_seconds),
                 )
                 .await?;
@@ -560,14 +545,16 @@ impl Executor {
         };
         if started.iter().all(Result::is_ok) {
             let mut results = Vec::new();
-            for (((old, aside, _, _, _), new), (_, desired)) in
+            for (((old, aside, _, _, _), new), (replacement, desired)) in
                 olds.iter().zip(started).zip(members)
             {
                 let old = ContainerRef {
                     id: old.id.clone(),
                     name: aside.clone(),
                 };
-                let retired = self.retire(&old, desired, Some(0)).await;
+                let retired = self
+                    .retire(&old, desired, replacement.previous.as_ref(), Some(0))
+                    .await;
                 results.push(retired.and(new.map(Some).map_err(|(_, e)| e)));
             }
             return results;

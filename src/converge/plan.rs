@@ -124,7 +124,8 @@ pub struct ContainerRef {
 }
 
 impl ContainerRef {
-    fn of(container: &HostContainer) -> Self {
+    /// The reference to a listed container.
+    pub fn of(container: &HostContainer) -> Self {
         Self {
             id: container.id.clone(),
             name: container.name.clone(),
@@ -162,18 +163,10 @@ pub enum Action {
         /// Why.
         reason: String,
     },
-    /// Replace `old` with a new container for `desired`: the old one is removed only after
-    /// the new one runs (and is healthy, with a health check).
-    Replace {
-        /// The container being replaced.
-        old: ContainerRef,
-        /// Whether `old` is running now.
-        old_running: bool,
-        /// Index into `desired`.
-        desired: usize,
-        /// Why.
-        reason: String,
-    },
+    /// Replace the old container with a new one: the old one is retired (kept stopped as
+    /// the replica's previous one) only after the new one runs (and is healthy, with a
+    /// health check).
+    Replace(Replacement),
     /// Replace every listed container of one owner with `Recreate`: all old ones stopped
     /// first, then the new ones started; the old ones are removed only after every new one
     /// runs (and is healthy, with a health check), and all restored if one fails.
@@ -194,7 +187,8 @@ pub enum Action {
     },
 }
 
-/// One container of a [`Action::Recreate`] and what replaces it.
+/// A container and what replaces it: one [`Action::Replace`], or one replica of an
+/// [`Action::Recreate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Replacement {
     /// The container being replaced.
@@ -205,13 +199,16 @@ pub struct Replacement {
     pub desired: usize,
     /// What changed.
     pub reason: String,
+    /// The replica's earlier previous container (ours, stopped), which goes when `old`
+    /// takes its place.
+    pub previous: Option<ContainerRef>,
 }
 
 impl Action {
     /// The desired instances (indices) a `Replace` or `Recreate` makes new containers for.
     pub fn replaced(&self) -> Vec<usize> {
         match self {
-            Action::Replace { desired, .. } => vec![*desired],
+            Action::Replace(replacement) => vec![replacement.desired],
             Action::Recreate { replacements, .. } => {
                 replacements.iter().map(|r| r.desired).collect()
             }
@@ -229,9 +226,8 @@ impl Action {
         };
         match self {
             Action::Pull { image, .. } => vec![image.clone()],
-            Action::Create { desired, .. } | Action::Replace { desired, .. } => {
-                vec![name(*desired)]
-            }
+            Action::Create { desired, .. } => vec![name(*desired)],
+            Action::Replace(replacement) => vec![name(replacement.desired)],
             Action::Recreate { replacements, .. } => {
                 replacements.iter().map(|r| name(r.desired)).collect()
             }
@@ -247,7 +243,7 @@ impl Action {
             Action::Pull { reason, .. }
             | Action::Create { reason, .. }
             | Action::Start { reason, .. }
-            | Action::Replace { reason, .. }
+            | Action::Replace(Replacement { reason, .. })
             | Action::Recreate { reason, .. }
             | Action::Remove { reason, .. } => reason,
         }
@@ -260,7 +256,7 @@ impl Action {
             Action::Pull { .. } => "Pull",
             Action::Create { .. } => "Create",
             Action::Start { .. } => "Start",
-            Action::Replace { .. } => "Replace",
+            Action::Replace(_) => "Replace",
             Action::Recreate { .. } => "Recreate",
             Action::Remove { .. } => "Remove",
         }
@@ -318,6 +314,34 @@ pub fn is_ours(container: &HostContainer, target_uid: &str, manager: &str) -> bo
         && label(container, LABEL_MANAGER) == Some(manager)
 }
 
+/// Whether `container` (one of ours) is the stopped previous container of `desired`'s
+/// replica, which the plan keeps while the replica exists.
+fn is_previous_of(
+    container: &HostContainer,
+    desired: &DesiredInstance,
+    previous_name: &str,
+) -> bool {
+    container.name == previous_name
+        && container.state != ContainerState::Running
+        && label(container, LABEL_UID) == Some(desired.owner.uid.as_str())
+        && label(container, LABEL_REPLICA) == Some(desired.replica.to_string().as_str())
+}
+
+/// The previous container of `desired`'s replica among `observed` (see [`is_previous_of`]),
+/// for a replacement that does not come from a plan (`stevedore restart`).
+pub fn previous_of(
+    desired: &DesiredInstance,
+    observed: &[HostContainer],
+    target_uid: &str,
+    manager: &str,
+) -> Option<ContainerRef> {
+    let previous_name = previous_name(&desired.name);
+    observed
+        .iter()
+        .find(|c| is_ours(c, target_uid, manager) && is_previous_of(c, desired, &previous_name))
+        .map(ContainerRef::of)
+}
+
 /// Computes the plan for one target.
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut plan = Plan::default();
@@ -359,8 +383,12 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         matched.extend(group.iter().map(|c| c.id.as_str()));
         // The replica's previous container stays while the replica does (it goes with the
         // replica, as an orphan); started by hand, it is a duplicate like any other.
-        let previous = previous_name(&desired.name);
-        group.retain(|c| c.name != previous || c.state == ContainerState::Running);
+        let previous_name = previous_name(&desired.name);
+        let previous = group
+            .iter()
+            .find(|c| is_previous_of(c, desired, &previous_name))
+            .map(|c| ContainerRef::of(c));
+        group.retain(|c| c.name != previous_name || c.state == ContainerState::Running);
 
         if let Some((port, holder)) = desired.host_ports.iter().find_map(|port| {
             claimed_ports
@@ -444,12 +472,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     .copied();
                 if let Some(old) = old {
                     *rolling.entry(desired.owner.uid.as_str()).or_default() += 1;
-                    steps.push(Action::Replace {
+                    steps.push(Action::Replace(Replacement {
                         old: ContainerRef::of(old),
                         old_running: old.state == ContainerState::Running,
                         desired: index,
                         reason: "finishing an interrupted replacement".into(),
-                    });
+                        previous: previous.clone(),
+                    }));
                     for extra in extras.iter().filter(|c| c.id != old.id) {
                         steps.push(remove(
                             extra,
@@ -475,6 +504,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     old_running: current.state == ContainerState::Running,
                     desired: index,
                     reason: what,
+                    previous: previous.clone(),
                 };
                 let strategy = &desired.update_strategy;
                 if strategy.kind == UpdateStrategyType::Recreate {
@@ -499,12 +529,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                     continue;
                 }
                 *started += 1;
-                steps.push(Action::Replace {
-                    old: replacement.old,
-                    old_running: replacement.old_running,
-                    desired: index,
-                    reason: replacement.reason,
-                });
+                steps.push(Action::Replace(replacement));
             }
             (Some(_), Some(current)) => {
                 if let Some(step) = keep_running(input, desired, index, current, &mut plan) {
@@ -786,9 +811,9 @@ mod tests {
                             }
                         }
                     }
-                    Action::Replace {
+                    Action::Replace(Replacement {
                         old, desired: i, ..
-                    } => {
+                    }) => {
                         self.containers.retain(|c| c.id != old.id);
                         let id = self.id();
                         self.containers.push(container_for(
@@ -947,7 +972,7 @@ mod tests {
                 Action::Start { container, .. } | Action::Remove { container, .. } => {
                     Some(container.id.clone())
                 }
-                Action::Replace { old, .. } => Some(old.id.clone()),
+                Action::Replace(replacement) => Some(replacement.old.id.clone()),
                 _ => None,
             })
             .chain(plan.actions.iter().flat_map(|a| match a {
@@ -1072,12 +1097,12 @@ mod tests {
         let plan = plan_for(&world, &new, &HashSet::new());
         assert!(matches!(&plan.actions[0], Action::Pull { image, .. } if image == "app:1"));
         match &plan.actions[1] {
-            Action::Replace {
+            Action::Replace(Replacement {
                 old,
                 reason,
                 old_running,
                 ..
-            } => {
+            }) => {
                 assert_eq!(old.id, "old");
                 assert!(old_running);
                 assert_eq!(reason, "changed: command");
@@ -1099,6 +1124,49 @@ mod tests {
     }
 
     #[test]
+    fn a_replacement_is_handed_the_replicas_earlier_previous_container_if_ours() {
+        let old = desired(&[(0, vec![0], "a", "Always")]);
+        let new = desired(&[(0, vec![0], "b", "Always")]);
+        let mut world = running_old_spec(&old);
+        let mut earlier = container_for(&old[0], "earlier".into(), ContainerState::Exited);
+        earlier.name = previous_name(&old[0].name);
+        world.containers.push(earlier.clone());
+        let handed = |world: &World| match &plan_for(world, &new, &HashSet::new()).actions[..] {
+            [Action::Replace(replacement)] => replacement.previous.clone(),
+            other => panic!("expected one replace, got {other:?}"),
+        };
+        assert_eq!(
+            handed(&world),
+            Some(ContainerRef {
+                id: "earlier".into(),
+                name: previous_name(&old[0].name)
+            })
+        );
+        assert_eq!(
+            previous_of(&new[0], &world.containers, TARGET, MANAGER).map(|c| c.id),
+            Some("earlier".to_string())
+        );
+        // Another manager's container of that name is not ours to remove.
+        world.containers.retain(|c| c.id != "earlier");
+        earlier
+            .labels
+            .insert(LABEL_MANAGER.into(), "someone-else".into());
+        world.containers.push(earlier.clone());
+        assert_eq!(handed(&world), None);
+        // Nor is one of ours that runs (started by hand): it is a duplicate, removed as one.
+        world.containers.retain(|c| c.id != "earlier");
+        earlier.labels.insert(LABEL_MANAGER.into(), MANAGER.into());
+        earlier.state = ContainerState::Running;
+        world.containers.push(earlier);
+        assert_eq!(handed(&world), None);
+        assert_eq!(
+            previous_of(&new[0], &world.containers, TARGET, MANAGER),
+            None,
+            "previous_of applies the plan's rule"
+        );
+    }
+
+    #[test]
     fn a_rolling_update_replaces_max_unavailable_plus_max_surge_at_a_time() {
         let old = desired(&[(0, vec![0, 1, 2, 3], "a", "Always")]);
         let mut new = desired(&[(0, vec![0, 1, 2, 3], "b", "Always")]);
@@ -1106,7 +1174,7 @@ mod tests {
         let replaces = |plan: &Plan| {
             plan.actions
                 .iter()
-                .filter(|a| matches!(a, Action::Replace { .. }))
+                .filter(|a| matches!(a, Action::Replace(_)))
                 .count()
         };
         let plan = plan_for(&world, &new, &HashSet::new());

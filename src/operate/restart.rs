@@ -11,7 +11,7 @@ use super::OperateError;
 use super::locate::Cluster;
 use crate::api::{ANNOTATION_RESTARTED_AT, DockerContainer};
 use crate::converge::executor::Executor;
-use crate::converge::plan::{Action, ContainerRef, Plan};
+use crate::converge::plan::{Action, ContainerRef, Plan, Replacement, previous_of};
 use crate::docker::ContainerState;
 use crate::shutdown::Shutdown;
 use crate::standalone::commands::{Source, load_manifests, round};
@@ -81,15 +81,20 @@ pub async fn in_manifests(
     for (replica, target_key, target, desired, current) in turns {
         let Some(host) = &target.host else { continue };
         let plan = Plan {
-            actions: vec![Action::Replace {
-                old: ContainerRef {
-                    id: current.id.clone(),
-                    name: current.name.clone(),
-                },
+            actions: vec![Action::Replace(Replacement {
+                old: ContainerRef::of(&current),
                 old_running: current.state == ContainerState::Running,
                 desired,
                 reason: "restart requested".into(),
-            }],
+                previous: target.desired.instances.get(desired).and_then(|d| {
+                    previous_of(
+                        d,
+                        &target.observed,
+                        &target.identity.uid,
+                        &target.identity.manager,
+                    )
+                }),
+            })],
             ..Plan::default()
         };
         let executor = Executor::new(host.clone(), 1)

@@ -2,7 +2,7 @@
 //! can run here) and the harness's real daemons: each test asserts the exact HTTP calls a
 //! reconcile makes and what it did on the host.
 
-mod common;
+use crate::common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
 #[path = "common/tripwire.rs"]

@@ -4,11 +4,11 @@
 //!
 //! Gated on `STEVEDORE_E2E_KUBECONFIG` (a kubeconfig path for a disposable cluster, e.g.
 //! kind or k3d). `cargo test` lists these tests as ignored, with the reason; run them with
-//! `STEVEDORE_E2E_KUBECONFIG=~/.kube/config cargo test --test e2e_kube -- --ignored`.
+//! `STEVEDORE_E2E_KUBECONFIG=~/.kube/config cargo test --test it -- --ignored --test-threads=1 e2e_kube`.
 //! Asked to run without the variable, each fails. The tests apply the
 //! CRDs cluster-wide and work in a fresh namespace they delete afterwards.
 
-mod common;
+use crate::common;
 
 use common::cluster::{FIELD_MANAGER, delete_namespace, fresh_namespace, install_crds};
 use kube::Client;

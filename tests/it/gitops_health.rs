@@ -6,7 +6,7 @@
 //! target, a spec the controller has not seen yet, and a reachable and an unreachable
 //! target.
 
-mod common;
+use crate::common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
 

@@ -1,8 +1,8 @@
 //! Every validation of the CRDs — each CEL rule and the structural checks people trip on —
 //! with an object it accepts and one it rejects, evaluated offline from the generated schema.
-//! The same cases are applied to a real API server by `tests/e2e_kube.rs`.
+//! The same cases are applied to a real API server by `tests/it/e2e_kube.rs`.
 
-mod common;
+use crate::common;
 
 use common::cases::{Case, all_cases};
 use serde_json::Value;

@@ -9,7 +9,7 @@
 //! ```
 //! Only the functions Stevedore's rules use are modelled; any other makes the estimate fail,
 //! so a new rule cannot slip past unestimated. The numbers were checked against the real API
-//! server's estimator (see `tests/crd_cost.rs`).
+//! server's estimator (see `tests/it/crd_cost/`).
 
 use cel::common::ast::{ComprehensionExpr, Expr, IdedExpr, LiteralValue};
 use serde_json::Value;

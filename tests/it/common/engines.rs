@@ -1,6 +1,7 @@
 //! The engines the harness runs — Docker 20.10 (the machine's own), Docker 26 and Podman
 //! 4.3 — so that one scenario can run against each: `on_every_engine!(scenario)` makes a
-//! module `scenario` with one test per engine, each calling `scenario(engine)`.
+//! module `scenario` with one test per engine, each calling `scenario(engine)` (invoke it as
+//! `crate::on_every_engine!`: it is exported at the test binary's root).
 
 use stevedore::api::DockerTargetSpec;
 use stevedore::docker::ConnectionMaterial;

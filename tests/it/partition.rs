@@ -4,7 +4,7 @@
 //! nothing is removed or moved before the grace period, the rest of the fleet converges,
 //! and after healing everything is as it was.
 
-mod common;
+use crate::common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
 #[path = "common/proxy.rs"]

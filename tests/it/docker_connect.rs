@@ -1,7 +1,7 @@
 //! Connecting to the harness's real daemons over every transport, and the classified errors
 //! when a connection cannot work.
 
-mod common;
+use crate::common;
 
 use common::{TestEnv, hosts};
 use stevedore::docker::{ConnectOptions, ConnectionMaterial, ErrorKind, connect};

@@ -2,7 +2,7 @@
 //! standalone run placed on the machine's daemon and the second one (real daemons, the
 //! real binary).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Output, Stdio};

@@ -2,7 +2,7 @@
 //! plain-HTTP one with the same auth): the catalog and tags, digests that match what a
 //! daemon records after a pull, and a clear, classified error for each way it can fail.
 
-mod common;
+use crate::common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
 

@@ -2,7 +2,7 @@
 //! own transport and is a distinct daemon, and the registry serves the test images only to
 //! clients with credentials.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;

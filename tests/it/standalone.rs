@@ -2,8 +2,7 @@
 //! directory, against the harness's real daemons. Each test works in its own namespace and
 //! with its own manager, so tests never see each other's containers.
 
-#[macro_use]
-mod common;
+use crate::common;
 #[path = "common/tripwire.rs"]
 mod tripwire;
 
@@ -786,7 +785,7 @@ async fn a_start_that_keeps_failing_the_same_way_is_said_once() {
     remove_all(&host, &ws.namespace).await;
 }
 
-on_every_engine!(
+crate::on_every_engine!(
     run_once_serves_http_then_plan_reports_no_changes,
     an_edit_is_planned_with_its_field_then_replaces_only_that_container,
     watching_repairs_removed_containers_and_applies_edits_within_two_seconds,

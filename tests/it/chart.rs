@@ -2,7 +2,7 @@
 //! PyPI's `helm-python-sdk`): default and non-default values, rejected values, RBAC equal to
 //! what the controller calls, CRDs equal to `crds/`, versions equal to the crate's.
 
-mod common;
+use crate::common;
 
 use common::chart::{objects, render};
 

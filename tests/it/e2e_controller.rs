@@ -1,13 +1,13 @@
 //! End-to-end checks of `stevedore controller` against a real Kubernetes API server and the
 //! harness's daemons: the real binary runs with `KUBECONFIG` pointing at the cluster.
 //!
-//! Gated on `STEVEDORE_E2E_KUBECONFIG` like `tests/e2e_kube.rs`: `cargo test` lists these
+//! Gated on `STEVEDORE_E2E_KUBECONFIG` like `tests/it/e2e_kube.rs`: `cargo test` lists these
 //! as ignored with the reason; run them with
-//! `STEVEDORE_E2E_KUBECONFIG=~/.kube/config cargo test --test e2e_controller -- --ignored --test-threads=1`.
+//! `STEVEDORE_E2E_KUBECONFIG=~/.kube/config cargo test --test it -- --ignored --test-threads=1 e2e_controller`.
 //! The cluster only has to reach nothing: the controller runs on this machine and talks to
 //! the harness's daemons through their unix sockets.
 
-mod common;
+use crate::common;
 #[path = "common/tripwire.rs"]
 mod tripwire;
 

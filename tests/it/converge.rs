@@ -2,8 +2,7 @@
 //! replacements with reasons, drift repair through events, orphans, isolation between
 //! targets, failures that stay local, and every transport.
 
-#[macro_use]
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -174,7 +173,7 @@ async fn each_changed_field_replaces_only_its_container_and_says_what_changed(en
         .actions
         .iter()
         .filter_map(|a| match a {
-            Action::Replace { old, reason, .. } => Some((old.name.clone(), reason.clone())),
+            Action::Replace(r) => Some((r.old.name.clone(), r.reason.clone())),
             _ => None,
         })
         .collect();
@@ -776,7 +775,7 @@ async fn instance_status_shows_addresses_ports_and_the_log_of_an_exited_containe
     target.cleanup().await;
 }
 
-on_every_engine!(
+crate::on_every_engine!(
     from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_change,
     each_changed_field_replaces_only_its_container_and_says_what_changed,
     containers_removed_stopped_or_killed_by_hand_are_repaired_from_events,

@@ -3,7 +3,7 @@
 //! real daemon. A no-op converge neither downloads (conditional request) nor imports or
 //! builds again; a changed source rolls out under a new tag.
 
-mod common;
+use crate::common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
 

@@ -1,7 +1,7 @@
 //! Every manifest under `examples/` parses into the Rust types and passes the same schema and
 //! CEL checks the API server applies.
 
-mod common;
+use crate::common;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! `cargo build` checked instead of compiled and `strip` skipped. A file the build needs
 //! that the Dockerfile does not copy fails here as it would in `docker build`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -7,7 +7,7 @@
 //!
 //! This file is one test binary so that its global log subscriber sees every thread.
 
-mod common;
+use crate::common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
 

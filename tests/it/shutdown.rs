@@ -6,7 +6,7 @@
 //! signals the process exactly when a chosen Docker call goes by (and holds that call a
 //! moment, so the signal lands while it is under way).
 
-mod common;
+use crate::common;
 #[path = "common/tripwire.rs"]
 mod tripwire;
 

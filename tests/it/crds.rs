@@ -1,7 +1,7 @@
 //! The committed `crds/` is exactly what the types generate, and every schema is one the
 //! API server accepts as structural.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 use stevedore::crd;

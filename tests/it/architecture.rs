@@ -94,7 +94,7 @@ fn every_module_is_on_a_floor() {
     for module in modules {
         assert!(
             floor_of(module).is_some(),
-            "src/{module} is on no floor of tests/architecture.rs: add it where it belongs"
+            "src/{module} is on no floor of tests/it/architecture.rs: add it where it belongs"
         );
     }
 }

@@ -3,7 +3,7 @@
 //! validation: every bad input gets a clear error naming file, line and field, and nothing
 //! panics.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

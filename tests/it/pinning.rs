@@ -4,7 +4,7 @@
 //! anew leaves `Pinned` alone, rolls `FollowTag` out, and a new image that fails its health
 //! check stops the rollout while the old containers keep serving.
 
-mod common;
+use crate::common;
 #[path = "common/fake_api.rs"]
 mod fake_api;
 

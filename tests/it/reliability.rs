@@ -2,7 +2,7 @@
 //! container in a crash loop, and Secret values that must never show. Each test asserts the
 //! no-loss, no-duplicate outcome, not only the absence of errors.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Command, Stdio};
