@@ -3,10 +3,8 @@
 //! reconcile makes and what it did on the host.
 
 use crate::common;
-#[path = "common/fake_api.rs"]
-mod fake_api;
-#[path = "common/tripwire.rs"]
-mod tripwire;
+use crate::common::fake_api;
+use crate::common::tripwire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

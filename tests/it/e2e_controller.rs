@@ -8,8 +8,7 @@
 //! the harness's daemons through their unix sockets.
 
 use crate::common;
-#[path = "common/tripwire.rs"]
-mod tripwire;
+use crate::common::tripwire;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -7,8 +7,7 @@
 //! target.
 
 use crate::common;
-#[path = "common/fake_api.rs"]
-mod fake_api;
+use crate::common::fake_api;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -4,8 +4,7 @@
 //! builds again; a changed source rolls out under a new tag.
 
 use crate::common;
-#[path = "common/fake_api.rs"]
-mod fake_api;
+use crate::common::fake_api;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -5,10 +5,8 @@
 //! and after healing everything is as it was.
 
 use crate::common;
-#[path = "common/fake_api.rs"]
-mod fake_api;
-#[path = "common/proxy.rs"]
-mod proxy;
+use crate::common::fake_api;
+use crate::common::proxy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,8 +5,7 @@
 //! check stops the rollout while the old containers keep serving.
 
 use crate::common;
-#[path = "common/fake_api.rs"]
-mod fake_api;
+use crate::common::fake_api;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,8 +3,7 @@
 //! daemon records after a pull, and a clear, classified error for each way it can fail.
 
 use crate::common;
-#[path = "common/fake_api.rs"]
-mod fake_api;
+use crate::common::fake_api;
 
 use std::time::Duration;
 

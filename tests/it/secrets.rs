@@ -8,8 +8,7 @@
 //! This file is one test binary so that its global log subscriber sees every thread.
 
 use crate::common;
-#[path = "common/fake_api.rs"]
-mod fake_api;
+use crate::common::fake_api;
 
 use std::io::Write;
 use std::process::Command;

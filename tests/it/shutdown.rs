@@ -7,8 +7,7 @@
 //! moment, so the signal lands while it is under way).
 
 use crate::common;
-#[path = "common/tripwire.rs"]
-mod tripwire;
+use crate::common::tripwire;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -3,8 +3,7 @@
 //! with its own manager, so tests never see each other's containers.
 
 use crate::common;
-#[path = "common/tripwire.rs"]
-mod tripwire;
+use crate::common::tripwire;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -5,6 +5,9 @@ pub mod cases;
 pub mod chart;
 pub mod cluster;
 pub mod engines;
+pub mod fake_api;
+pub mod proxy;
+pub mod tripwire;
 pub mod workspace;
 
 use std::collections::HashMap;
