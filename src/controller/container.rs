@@ -775,7 +775,7 @@ async fn publish_outcome(
             "failed while shutting down"
         };
         let error = outcome.result.as_ref().err().map(ToString::to_string);
-        tracing::info!(subject = %outcome.subject, target, verb = outcome.verb, error, "{what}");
+        tracing::info!(subject = %outcome.subject, target, verb = %outcome.verb, error, "{what}");
     }
     if interrupted && !outcome.rolled_back() {
         // Not an event: nothing happened to the container.
@@ -789,7 +789,7 @@ async fn publish_outcome(
         ),
         Ok(_) => (
             EventKind::Normal,
-            past_tense(outcome.verb).to_string(),
+            outcome.verb.past_tense().to_string(),
             format!("{} on {target}: {}", outcome.subject, outcome.reason),
         ),
         Err(e) => (
@@ -798,17 +798,5 @@ async fn publish_outcome(
             format!("{} on {target}: {}: {e}", outcome.subject, outcome.reason),
         ),
     };
-    publish(ctx, reference, type_, &reason, outcome.verb, note).await;
-}
-
-fn past_tense(verb: &str) -> &'static str {
-    match verb {
-        "Pull" => "Pulled",
-        "Create" => "Created",
-        "Start" => "Started",
-        "Replace" => "Replaced",
-        "Recreate" => "Recreated",
-        "Remove" => "Removed",
-        _ => "Changed",
-    }
+    publish(ctx, reference, type_, &reason, outcome.verb.as_str(), note).await;
 }

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::events;
 use super::executor::{Executor, Outcome};
 use super::model::DesiredInstance;
-use super::plan::{Action, Finding, Plan, PlanInput, RestartBook, plan};
+use super::plan::{Action, Finding, Plan, PlanInput, RestartBook, Verb, plan};
 use crate::docker::{DockerError, DockerHost, HostContainer};
 use crate::labels::LABEL_TARGET;
 use crate::labels::{LABEL_SPEC_HASH, LABEL_UID};
@@ -79,7 +79,7 @@ impl ConvergeReport {
     /// reports, and actions that failed. A failed pull is not listed itself: the create or
     /// replace that waited for the image fails with it, and names the container.
     pub fn unfinished(&self) -> Vec<Finding> {
-        let failed = self.outcomes.iter().filter(|o| o.verb != "Pull");
+        let failed = self.outcomes.iter().filter(|o| o.verb != Verb::Pull);
         self.plan
             .blocked
             .iter()

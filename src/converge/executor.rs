@@ -18,7 +18,7 @@ use futures::{StreamExt, stream};
 use tokio::sync::mpsc;
 
 use super::model::{DesiredInstance, previous_name};
-use super::plan::{Action, ContainerRef, Plan, Replacement};
+use super::plan::{Action, ContainerRef, Plan, Replacement, Verb};
 use crate::docker::{DockerError, DockerHost, ErrorKind, Health};
 use crate::shutdown::Shutdown;
 
@@ -36,7 +36,7 @@ pub struct Outcome {
     /// The container the action was about (or the image, for a pull).
     pub subject: String,
     /// `Pull`, `Create`, `Start`, `Replace`, `Remove`.
-    pub verb: &'static str,
+    pub verb: Verb,
     /// Why the action was taken.
     pub reason: String,
     /// What happened: the ID of the container now serving, where there is one.
@@ -253,12 +253,12 @@ impl Executor {
     fn outcome(
         &self,
         subject: String,
-        verb: &'static str,
+        verb: Verb,
         reason: &str,
         result: Result<Option<String>, DockerError>,
     ) -> Outcome {
         let on = self.on_target();
-        let (done, doing) = verb_forms(verb);
+        let (done, doing) = verb.progress_forms();
         self.report(
             &subject,
             match &result {
@@ -266,7 +266,10 @@ impl Executor {
                 Err(e) if e.kind == ErrorKind::Interrupted => {
                     format!("{doing} {subject}{on}: {}", e.message)
                 }
-                Err(e) => format!("failed to {} {subject}{on}: {e}", verb.to_lowercase()),
+                Err(e) => format!(
+                    "failed to {} {subject}{on}: {e}",
+                    verb.as_str().to_lowercase()
+                ),
             },
         );
         Outcome {
@@ -479,7 +482,7 @@ impl Executor {
         desired: &[DesiredInstance],
         failed_pulls: &HashMap<String, String>,
     ) -> Vec<Outcome> {
-        let verb = "Recreate";
+        let verb = Verb::Recreate;
         let members: Option<Vec<(&Replacement, &DesiredInstance)>> = replacements
             .iter()
             .map(|r| desired.get(r.desired).map(|d| (r, d)))
@@ -701,19 +704,6 @@ fn image_pulled(
 /// what it is, so an interrupted run finds it again.
 fn aside_name(desired: &DesiredInstance, old: &ContainerRef) -> String {
     format!("{}-replaced-{}", desired.name, short_id(&old.id))
-}
-
-/// How a progress line says `verb` happened, and that it was under way.
-fn verb_forms(verb: &str) -> (&'static str, &'static str) {
-    match verb {
-        "Pull" => ("pulled", "pulling"),
-        "Create" => ("created and started", "creating"),
-        "Start" => ("started", "starting"),
-        "Replace" => ("replaced", "replacing"),
-        "Recreate" => ("recreated", "recreating"),
-        "Remove" => ("stopped and removed", "removing"),
-        _ => ("changed", "changing"),
-    }
 }
 
 /// A failed step of a replacement, after the old container was put back.

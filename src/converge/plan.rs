@@ -249,17 +249,77 @@ impl Action {
         }
     }
 
-    /// A short verb for logs and Events: `Pull`, `Create`, `Start`, `Replace`,
-    /// `Recreate`, `Remove`.
-    pub fn verb(&self) -> &'static str {
+    /// What kind of action this is.
+    pub fn verb(&self) -> Verb {
         match self {
-            Action::Pull { .. } => "Pull",
-            Action::Create { .. } => "Create",
-            Action::Start { .. } => "Start",
-            Action::Replace(_) => "Replace",
-            Action::Recreate { .. } => "Recreate",
-            Action::Remove { .. } => "Remove",
+            Action::Pull { .. } => Verb::Pull,
+            Action::Create { .. } => Verb::Create,
+            Action::Start { .. } => Verb::Start,
+            Action::Replace(_) => Verb::Replace,
+            Action::Recreate { .. } => Verb::Recreate,
+            Action::Remove { .. } => Verb::Remove,
         }
+    }
+}
+
+/// The kind of an [`Action`], as logs, Events and progress lines name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verb {
+    /// An image pull.
+    Pull,
+    /// A new container, created and started.
+    Create,
+    /// An existing container started.
+    Start,
+    /// One container replaced.
+    Replace,
+    /// An owner's containers replaced together (`updateStrategy: Recreate`).
+    Recreate,
+    /// A container stopped and removed.
+    Remove,
+}
+
+impl Verb {
+    /// The verb as a word: `Pull`, `Create`, … (an Event's action, a failure's reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Pull => "Pull",
+            Verb::Create => "Create",
+            Verb::Start => "Start",
+            Verb::Replace => "Replace",
+            Verb::Recreate => "Recreate",
+            Verb::Remove => "Remove",
+        }
+    }
+
+    /// An Event's reason once it is done: `Pulled`, `Created`, …
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Verb::Pull => "Pulled",
+            Verb::Create => "Created",
+            Verb::Start => "Started",
+            Verb::Replace => "Replaced",
+            Verb::Recreate => "Recreated",
+            Verb::Remove => "Removed",
+        }
+    }
+
+    /// How a progress line says it happened, and that it is under way.
+    pub fn progress_forms(self) -> (&'static str, &'static str) {
+        match self {
+            Verb::Pull => ("pulled", "pulling"),
+            Verb::Create => ("created and started", "creating"),
+            Verb::Start => ("started", "starting"),
+            Verb::Replace => ("replaced", "replacing"),
+            Verb::Recreate => ("recreated", "recreating"),
+            Verb::Remove => ("stopped and removed", "removing"),
+        }
+    }
+}
+
+impl std::fmt::Display for Verb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -14,7 +14,7 @@ use common::{TestEnv, hosts};
 use serde_json::json;
 use stevedore::converge::engine::LoopOptions;
 use stevedore::converge::env::{EnvOrigin, EnvValue, ResolvedEnv, resolve_env};
-use stevedore::converge::plan::Action;
+use stevedore::converge::plan::{Action, Verb};
 use stevedore::docker::{Call, ConnectOptions, ContainerState, ErrorKind, connect};
 use stevedore::labels::{LABEL_MANAGED, LABEL_TARGET};
 use stevedore::sources::StaticSources;
@@ -419,7 +419,7 @@ async fn a_name_taken_by_a_container_of_someone_else_is_named_as_the_cause(engin
     let create = report
         .outcomes
         .iter()
-        .find(|o| o.verb == "Create")
+        .find(|o| o.verb == Verb::Create)
         .expect("a create");
     let error = create.result.as_ref().expect_err("the name is taken");
     assert_eq!(error.kind, ErrorKind::Conflict);
@@ -430,7 +430,7 @@ async fn a_name_taken_by_a_container_of_someone_else_is_named_as_the_cause(engin
         "{error}"
     );
     assert!(
-        !report.outcomes.iter().any(|o| o.verb == "Pull"),
+        !report.outcomes.iter().any(|o| o.verb == Verb::Pull),
         "the image is on the host: nothing to pull"
     );
     let state = docker_cli(&daemon, &["inspect", "-f", "{{.State.Running}}", &name]);
@@ -469,7 +469,7 @@ async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges(engine:
     let failed_pull = report
         .outcomes
         .iter()
-        .find(|o| o.verb == "Pull" && o.subject.contains("not-there"))
+        .find(|o| o.verb == Verb::Pull && o.subject.contains("not-there"))
         .expect("a pull of the missing image");
     let error = failed_pull
         .result
@@ -479,7 +479,7 @@ async fn bad_images_and_port_clashes_fail_alone_while_the_rest_converges(engine:
     let malformed_pull = report
         .outcomes
         .iter()
-        .find(|o| o.verb == "Pull" && o.subject.contains("Not A Valid"))
+        .find(|o| o.verb == Verb::Pull && o.subject.contains("Not A Valid"))
         .expect("a pull of the malformed reference");
     let error = malformed_pull
         .result
@@ -547,7 +547,7 @@ async fn a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_run
     let replace = report
         .outcomes
         .iter()
-        .find(|o| o.verb == "Replace")
+        .find(|o| o.verb == Verb::Replace)
         .expect("a replace was attempted");
     let error = replace
         .result
@@ -601,7 +601,7 @@ async fn an_unhealthy_replacement_is_rolled_back_and_the_old_container_keeps_ser
     let replace = report
         .outcomes
         .iter()
-        .find(|o| o.verb == "Replace")
+        .find(|o| o.verb == Verb::Replace)
         .expect("replace");
     let error = replace
         .result
