@@ -9,442 +9,49 @@
 //!   "a no-op converge made zero mutating calls".
 //! ```
 
+mod calls;
 pub mod connect;
 pub mod engine;
 pub mod error;
 pub mod material;
+mod reference;
 pub mod session;
 mod ssh;
 pub mod tls;
+mod transport;
+mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
+use bollard::Docker;
 use bollard::auth::DockerCredentials;
-use bollard::models::{ContainerCreateBody, ContainerSummary, EventMessage};
+use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     InspectContainerOptions, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
     StartContainerOptions, StopContainerOptionsBuilder,
 };
-use bollard::{BollardRequest, Docker};
 use futures::{Stream, StreamExt, TryStreamExt};
 
+pub use calls::{Call, CallCounts};
 pub use connect::{ConnectOptions, ConnectionMaterial, SshMaterial, TlsMaterial, connect};
 pub use engine::Engine;
 pub use error::{DockerError, ErrorKind};
+pub use reference::split_reference;
+pub use types::{
+    ContainerDetails, ContainerEvent, ContainerState, Health, HostContainer, PullCredentials,
+};
 
 use crate::api::target::{HostImage, ServerInfo};
-
-/// Names the body type of bollard's requests, which bollard does not export by name; custom
-/// transports (TLS, ssh) need it for their hyper client.
-trait HasBody {
-    type Body;
-}
-
-impl<B> HasBody for http::Request<B> {
-    type Body = B;
-}
-
-type RequestBody = <BollardRequest as HasBody>::Body;
-
-/// A bollard client whose connections come from `connector` (TLS with the target's own CA,
-/// or ssh dial-stdio); `address` only shapes the request URIs.
-fn client_through<C>(connector: C, address: &str, timeout_secs: u64) -> Result<Docker, DockerError>
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
-{
-    let client: hyper_util::client::legacy::Client<C, RequestBody> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
-    let transport = move |request: BollardRequest| {
-        let client = client.clone();
-        async move {
-            client
-                .request(request)
-                .await
-                .map_err(|err| bollard::errors::Error::HyperLegacyError { err })
-        }
-    };
-    Docker::connect_with_custom_transport(
-        transport,
-        Some(address),
-        timeout_secs,
-        bollard::API_DEFAULT_VERSION,
-    )
-    .map_err(|e| DockerError::from_bollard(&format!("failed to set up a client for {address}"), e))
-}
-
-/// The kinds of Docker calls, counted separately.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Call {
-    /// `GET /version`, `GET /info`.
-    Info,
-    /// `GET /containers/json`.
-    ListContainers,
-    /// `GET /containers/{id}/json`.
-    InspectContainer,
-    /// `GET /containers/{id}/logs`.
-    Logs,
-    /// `GET /images/json`, `GET /images/{name}/json`.
-    Images,
-    /// `GET /events` (one per stream opened).
-    Events,
-    /// `POST /images/create`.
-    Pull,
-    /// `POST /containers/create`.
-    Create,
-    /// `POST /containers/{id}/start`.
-    Start,
-    /// `POST /containers/{id}/stop`.
-    Stop,
-    /// `DELETE /containers/{id}`.
-    Remove,
-    /// `POST /containers/{id}/rename`.
-    Rename,
-    /// `POST /images/create?fromSrc=-` (a root filesystem import).
-    Import,
-    /// `POST /build`.
-    Build,
-    /// `POST /containers/{id}/exec` and `POST /exec/{id}/start` (a person's command).
-    Exec,
-    /// `POST /containers/{id}/update`.
-    Update,
-}
-
-impl Call {
-    const ALL: [Call; 16] = [
-        Call::Info,
-        Call::ListContainers,
-        Call::InspectContainer,
-        Call::Logs,
-        Call::Images,
-        Call::Events,
-        Call::Pull,
-        Call::Create,
-        Call::Start,
-        Call::Stop,
-        Call::Remove,
-        Call::Rename,
-        Call::Import,
-        Call::Build,
-        Call::Exec,
-        Call::Update,
-    ];
-
-    /// A name for metrics: `list_containers`, `pull`, …
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Call::Info => "info",
-            Call::ListContainers => "list_containers",
-            Call::InspectContainer => "inspect_container",
-            Call::Logs => "logs",
-            Call::Images => "images",
-            Call::Events => "events",
-            Call::Pull => "pull",
-            Call::Create => "create",
-            Call::Start => "start",
-            Call::Stop => "stop",
-            Call::Remove => "remove",
-            Call::Rename => "rename",
-            Call::Import => "import",
-            Call::Build => "build",
-            Call::Exec => "exec",
-            Call::Update => "update",
-        }
-    }
-
-    /// Every kind of call.
-    pub fn all() -> &'static [Call] {
-        &Self::ALL
-    }
-
-    /// Whether the call changes anything on the host.
-    pub fn is_mutating(self) -> bool {
-        matches!(
-            self,
-            Call::Pull
-                | Call::Create
-                | Call::Start
-                | Call::Stop
-                | Call::Remove
-                | Call::Rename
-                | Call::Import
-                | Call::Build
-                | Call::Exec
-                | Call::Update
-        )
-    }
-}
-
-/// Counters of the calls made through one [`DockerHost`] (and its clones).
-#[derive(Debug, Default)]
-struct CallCounter {
-    counts: [AtomicU64; Call::ALL.len()],
-    /// Time spent in calls of each kind, in microseconds.
-    micros: [AtomicU64; Call::ALL.len()],
-}
-
-/// Adds the time from its making to its drop to one kind of call.
-struct CallTimer<'a> {
-    counter: &'a CallCounter,
-    position: Option<usize>,
-    started: std::time::Instant,
-}
-
-impl Drop for CallTimer<'_> {
-    fn drop(&mut self) {
-        if let Some(position) = self.position {
-            let micros = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.counter.micros[position].fetch_add(micros, Ordering::Relaxed);
-        }
-    }
-}
-
-/// A snapshot of call counts.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CallCounts(pub BTreeMap<Call, u64>);
-
-impl CallCounts {
-    /// Calls of one kind.
-    pub fn get(&self, call: Call) -> u64 {
-        self.0.get(&call).copied().unwrap_or(0)
-    }
-
-    /// Calls that changed something on the host.
-    pub fn mutating(&self) -> u64 {
-        self.0
-            .iter()
-            .filter(|(call, _)| call.is_mutating())
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    /// The calls made since `earlier`.
-    pub fn since(&self, earlier: &CallCounts) -> CallCounts {
-        CallCounts(
-            self.0
-                .iter()
-                .map(|(call, n)| (*call, n - earlier.get(*call)))
-                .filter(|(_, n)| *n > 0)
-                .collect(),
-        )
-    }
-}
-
-/// The state of a container as the daemon reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ContainerState {
-    /// Created, never started.
-    Created,
-    /// Running.
-    Running,
-    /// Paused.
-    Paused,
-    /// Being restarted by the daemon's restart policy.
-    Restarting,
-    /// Being removed.
-    Removing,
-    /// Being stopped: Podman shows it while a stop (or `rm -f`) waits for the process.
-    Stopping,
-    /// Exited (stopped).
-    Exited,
-    /// Dead (failed to stop or remove).
-    Dead,
-}
-
-impl ContainerState {
-    fn parse(state: &str) -> Self {
-        match state {
-            "created" => Self::Created,
-            "running" => Self::Running,
-            "paused" => Self::Paused,
-            "restarting" => Self::Restarting,
-            "removing" => Self::Removing,
-            "stopping" => Self::Stopping,
-            "dead" => Self::Dead,
-            _ => Self::Exited,
-        }
-    }
-
-    /// The daemon's word for the state.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::Restarting => "restarting",
-            Self::Removing => "removing",
-            Self::Stopping => "stopping",
-            Self::Exited => "exited",
-            Self::Dead => "dead",
-        }
-    }
-}
-
-/// The health check's verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Health {
-    /// Within the start period, or no verdict yet.
-    Starting,
-    /// The last checks passed.
-    Healthy,
-    /// `retries` checks in a row failed.
-    Unhealthy,
-}
-
-impl Health {
-    /// Docker's word for the verdict.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Starting => "starting",
-            Self::Healthy => "healthy",
-            Self::Unhealthy => "unhealthy",
-        }
-    }
-
-    fn parse(word: &str) -> Option<Self> {
-        match word {
-            "starting" => Some(Self::Starting),
-            "healthy" => Some(Self::Healthy),
-            "unhealthy" => Some(Self::Unhealthy),
-            _ => None,
-        }
-    }
-}
-
-/// A container as one list call shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostContainer {
-    /// Container ID.
-    pub id: String,
-    /// Name without the leading `/`.
-    pub name: String,
-    /// All labels.
-    pub labels: BTreeMap<String, String>,
-    /// State.
-    pub state: ContainerState,
-    /// Health, for containers with a health check.
-    pub health: Option<Health>,
-    /// The image ID the container runs.
-    pub image_id: String,
-    /// Exit code, for an exited container.
-    pub exit_code: Option<i64>,
-}
-
-impl HostContainer {
-    fn from_summary(summary: ContainerSummary) -> Option<Self> {
-        let status = summary.status.unwrap_or_default();
-        let name = summary
-            .names
-            .unwrap_or_default()
-            .into_iter()
-            .next()
-            .map(|n| n.trim_start_matches('/').to_string())?;
-        Some(Self {
-            id: summary.id?,
-            name,
-            labels: summary.labels.unwrap_or_default().into_iter().collect(),
-            state: ContainerState::parse(&summary.state.map(|s| s.to_string()).unwrap_or_default()),
-            health: summary
-                .health
-                .and_then(|h| h.status)
-                .and_then(|s| Health::parse(s.as_ref()))
-                .or_else(|| health_from_status(&status)),
-            image_id: summary.image_id.unwrap_or_default(),
-            exit_code: exit_code_from_status(&status),
-        })
-    }
-}
-
-/// Older daemons put health only in the status text: `Up 3 minutes (healthy)`.
-fn health_from_status(status: &str) -> Option<Health> {
-    if status.contains("(healthy)") {
-        Some(Health::Healthy)
-    } else if status.contains("(unhealthy)") {
-        Some(Health::Unhealthy)
-    } else if status.contains("(health: starting)") {
-        Some(Health::Starting)
-    } else {
-        None
-    }
-}
-
-/// `Exited (137) 5 seconds ago` or `Restarting (7) 1 second ago` → the last exit code.
-fn exit_code_from_status(status: &str) -> Option<i64> {
-    let rest = status
-        .strip_prefix("Exited (")
-        .or_else(|| status.strip_prefix("Restarting ("))?;
-    rest.split_once(')')?.0.parse().ok()
-}
-
-/// What an inspect adds to a list entry, for status.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ContainerDetails {
-    /// RFC 3339 start time, when it ever started.
-    pub started_at: Option<String>,
-    /// RFC 3339 time its last run ended, when one did (before `started_at` once it was
-    /// started again).
-    pub finished_at: Option<String>,
-    /// Exit code of the last run.
-    pub exit_code: Option<i64>,
-    /// Restarts done by the daemon's restart policy.
-    pub restart_count: i64,
-    /// `network=ip` per network.
-    pub ips: Vec<String>,
-    /// `hostIP:hostPort->containerPort/protocol` per published port.
-    pub ports: Vec<String>,
-    /// Health, with a health check.
-    pub health: Option<Health>,
-    /// Whether the container has a health check (its image's or its own).
-    pub has_health_check: bool,
-    /// Its restart policy's name (`no`, `always`, `unless-stopped`, `on-failure`).
-    pub restart_policy: String,
-}
-
-/// A container event from the daemon's event stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerEvent {
-    /// `die`, `stop`, `kill`, `destroy`, `start`, `health_status: healthy`, …
-    pub action: String,
-    /// The container's ID.
-    pub id: String,
-    /// The container's name, when the daemon sent it.
-    pub name: Option<String>,
-    /// The owner's namespace and name, from the container's `stevedore.dev/namespace` and
-    /// `stevedore.dev/name` labels (the daemon sends labels as event attributes).
-    pub owner: Option<(String, String)>,
-}
-
-/// Credentials for one pull.
-#[derive(Clone)]
-pub struct PullCredentials {
-    /// Registry user.
-    pub username: String,
-    /// Registry password or token.
-    pub password: String,
-    /// Registry host, e.g. `registry.example.com:5000`.
-    pub server: String,
-}
-
-impl std::fmt::Debug for PullCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "PullCredentials {{ server: {:?}, <redacted> }}",
-            self.server
-        )
-    }
-}
 
 /// A connected daemon. Cheap to clone; clones share the connection and the call counters.
 #[derive(Clone)]
 pub struct DockerHost {
     docker: Docker,
     endpoint: String,
-    calls: Arc<CallCounter>,
+    calls: Arc<calls::CallCounter>,
     engine: Engine,
     health_checks: Arc<engine::HealthCheckMemory>,
 }
@@ -487,37 +94,18 @@ impl DockerHost {
 
     /// How many calls of each kind were made so far.
     pub fn calls(&self) -> CallCounts {
-        CallCounts(
-            Call::ALL
-                .iter()
-                .zip(&self.calls.counts)
-                .map(|(call, n)| (*call, n.load(Ordering::Relaxed)))
-                .filter(|(_, n)| *n > 0)
-                .collect(),
-        )
+        self.calls.snapshot()
     }
 
     /// Seconds spent in calls of each kind so far (a pull counts until its stream ends;
     /// an event stream counts only its opening).
     pub fn call_seconds(&self) -> BTreeMap<Call, f64> {
-        Call::ALL
-            .iter()
-            .zip(&self.calls.micros)
-            .map(|(call, micros)| (*call, micros.load(Ordering::Relaxed) as f64 / 1e6))
-            .collect()
+        self.calls.seconds()
     }
 
     /// Counts one call and times it until the returned guard is dropped.
-    fn count(&self, call: Call) -> CallTimer<'_> {
-        let position = Call::ALL.iter().position(|c| *c == call);
-        if let Some(position) = position {
-            self.calls.counts[position].fetch_add(1, Ordering::Relaxed);
-        }
-        CallTimer {
-            counter: &self.calls,
-            position,
-            started: std::time::Instant::now(),
-        }
+    fn count(&self, call: Call) -> calls::CallTimer<'_> {
+        self.calls.count(call)
     }
 
     fn fail(&self, what: String) -> impl FnOnce(bollard::errors::Error) -> DockerError {
@@ -1008,23 +596,6 @@ impl DockerHost {
     }
 }
 
-impl ContainerEvent {
-    fn from_message(event: EventMessage) -> Option<Self> {
-        use crate::labels::{LABEL_NAME, LABEL_NAMESPACE};
-        let actor = event.actor?;
-        let attributes = actor.attributes.unwrap_or_default();
-        Some(Self {
-            action: engine::docker_event_action(event.action?),
-            id: actor.id?,
-            name: attributes.get("name").cloned(),
-            owner: attributes
-                .get(LABEL_NAMESPACE)
-                .cloned()
-                .zip(attributes.get(LABEL_NAME).cloned()),
-        })
-    }
-}
-
 /// An item of a daemon's progress stream (pull, import, build), which can carry an error:
 /// the daemon answers 200 and reports failures inside the stream.
 trait ProgressItem {
@@ -1064,67 +635,4 @@ async fn drain<T: ProgressItem>(
         each(item);
     }
     Ok(())
-}
-
-/// `repo:tag` → (`repo`, `tag`); `repo@sha256:…` → (`repo@sha256:…`, ""); `repo` →
-/// (`repo`, `latest`). A registry port (`host:5000/repo`) is not a tag.
-pub fn split_reference(reference: &str) -> (&str, &str) {
-    if reference.contains('@') {
-        return (reference, "");
-    }
-    match reference.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-        _ => (reference, "latest"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn references_split_into_repository_and_tag() {
-        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
-        assert_eq!(split_reference("busybox:1.36"), ("busybox", "1.36"));
-        assert_eq!(
-            split_reference("127.0.0.1:5000/team/app"),
-            ("127.0.0.1:5000/team/app", "latest")
-        );
-        assert_eq!(
-            split_reference("127.0.0.1:5000/team/app:v2"),
-            ("127.0.0.1:5000/team/app", "v2")
-        );
-        assert_eq!(split_reference("app@sha256:abc"), ("app@sha256:abc", ""));
-    }
-
-    #[test]
-    fn status_text_yields_health_and_exit_code() {
-        assert_eq!(
-            health_from_status("Up 3 minutes (healthy)"),
-            Some(Health::Healthy)
-        );
-        assert_eq!(
-            health_from_status("Up 1 second (health: starting)"),
-            Some(Health::Starting)
-        );
-        assert_eq!(health_from_status("Up 3 minutes"), None);
-        assert_eq!(
-            exit_code_from_status("Exited (137) 5 seconds ago"),
-            Some(137)
-        );
-        assert_eq!(exit_code_from_status("Up 2 hours"), None);
-    }
-
-    #[test]
-    fn call_counts_tell_mutating_calls_apart() {
-        let before = CallCounts(BTreeMap::from([(Call::ListContainers, 2)]));
-        let after = CallCounts(BTreeMap::from([
-            (Call::ListContainers, 3),
-            (Call::Create, 1),
-            (Call::Start, 1),
-        ]));
-        let delta = after.since(&before);
-        assert_eq!(delta.get(Call::ListContainers), 1);
-        assert_eq!(delta.mutating(), 2);
-    }
 }

@@ -258,5 +258,5 @@ pub async fn connect(
     };
     command.preflight().await?;
     // The host part is only used to build request URIs; the connector ignores it.
-    super::client_through(command, "http://docker.ssh", timeout.as_secs().max(1))
+    super::transport::client_through(command, "http://docker.ssh", timeout.as_secs().max(1))
 }

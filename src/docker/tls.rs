@@ -64,7 +64,7 @@ pub fn connect(
     } else {
         host.to_string()
     };
-    super::client_through(connector, &format!("https://{host}:{port}"), timeout_secs)
+    super::transport::client_through(connector, &format!("https://{host}:{port}"), timeout_secs)
 }
 
 /// Makes ring the process's default rustls provider (for clients, such as the registry's,
