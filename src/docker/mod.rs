@@ -112,6 +112,27 @@ impl DockerHost {
         move |e| DockerError::from_bollard(&what, e)
     }
 
+    /// A call's answer; when bollard could not read it because another engine's words are
+    /// in it (Podman's container states), the same body read again by `reread`. `doing`
+    /// names the call: `list containers on …`.
+    fn readable<T>(
+        &self,
+        answer: Result<T, bollard::errors::Error>,
+        reread: fn(&str) -> serde_json::Result<T>,
+        doing: String,
+    ) -> Result<T, DockerError> {
+        match answer {
+            Err(bollard::errors::Error::JsonDataError { contents, .. }) => reread(&contents)
+                .map_err(|e| {
+                    DockerError::new(
+                        ErrorKind::ServerError,
+                        format!("cannot read the answer to {doing}: {e}"),
+                    )
+                }),
+            other => other.map_err(self.fail(format!("failed to {doing}"))),
+        }
+    }
+
     /// The daemon's `/version` answer.
     async fn version(&self) -> Result<bollard::models::SystemVersion, DockerError> {
         let _timer = self.count(Call::Info);
@@ -164,20 +185,11 @@ impl DockerHost {
                 .all(true)
                 .filters(&filters)
                 .build();
-            let listed = self.docker.list_containers(Some(options)).await;
-            let summaries = match listed {
-                Err(bollard::errors::Error::JsonDataError { contents, .. }) => {
-                    engine::summaries_with_foreign_states(&contents).map_err(|e| {
-                        DockerError::new(
-                            ErrorKind::ServerError,
-                            format!("cannot read the container list of {}: {e}", self.endpoint),
-                        )
-                    })?
-                }
-                other => other.map_err(
-                    self.fail(format!("failed to list containers on {}", self.endpoint)),
-                )?,
-            };
+            let summaries = self.readable(
+                self.docker.list_containers(Some(options)).await,
+                engine::summaries_with_foreign_states,
+                format!("list containers on {}", self.endpoint),
+            )?;
             summaries
                 .into_iter()
                 .filter_map(HostContainer::from_summary)
@@ -485,21 +497,13 @@ impl DockerHost {
     /// Details for status: start time, exit code, restarts, addresses and published ports.
     pub async fn inspect(&self, id: &str) -> Result<ContainerDetails, DockerError> {
         let _timer = self.count(Call::InspectContainer);
-        let inspected = self
-            .docker
-            .inspect_container(id, None::<InspectContainerOptions>)
-            .await;
-        let inspect = match inspected {
-            Err(bollard::errors::Error::JsonDataError { contents, .. }) => {
-                engine::inspect_with_foreign_state(&contents).map_err(|e| {
-                    DockerError::new(
-                        ErrorKind::ServerError,
-                        format!("cannot read the inspect answer for container {id}: {e}"),
-                    )
-                })?
-            }
-            other => other.map_err(self.fail(format!("failed to inspect container {id}")))?,
-        };
+        let inspect = self.readable(
+            self.docker
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await,
+            engine::inspect_with_foreign_state,
+            format!("inspect container {id}"),
+        )?;
         let state = inspect.state.unwrap_or_default();
         let restart_policy = inspect
             .host_config

@@ -46,9 +46,10 @@ impl Engine {
 
     /// The engine as a target spec (a unix socket needs no Secret material).
     pub fn host(self, env: &TestEnv) -> (DockerTargetSpec, ConnectionMaterial) {
-        let spec = serde_json::from_value(serde_json::json!({"endpoint": self.address(env)}))
-            .expect("target spec");
-        (spec, ConnectionMaterial::default())
+        (
+            super::hosts::spec(&self.address(env)),
+            ConnectionMaterial::default(),
+        )
     }
 }
 

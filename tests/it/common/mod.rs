@@ -118,7 +118,8 @@ pub mod hosts {
         std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
-    fn spec(endpoint: &str) -> DockerTargetSpec {
+    /// A target spec for `endpoint`, with no Secrets and default settings.
+    pub fn spec(endpoint: &str) -> DockerTargetSpec {
         DockerTargetSpec {
             endpoint: endpoint.to_string(),
             tls: None,
