@@ -8,6 +8,8 @@
 //! - [`converge`]: desired instances, the pure plan and its execution on one host.
 //! - [`docker`]: connecting to daemons and every call made to them.
 //! - [`placement`]: which target runs each replica.
+//! - [`fleet`]: what is wanted (one snapshot, from either mode), the connections to the
+//!   targets, and the one path from them to each target's desired instances.
 //! - [`logging`]: the log filter, which keeps Secret values out of logs.
 //! - [`controller`]: `stevedore controller`, the kube-runtime controllers.
 //! - [`registry`]: which Registry serves an image, and its credentials.
@@ -25,6 +27,7 @@ pub mod converge;
 pub mod crd;
 pub mod docker;
 pub mod error_chain;
+pub mod fleet;
 pub mod labels;
 pub mod logging;
 pub mod operate;

@@ -20,13 +20,13 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::context::{Context, registry_serving};
+use super::context::Context;
 use super::error::{Error, Result};
 use super::events::{EventKind, publish};
 use super::outcome::apply_status;
 use crate::api::container::ImageUpdatePolicy;
 use crate::api::container::{DeletionPolicy, DockerContainerStatus, InstanceStatus};
-use crate::api::{CONDITION_READY, DockerContainer, DockerTarget};
+use crate::api::{CONDITION_READY, DockerContainer};
 use crate::conditions::{
     CONDITION_DEGRADED, CONDITION_PROGRESSING, condition, container_conditions,
     keep_transition_times, mirror_for_kstatus, now_time,
@@ -36,20 +36,19 @@ use crate::converge::engine::{
 };
 use crate::converge::env::resolve_env;
 use crate::converge::executor::{Executor, Outcome};
-use crate::converge::model::{
-    DesiredInstance, InstanceContext, Owner, desired_instances, host_ports,
-};
+use crate::converge::model::DesiredInstance;
 use crate::converge::plan::{Action as PlanAction, ContainerRef, Plan};
 use crate::converge::status::{instance_statuses, is_ready};
-use crate::docker::material::target_material;
 use crate::docker::{DockerError, DockerHost, ErrorKind, HostContainer};
-use crate::labels::LABEL_TARGET;
-use crate::labels::{LABEL_REPLICA, LABEL_UID};
-use crate::placement::{Existing, TargetInfo, Workload, place};
-use crate::registry::credentials::credentials_of;
-use crate::registry::pinning::{Resolved, image_to_run, pin};
+use crate::fleet::connections::{Attempt, observe};
+use crate::fleet::desired::{ImageChoice, on_targets};
+use crate::fleet::pins::{pin_before, pin_image};
+use crate::fleet::placing::{Observation, place_snapshot};
+use crate::fleet::{ContainerEntry, Recorded, Snapshot, TargetEntry};
+use crate::labels::LABEL_UID;
+use crate::placement::Placements;
+use crate::registry::pinning::Resolved;
 use crate::registry::refresh::refresh_interval;
-use crate::sources::StaticSources;
 
 /// The finalizer that removes an object's containers before it goes.
 pub const FINALIZER: &str = "stevedore.dev/cleanup";
@@ -77,161 +76,98 @@ pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Re
 }
 
 /// One target as this reconcile sees it.
-struct TargetView {
-    target: Arc<DockerTarget>,
-    uid: String,
-    name: String,
+struct TargetView<'a> {
+    target: &'a TargetEntry,
     /// The daemon and every container labelled for the target, or why not.
     state: Result<(DockerHost, Vec<HostContainer>), DockerError>,
 }
 
 /// Connects to (or reuses the connection of) every target of the namespace and lists its
 /// managed containers: one list call per target.
-async fn observe_targets(
+async fn observe_targets<'a>(
     ctx: &Context,
-    namespace: &str,
-    sources: &StaticSources,
-    for_cleanup: bool,
-) -> Vec<TargetView> {
-    let views = ctx.stores.targets_in(namespace).into_iter().map(|target| {
-        let material = target_material(&target.spec, sources);
-        async move {
-            let uid = target.uid().unwrap_or_default();
-            let name = target.name_any();
-            let connection = if for_cleanup {
-                ctx.hosts.connection_for_cleanup(&target, material).await
-            } else {
-                ctx.hosts.connection(&target, material, false).await
-            };
-            let state = match connection {
-                Ok(host) => match host.list_labelled(LABEL_TARGET, &uid).await {
-                    Ok(listed) => Ok((host, listed)),
-                    Err(e) => {
-                        ctx.hosts.mark_failed(&uid, &e);
-                        Err(e)
-                    }
-                },
-                Err(e) => Err(e),
-            };
-            TargetView {
-                target,
-                uid,
-                name,
-                state,
-            }
-        }
-    });
-    join_all(views).await
+    snapshot: &'a Snapshot,
+    attempt: Attempt,
+) -> Vec<TargetView<'a>> {
+    let observed = observe(ctx.hosts.connections(), snapshot, attempt).await;
+    snapshot
+        .targets
+        .iter()
+        .zip(observed)
+        .map(|(target, state)| TargetView { target, state })
+        .collect()
 }
 
 fn owner_of(container: &HostContainer) -> Option<&str> {
     container.labels.get(LABEL_UID).map(String::as_str)
 }
 
+/// The snapshot of the container's namespace, with the object being reconciled as it was
+/// handed over (the cache may not hold it yet), and that object's entry.
+fn snapshot_with(ctx: &Context, container: &DockerContainer) -> (Snapshot, ContainerEntry) {
+    let namespace = container.namespace().unwrap_or_default();
+    let mut snapshot = ctx.stores.snapshot(&namespace);
+    let entry = ContainerEntry {
+        name: container.name_any(),
+        uid: container.uid().unwrap_or_default(),
+        object: Arc::new(container.clone()),
+        recorded: container
+            .status
+            .as_ref()
+            .map(Recorded::from_status)
+            .unwrap_or_default(),
+    };
+    snapshot.containers.retain(|c| c.uid != entry.uid);
+    snapshot.containers.push(entry.clone());
+    snapshot.containers.sort_by(|a, b| a.name.cmp(&b.name));
+    (snapshot, entry)
+}
+
+/// What each target runs: this reconcile's list or, while it cannot be listed, its last.
+fn known_lists(ctx: &Context, views: &[TargetView<'_>]) -> Vec<Option<Arc<Vec<HostContainer>>>> {
+    views
+        .iter()
+        .map(|v| match &v.state {
+            Ok((_, listed)) => Some(Arc::new(listed.clone())),
+            Err(_) => ctx.hosts.connections().last_listed(&v.target.uid),
+        })
+        .collect()
+}
+
 /// Places every replica of every DockerContainer of the namespace from what the daemons
-/// run, and returns this object's share: (target name, replicas) and the unplaced ones.
+/// run (see [`place_snapshot`]), and says which of `uid`'s replicas have nowhere to go.
 fn placements_for(
     ctx: &Context,
-    container: &DockerContainer,
+    snapshot: &Snapshot,
     uid: &str,
-    views: &[TargetView],
-) -> (Vec<(String, Vec<u32>)>, Vec<String>) {
-    let now = unix_now();
-    let infos: Vec<TargetInfo> = views
+    views: &[TargetView<'_>],
+    known: &[Option<Arc<Vec<HostContainer>>>],
+) -> (Placements, Vec<String>) {
+    let observations = views
         .iter()
-        .map(|v| TargetInfo {
-            name: v.name.clone(),
-            labels: v.target.labels().clone(),
-            ready: v.state.is_ok(),
-            unreachable_since: match v.state {
-                Ok(_) => None,
-                Err(_) => ctx.hosts.unreachable_since(&v.uid).or(Some(now)),
-            },
-            unschedulable: v.target.spec.unschedulable,
-            max_containers: v.target.spec.max_containers,
+        .zip(known)
+        .map(|(v, known)| {
+            let observation = Observation {
+                answering: v.state.is_ok(),
+                unreachable_since: ctx.hosts.unreachable_since(&v.target.uid),
+                listed: known.as_deref().map(Vec::as_slice),
+            };
+            (v.target.name.as_str(), observation)
         })
         .collect();
-    let existing: Vec<Existing> = views
-        .iter()
-        .filter_map(|v| Some((v, &v.state.as_ref().ok()?.1)))
-        .flat_map(|(v, listed)| {
-            listed.iter().filter_map(|c| {
-                Some(Existing {
-                    owner_uid: owner_of(c)?.to_string(),
-                    replica: c.labels.get(LABEL_REPLICA)?.parse().ok()?,
-                    target: v.name.clone(),
-                })
-            })
-        })
-        .collect();
-    let namespace = container.namespace();
-    // A target that cannot be listed now keeps what status last recorded there: placements
-    // are sticky, and unknown is not the same as gone.
-    let silent: HashSet<&str> = views
-        .iter()
-        .filter(|v| v.state.is_err())
-        .map(|v| v.name.as_str())
-        .collect();
-    let mut existing = existing;
-    if !silent.is_empty() {
-        let store = ctx.stores.containers.state();
-        let recorded = std::iter::once(container)
-            .chain(
-                store
-                    .iter()
-                    .map(AsRef::as_ref)
-                    .filter(|c| c.namespace() == namespace && c.uid().as_deref() != Some(uid)),
-            )
-            .flat_map(|c| {
-                let owner = c.uid().unwrap_or_default();
-                c.status
-                    .iter()
-                    .flat_map(|s| &s.instances)
-                    .filter(|i| silent.contains(i.target.as_str()))
-                    .filter_map(move |i| {
-                        Some(Existing {
-                            owner_uid: owner.clone(),
-                            replica: i.container_name.rsplit_once('_')?.1.parse().ok()?,
-                            target: i.target.clone(),
-                        })
-                    })
-            });
-        existing.extend(recorded);
-    }
-    let mut others: Vec<Arc<DockerContainer>> = ctx
-        .stores
-        .containers
-        .state()
-        .into_iter()
-        .filter(|c| c.namespace() == namespace && c.uid().as_deref() != Some(uid))
-        .collect();
-    others.sort_by_key(|c| c.name_any());
-    let workload = |c: &DockerContainer| Workload {
-        owner_uid: c.uid().unwrap_or_default(),
-        placement: c.spec.placement.clone(),
-        host_ports: host_ports(&c.spec),
-    };
-    let workloads: Vec<Workload> = std::iter::once(workload(container))
-        .chain(others.iter().map(|c| workload(c)))
-        .collect();
-    let placements = place(
-        &infos,
-        &workloads,
-        &existing,
-        now,
+    let placements = place_snapshot(
+        snapshot,
+        &observations,
+        unix_now(),
         ctx.settings.grace.as_secs(),
     );
-    let mine = views
-        .iter()
-        .map(|v| (v.name.clone(), placements.replicas_on(uid, &v.name)))
-        .collect();
     let unplaced = placements
         .unplaced
         .iter()
         .filter(|u| u.owner_uid == uid)
         .map(|u| format!("replica {} not placed: {}", u.replica, u.reason))
         .collect();
-    (mine, unplaced)
+    (placements, unplaced)
 }
 
 /// What converging one target found.
@@ -247,37 +183,38 @@ struct TargetOutcome {
 }
 
 async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
-    let namespace = container.namespace().unwrap_or_default();
-    let name = container.name_any();
     let uid = container
         .uid()
         .ok_or_else(|| Error::InvalidObject("DockerContainer has no metadata.uid".into()))?;
-    let sources = ctx.stores.sources(&namespace);
-    let env = match resolve_env(&container.spec, &sources) {
+    let (snapshot, entry) = snapshot_with(ctx, container);
+    let env = match resolve_env(&container.spec, &snapshot.sources) {
         Ok(env) => env,
         Err(e) => return invalid(container, ctx, e.to_string()).await,
     };
-    let registry = registry_serving(&ctx.stores.registries, &namespace, &container.spec);
-    let registry = registry.as_deref();
-    let credentials = registry.and_then(|registry| credentials_of(registry, &sources));
+    let registry = snapshot.registry_for(&container.spec);
     let previous = container.status.clone().unwrap_or_default();
 
-    let views = observe_targets(ctx, &namespace, &sources, false).await;
-    let (placed, mut problems) = placements_for(ctx, container, &uid, &views);
-    let resolved =
-        match resolve_image(container, registry, &sources, &previous, &mut problems).await {
-            Ok(resolved) => resolved,
-            Err(why) => {
-                return hold(
-                    container,
-                    ctx,
-                    "ImageNotResolved",
-                    why,
-                    Action::requeue(RETRY_UNREACHABLE),
-                )
-                .await;
-            }
-        };
+    let views = observe_targets(ctx, &snapshot, Attempt::Reuse).await;
+    let known = known_lists(ctx, &views);
+    let (placements, mut problems) = placements_for(ctx, &snapshot, &uid, &views, &known);
+    let before = pin_before(&entry, known.iter().flatten().flat_map(|l| l.iter()));
+    let resolved = match pin_image(&snapshot, &entry, before, unix_now()).await {
+        None => None,
+        Some(Ok(pinned)) => {
+            problems.extend(pinned.problem);
+            pinned.resolved
+        }
+        Some(Err(why)) => {
+            return hold(
+                container,
+                ctx,
+                "ImageNotResolved",
+                why,
+                Action::requeue(RETRY_UNREACHABLE),
+            )
+            .await;
+        }
+    };
     let source = match &container.spec.image_source {
         Some(spec) => match ctx.fetcher.fetch(spec).await {
             Ok(source) => Some(source),
@@ -294,32 +231,17 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         },
         None => None,
     };
-    let (run_image, image_identity) =
-        image_to_run(&container.spec.image, source.as_ref(), resolved.as_ref());
-    let owner = Owner {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        uid: uid.clone(),
+    let image = ImageChoice {
+        source: source.as_ref(),
+        resolved: resolved.as_ref(),
     };
-    // Build every target's instances first: a spec that cannot become a container fails
-    // before anything is touched anywhere.
-    let mut wanted = Vec::with_capacity(views.len());
-    for (view, (_, replicas)) in views.iter().zip(&placed) {
-        let ctx_instance = InstanceContext {
-            target_uid: &view.uid,
-            manager: &ctx.settings.manager,
-            image: &run_image,
-            image_identity: &image_identity,
-            pull_credentials: credentials.as_ref(),
-            image_source: source.as_ref(),
-            resolved: resolved.as_ref(),
-            restarted_at: container.restarted_at(),
-        };
-        match desired_instances(&owner, &container.spec, &env, replicas, &ctx_instance) {
-            Ok(instances) => wanted.push(instances),
-            Err(e) => return invalid(container, ctx, e.to_string()).await,
-        }
-    }
+    // Every target's instances are built first: a spec that cannot become a container
+    // fails before anything is touched anywhere.
+    let manager = &ctx.settings.manager;
+    let wanted = match on_targets(&snapshot, &entry, &placements, &env, image, manager) {
+        Ok(wanted) => wanted,
+        Err(e) => return invalid(container, ctx, e).await,
+    };
 
     let reference = container.object_ref(&());
     let converges = views.iter().zip(wanted).map(|(view, instances)| {
@@ -400,7 +322,7 @@ async fn converge_target(
     ctx: &Context,
     reference: &ObjectReference,
     uid: &str,
-    view: &TargetView,
+    view: &TargetView<'_>,
     instances: Vec<DesiredInstance>,
     previous: &[InstanceStatus],
 ) -> TargetOutcome {
@@ -411,11 +333,11 @@ async fn converge_target(
                 return TargetOutcome::default();
             }
             return TargetOutcome {
-                problems: vec![format!("target {}: {error}", view.name)],
+                problems: vec![format!("target {}: {error}", view.target.name)],
                 instances: instances
                     .iter()
                     .map(|d| InstanceStatus {
-                        target: view.name.clone(),
+                        target: view.target.name.clone(),
                         container_name: d.name.clone(),
                         state: "unknown".into(),
                         message: Some(error.to_string()),
@@ -431,7 +353,7 @@ async fn converge_target(
         return TargetOutcome::default();
     }
     let identity = TargetIdentity {
-        uid: view.uid.clone(),
+        uid: view.target.uid.clone(),
         manager: ctx.settings.manager.clone(),
     };
     let desired = DesiredSet {
@@ -441,7 +363,7 @@ async fn converge_target(
     };
     let executor = Executor::new(host.clone(), ctx.settings.concurrency)
         .with_shutdown(ctx.settings.shutdown.clone());
-    let mut memory = ctx.hosts.take_memory(&view.uid, uid);
+    let mut memory = ctx.hosts.take_memory(&view.target.uid, uid);
     let report = converge_listed(
         host,
         &executor,
@@ -452,21 +374,21 @@ async fn converge_target(
     )
     .await;
     let seen: Vec<String> = report.observed.iter().map(|c| c.id.clone()).collect();
-    ctx.hosts.put_memory(&view.uid, uid, memory, &seen);
+    ctx.hosts.put_memory(&view.target.uid, uid, memory, &seen);
 
     for outcome in &report.outcomes {
-        publish_outcome(ctx, reference, &view.name, outcome).await;
+        publish_outcome(ctx, reference, &view.target.name, outcome).await;
     }
     let problems = report
         .unfinished()
         .iter()
-        .map(|f| f.on(&view.name))
+        .map(|f| f.on(&view.target.name))
         .collect();
     // After changes, look again: the status must show what runs now.
     let observed = if report.outcomes.is_empty() {
         report.observed
     } else {
-        match host.list_labelled(LABEL_TARGET, &view.uid).await {
+        match ctx.hosts.connections().list(&view.target.uid, host).await {
             Ok(mut now) => {
                 now.retain(|c| owner_of(c) == Some(uid));
                 now
@@ -480,7 +402,14 @@ async fn converge_target(
         .filter(|d| d.current_in(&observed).is_some())
         .count();
     TargetOutcome {
-        instances: statuses(host, &view.name, &desired.instances, &observed, previous).await,
+        instances: statuses(
+            host,
+            &view.target.name,
+            &desired.instances,
+            &observed,
+            previous,
+        )
+        .await,
         updated,
         problems,
         retry_at: report.plan.retry_at,
@@ -579,41 +508,6 @@ async fn hold(
     Ok(then)
 }
 
-/// The digest to run, when a Registry serves the image (see [`crate::registry::pinning`]),
-/// remembered between reconciles in `status.resolvedImage`.
-async fn resolve_image(
-    container: &DockerContainer,
-    registry: Option<&crate::api::Registry>,
-    sources: &StaticSources,
-    previous: &DockerContainerStatus,
-    problems: &mut Vec<String>,
-) -> Result<Option<Resolved>, String> {
-    if container.spec.image_source.is_some() {
-        // A source image is named by its content's digest already.
-        return Ok(None);
-    }
-    let before = match (&previous.resolved_image, &previous.resolved_from) {
-        (Some(resolved), Some(from)) => Some(Resolved {
-            image: resolved.clone(),
-            from: from.clone(),
-            at: previous.resolved_at.as_ref().map_or(0, |t| t.0.as_second()),
-        }),
-        _ => None,
-    };
-    let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-    let pinned = pin(
-        &container.spec.image,
-        container.spec.image_update_policy,
-        registry,
-        sources,
-        before,
-        now,
-    )
-    .await?;
-    problems.extend(pinned.problem);
-    Ok(pinned.resolved)
-}
-
 /// Removes the object's containers from every target (gracefully), unless its
 /// `deletionPolicy` is `Orphan`. A target that is unreachable and holds some of them
 /// keeps the finalizer, and the conditions say which; other objects are not held up.
@@ -633,9 +527,8 @@ async fn cleanup(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         forget(ctx, &uid);
         return Ok(Action::await_change());
     }
-    let namespace = container.namespace().unwrap_or_default();
-    let sources = ctx.stores.sources(&namespace);
-    let views = observe_targets(ctx, &namespace, &sources, true).await;
+    let (snapshot, _) = snapshot_with(ctx, container);
+    let views = observe_targets(ctx, &snapshot, Attempt::Cleanup).await;
     let recorded: HashSet<&str> = container
         .status
         .iter()
@@ -652,9 +545,9 @@ async fn cleanup(container: &DockerContainer, ctx: &Context) -> Result<Action> {
                 remove_all(ctx, &reference, container, view, host, &mine).await
             }
             // Only a target this object was placed on can hold its containers.
-            Err(e) if recorded.contains(view.name.as_str()) => Err(format!(
+            Err(e) if recorded.contains(view.target.name.as_str()) => Err(format!(
                 "target {} ({}: {})",
-                view.name,
+                view.target.name,
                 e.kind.reason(),
                 e.message
             )),
@@ -710,7 +603,7 @@ async fn remove_all(
     ctx: &Context,
     reference: &ObjectReference,
     container: &DockerContainer,
-    view: &TargetView,
+    view: &TargetView<'_>,
     host: &DockerHost,
     containers: &[&HostContainer],
 ) -> Result<(), String> {
@@ -737,7 +630,7 @@ async fn remove_all(
         .await;
     let mut failed = Vec::new();
     for outcome in &outcomes {
-        publish_outcome(ctx, reference, &view.name, outcome).await;
+        publish_outcome(ctx, reference, &view.target.name, outcome).await;
         if let Err(e) = &outcome.result {
             failed.push(format!("{}: {e}", outcome.subject));
         }
@@ -745,7 +638,11 @@ async fn remove_all(
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(format!("target {} ({})", view.name, failed.join("; ")))
+        Err(format!(
+            "target {} ({})",
+            view.target.name,
+            failed.join("; ")
+        ))
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
 use kube::runtime::reflector::Store;
 use tokio::sync::watch;
@@ -13,7 +14,9 @@ use tokio::sync::watch;
 use super::events::EventRecorder;
 use super::hosts::Hosts;
 use super::metrics::Metrics;
+
 use crate::api::{DockerContainer, DockerContainerSpec, DockerTarget, Registry};
+use crate::fleet::{ContainerEntry, Recorded, Snapshot, TargetEntry};
 use crate::registry::credentials::registry_for;
 use crate::shutdown::Shutdown;
 use crate::sources::StaticSources;
@@ -109,16 +112,56 @@ impl Stores {
         }
     }
 
-    /// The DockerTargets of one namespace, sorted by name.
-    pub fn targets_in(&self, namespace: &str) -> Vec<Arc<DockerTarget>> {
-        let mut targets: Vec<_> = self
-            .targets
-            .state()
-            .into_iter()
-            .filter(|t| t.metadata.namespace.as_deref() == Some(namespace))
-            .collect();
-        targets.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        targets
+    /// What is wanted in one namespace, from the caches: the pipeline's input (see
+    /// [`crate::fleet`]). What each DockerContainer's status records fills the gaps left
+    /// by targets that cannot be listed.
+    pub fn snapshot(&self, namespace: &str) -> Snapshot {
+        let in_namespace = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(namespace);
+        let name_of = |meta: &ObjectMeta| meta.name.clone().unwrap_or_default();
+        let uid_of = |meta: &ObjectMeta| meta.uid.clone().unwrap_or_default();
+        let mut snapshot = Snapshot {
+            namespace: namespace.to_string(),
+            targets: self
+                .targets
+                .state()
+                .into_iter()
+                .filter(|t| in_namespace(&t.metadata))
+                .map(|t| TargetEntry {
+                    name: name_of(&t.metadata),
+                    uid: uid_of(&t.metadata),
+                    object: t,
+                })
+                .collect(),
+            held_targets: Vec::new(),
+            containers: self
+                .containers
+                .state()
+                .into_iter()
+                .filter(|c| in_namespace(&c.metadata))
+                .map(|c| ContainerEntry {
+                    name: name_of(&c.metadata),
+                    uid: uid_of(&c.metadata),
+                    recorded: c
+                        .status
+                        .as_ref()
+                        .map(Recorded::from_status)
+                        .unwrap_or_default(),
+                    object: c,
+                })
+                .collect(),
+            registries: self
+                .registries
+                .state()
+                .into_iter()
+                .filter(|r| in_namespace(&r.metadata))
+                .map(|r| (name_of(&r.metadata), r))
+                .collect(),
+            sources: self.sources(namespace),
+        };
+        snapshot.targets.sort_by(|a, b| a.name.cmp(&b.name));
+        snapshot.containers.sort_by(|a, b| a.name.cmp(&b.name));
+        snapshot.registries.sort_by(|a, b| a.0.cmp(&b.0));
+        snapshot
     }
 }
 

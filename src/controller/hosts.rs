@@ -1,29 +1,27 @@
-//! One connection per DockerTarget, shared by the controllers, with the daemon's event
-//! stream followed for as long as the connection lives.
+//! The controllers' connections: the fleet's connection cache (shared with standalone mode,
+//! see [`crate::fleet::connections`]), with each daemon's event stream followed for as long
+//! as its connection lives.
 //!
 //! ```text
-//!   DockerTarget + Secret material ──> Hosts::connection ──> DockerHost (reused while the
-//!                                          │                 spec and Secrets are unchanged)
-//!                                          └─> follow_events ──> HostSignal ──> reconcile
-//!                                                                the owning DockerContainer
+//!   DockerTarget + Secret material ──> Connections ──> DockerHost (reused while the spec
+//!                                          │            and Secrets are unchanged)
+//!                                          └─> session began: follow_events ──> HostSignal
+//!                                              ──> reconcile the owning DockerContainer
 //! ```
-//! A rotated certificate or key changes the fingerprint, so the next use connects anew.
 //! A daemon that failed is tried again by the DockerTarget heartbeat, or by anyone after
 //! `retry_after`, so a fleet of objects on one dead host neither hammers it nor waits on it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::api::DockerTarget;
-use crate::converge::engine::{TargetMemory, unix_now};
+use crate::converge::engine::TargetMemory;
 use crate::converge::events::{self, Heard};
-use crate::docker::material::fingerprint;
-use crate::docker::{
-    ConnectOptions, ConnectionMaterial, DockerError, DockerHost, ErrorKind, connect,
-};
+use crate::docker::{ConnectOptions, ConnectionMaterial, DockerError, DockerHost};
+use crate::fleet::connections::{Connections, SessionObserver, TargetRef};
 
 /// What a daemon's event stream asks of the DockerContainer controller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,14 +42,10 @@ pub enum HostSignal {
     },
 }
 
-/// One target's connection and what the controllers remember about it.
-struct Entry {
-    /// `namespace/name` of the DockerTarget, for logs and metrics.
-    name: String,
-    fingerprint: u64,
-    host: Result<DockerHost, DockerError>,
-    attempted: Instant,
-    unreachable_since: Option<u64>,
+/// What the controllers keep per target beside its connection.
+#[derive(Default)]
+struct Session {
+    /// Follows the daemon's event stream while the connection lives.
     watcher: Option<tokio::task::AbortHandle>,
     /// IDs of containers stopped or killed from outside, from the event stream.
     manual_stops: Arc<Mutex<HashSet<String>>>,
@@ -60,7 +54,7 @@ struct Entry {
     memories: HashMap<String, TargetMemory>,
 }
 
-impl Drop for Entry {
+impl Drop for Session {
     fn drop(&mut self) {
         if let Some(watcher) = &self.watcher {
             watcher.abort();
@@ -68,178 +62,118 @@ impl Drop for Entry {
     }
 }
 
-/// The connections to every target, by target UID.
-pub struct Hosts {
-    entries: Mutex<HashMap<String, Entry>>,
+/// Every target's session, by target UID; told by the connections when one begins or
+/// ends.
+struct Sessions {
+    entries: Mutex<HashMap<String, Session>>,
     signals: mpsc::UnboundedSender<HostSignal>,
-    options: ConnectOptions,
-    retry_after: Duration,
+}
+
+impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Session>> {
+        // Every update is a single insert or field write, so a poisoned lock still guards
+        // a consistent map.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl SessionObserver for Sessions {
+    fn began(&self, target: TargetRef<'_>, host: &DockerHost) {
+        let mut entries = self.lock();
+        let session = entries.entry(target.uid.to_string()).or_default();
+        if let Some(old) = session.watcher.take() {
+            old.abort();
+        }
+        let watcher = tokio::spawn(follow_events(
+            host.clone(),
+            target.uid.to_string(),
+            target.namespace.to_string(),
+            self.signals.clone(),
+            session.manual_stops.clone(),
+        ));
+        session.watcher = Some(watcher.abort_handle());
+    }
+
+    fn ended(&self, target_uid: &str) {
+        if let Some(watcher) = self
+            .lock()
+            .get_mut(target_uid)
+            .and_then(|s| s.watcher.take())
+        {
+            watcher.abort();
+        }
+    }
+}
+
+/// The connections to every target (see [`Connections`]), each followed by its event
+/// stream, and what the reconciles remember per target and owner.
+pub struct Hosts {
+    connections: Connections,
+    sessions: Arc<Sessions>,
 }
 
 impl Hosts {
-    /// No connections yet; daemon events will be sent to `signals`.
+    /// No connections yet; daemon events will be sent to `signals`. A failed daemon is
+    /// tried again after `retry_after` (or by the DockerTarget heartbeat).
     pub fn new(
         signals: mpsc::UnboundedSender<HostSignal>,
         options: ConnectOptions,
         retry_after: Duration,
     ) -> Self {
-        Self {
+        let sessions = Arc::new(Sessions {
             entries: Mutex::default(),
             signals,
-            options,
-            retry_after,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        // A panic while holding the lock cannot leave the map inconsistent (every update
-        // is a single insert or field write), so a poisoned lock is still usable.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The connection for removing containers: like [`Hosts::connection`], but when the
-    /// target's Secret material is gone (a namespace being deleted loses its Secrets
-    /// first) the connection made with it before still serves.
-    pub async fn connection_for_cleanup(
-        &self,
-        target: &DockerTarget,
-        material: Result<ConnectionMaterial, DockerError>,
-    ) -> Result<DockerHost, DockerError> {
-        if material.is_err()
-            && let Some(host) = self.working(target)
-        {
-            return Ok(host);
-        }
-        self.connection(target, material, false).await
-    }
-
-    /// The target's connection, when one was made and works.
-    fn working(&self, target: &DockerTarget) -> Option<DockerHost> {
-        let uid = target.metadata.uid.as_deref().unwrap_or_default();
-        match self.lock().get(uid) {
-            Some(Entry { host: Ok(host), .. }) => Some(host.clone()),
-            _ => None,
-        }
-    }
-
-    /// The target's connection: the existing one while its spec and Secret material are
-    /// unchanged, else a new one. A target that failed is retried after `retry_after`,
-    /// or at once when `fresh` (the DockerTarget heartbeat).
-    pub async fn connection(
-        &self,
-        target: &DockerTarget,
-        material: Result<ConnectionMaterial, DockerError>,
-        fresh: bool,
-    ) -> Result<DockerHost, DockerError> {
-        let uid = target.metadata.uid.clone().unwrap_or_default();
-        // Material that vanished (a Secret deleted, as a namespace deletion does before
-        // the target goes) does not replace a working connection: cleanups may still
-        // need it (see `connection_for_cleanup`).
-        if let Err(e) = &material
-            && self.working(target).is_some()
-        {
-            return Err(e.clone());
-        }
-        let print = fingerprint(&target.spec, &material);
-        if let Some(entry) = self.lock().get(&uid)
-            && entry.fingerprint == print
-        {
-            match &entry.host {
-                Ok(host) => return Ok(host.clone()),
-                // Only the heartbeat (or a long silence) tries a failed daemon again: a
-                // partitioned host must not make every reconcile of its namespace wait
-                // for a timeout.
-                Err(e) if !fresh && entry.attempted.elapsed() < self.retry_after => {
-                    return Err(e.clone());
-                }
-                Err(_) => {}
-            }
-        }
-        let host = match material {
-            Ok(material) => connect(&target.spec, &material, self.options).await,
-            Err(e) => Err(e),
-        };
-        let namespace = target.metadata.namespace.clone().unwrap_or_default();
-        let name = format!(
-            "{namespace}/{}",
-            target.metadata.name.as_deref().unwrap_or_default()
-        );
-        let mut entries = self.lock();
-        let previous = entries.remove(&uid);
-        let manual_stops = previous
-            .as_ref()
-            .map(|p| p.manual_stops.clone())
-            .unwrap_or_default();
-        let watcher = host.as_ref().ok().map(|host| {
-            tokio::spawn(follow_events(
-                host.clone(),
-                uid.clone(),
-                namespace,
-                self.signals.clone(),
-                manual_stops.clone(),
-            ))
-            .abort_handle()
         });
-        let unreachable_since = match &host {
-            Ok(_) => None,
-            Err(_) => Some(
-                previous
-                    .as_ref()
-                    .and_then(|p| p.unreachable_since)
-                    .unwrap_or_else(unix_now),
-            ),
+        Self {
+            connections: Connections::new(options, retry_after).with_observer(sessions.clone()),
+            sessions,
+        }
+    }
+
+    /// The connection cache itself.
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// The target's connection, tried anew if it failed (the DockerTarget heartbeat).
+    pub async fn check(
+        &self,
+        target: &DockerTarget,
+        material: Result<ConnectionMaterial, DockerError>,
+    ) -> Result<DockerHost, DockerError> {
+        let target = TargetRef {
+            uid: target.metadata.uid.as_deref().unwrap_or_default(),
+            namespace: target.metadata.namespace.as_deref().unwrap_or_default(),
+            name: target.metadata.name.as_deref().unwrap_or_default(),
+            spec: &target.spec,
         };
-        let memories = previous
-            .map(|mut p| std::mem::take(&mut p.memories))
-            .unwrap_or_default();
-        entries.insert(
-            uid,
-            Entry {
-                name,
-                fingerprint: print,
-                host: host.clone(),
-                attempted: Instant::now(),
-                unreachable_since,
-                watcher,
-                manual_stops,
-                memories,
-            },
-        );
-        host
+        Ok(self
+            .connections
+            .connection(target, material, true)
+            .await?
+            .host)
     }
 
     /// Records that a call to the target failed in a way that means the connection is
-    /// gone: the next use connects anew (after `retry_after`).
+    /// gone (see [`Connections::mark_failed`]).
     pub fn mark_failed(&self, target_uid: &str, error: &DockerError) {
-        if !matches!(error.kind, ErrorKind::Unreachable | ErrorKind::TlsError) {
-            return;
-        }
-        if let Some(entry) = self.lock().get_mut(target_uid) {
-            if let Some(watcher) = entry.watcher.take() {
-                watcher.abort();
-            }
-            entry.unreachable_since.get_or_insert_with(unix_now);
-            entry.host = Err(error.clone());
-            entry.attempted = Instant::now();
-        }
+        self.connections.mark_failed(target_uid, error);
     }
 
     /// Since when (unix seconds) the target has been unreachable, if it is.
     pub fn unreachable_since(&self, target_uid: &str) -> Option<u64> {
-        self.lock()
-            .get(target_uid)
-            .and_then(|e| e.unreachable_since)
+        self.connections.unreachable_since(target_uid)
     }
 
     /// The converge memory of one owner on one target (empty the first time), with the
     /// target's outside stops; give it back with [`Hosts::put_memory`].
     pub fn take_memory(&self, target_uid: &str, owner_uid: &str) -> TargetMemory {
-        let mut entries = self.lock();
-        let Some(entry) = entries.get_mut(target_uid) else {
+        let mut sessions = self.sessions.lock();
+        let Some(session) = sessions.get_mut(target_uid) else {
             return TargetMemory::default();
         };
-        let mut memory = entry.memories.remove(owner_uid).unwrap_or_default();
-        if let Ok(stops) = entry.manual_stops.lock() {
+        let mut memory = session.memories.remove(owner_uid).unwrap_or_default();
+        if let Ok(stops) = session.manual_stops.lock() {
             memory.manual_stops.extend(stops.iter().cloned());
         }
         memory
@@ -253,33 +187,33 @@ impl Hosts {
         memory: TargetMemory,
         seen: &[String],
     ) {
-        let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(target_uid) {
-            if let Ok(mut stops) = entry.manual_stops.lock() {
+        let mut sessions = self.sessions.lock();
+        if let Some(session) = sessions.get_mut(target_uid) {
+            if let Ok(mut stops) = session.manual_stops.lock() {
                 stops.retain(|id| !seen.contains(id) || memory.manual_stops.contains(id));
             }
-            entry.memories.insert(owner_uid.to_string(), memory);
+            session.memories.insert(owner_uid.to_string(), memory);
         }
     }
 
     /// Forgets what an owner left behind (it was deleted).
     pub fn forget_owner(&self, owner_uid: &str) {
-        for entry in self.lock().values_mut() {
-            entry.memories.remove(owner_uid);
+        for session in self.sessions.lock().values_mut() {
+            session.memories.remove(owner_uid);
         }
     }
 
     /// Drops the connections of targets that no longer exist.
     pub fn retain(&self, live_target_uids: &HashSet<String>) {
-        self.lock().retain(|uid, _| live_target_uids.contains(uid));
+        self.connections.retain(live_target_uids);
+        self.sessions
+            .lock()
+            .retain(|uid, _| live_target_uids.contains(uid));
     }
 
     /// Every connected target: (`namespace/name`, host), for metrics.
     pub fn connected(&self) -> Vec<(String, DockerHost)> {
-        self.lock()
-            .values()
-            .filter_map(|e| Some((e.name.clone(), e.host.as_ref().ok()?.clone())))
-            .collect()
+        self.connections.connected()
     }
 }
 

@@ -130,7 +130,7 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         ..previous.clone()
     };
     let now = now_time();
-    let checked = match ctx.hosts.connection(target, material, true).await {
+    let checked = match ctx.hosts.check(target, material).await {
         Ok(host) => match host.server_info().await {
             Ok(info) => {
                 status.server = Some(info);

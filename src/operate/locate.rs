@@ -14,10 +14,11 @@ use crate::controller::context::secret_bytes;
 use crate::converge::model::{container_name, previous_name};
 use crate::docker::material::target_material;
 use crate::docker::{ConnectOptions, DockerHost, HostContainer, connect};
+use crate::fleet::connections::{Attempt, observe};
 use crate::labels::{LABEL_REPLICA, LABEL_UID};
 use crate::sources::StaticSources;
 use crate::standalone::commands::{Source, load_manifests};
-use crate::standalone::world::{connect_targets, uid_of};
+use crate::standalone::world::{Memory, snapshot, uid_of};
 
 /// A DockerContainer found, with its replicas.
 #[derive(Debug)]
@@ -167,19 +168,18 @@ pub async fn in_manifests(source: &Source, name: &str) -> Result<Located, Operat
             })
         })?;
     let uid = uid_of(key);
-    let mut connections = Default::default();
-    let now = crate::converge::engine::unix_now();
-    connect_targets(&manifests, &mut connections, &source.options, now).await;
+    let memory = Memory::new(&source.options);
+    let snapshot = snapshot(&manifests, ns, &memory.pins);
+    let observed = observe(&memory.connections, &snapshot, Attempt::Fresh).await;
     let mut replicas = Vec::new();
-    for (target_key, connection) in &connections {
-        if &target_key.namespace != ns {
-            continue;
-        }
+    for (target, observed) in snapshot.targets.iter().zip(observed) {
         // An unreachable target may hold none of this object's replicas: only a replica
         // asked for and not found says so.
-        let Ok(host) = &connection.host else { continue };
-        let listed = host.list_labelled(LABEL_UID, &uid).await?;
-        replicas.extend(replicas_of(ns, name, &target_key.name, host, listed));
+        let Ok((host, mut listed)) = observed else {
+            continue;
+        };
+        listed.retain(|c| c.labels.get(LABEL_UID) == Some(&uid));
+        replicas.extend(replicas_of(ns, name, &target.name, &host, listed));
     }
     Ok(Located {
         object: format!("DockerContainer {ns}/{name}"),

@@ -52,7 +52,7 @@ pub async fn in_manifests(
     let manifests = load_manifests(source).map_err(OperateError::Invalid)?;
     let ns = &source.namespace;
     let object = format!("DockerContainer {ns}/{name}");
-    let mut memory = Memory::default();
+    let mut memory = Memory::new(&source.options);
     let round = round(&manifests, &mut memory, &source.options).await;
     // Every replica, checked before any is touched: (replica, target, index into desired).
     let mut turns = Vec::new();

@@ -122,25 +122,9 @@ fn keep_last_good(manifests: &mut Manifests, good: &Manifests) {
     }
 }
 
-/// One round over the manifests: connect, observe, pin, place and build every target's
-/// desired set.
+/// One round over the manifests (see [`world::round`]).
 pub async fn round(manifests: &Manifests, memory: &mut Memory, options: &WorldOptions) -> Round {
-    let now = unix_now();
-    let Memory { connections, pins } = memory;
-    world::connect_targets(manifests, connections, options, now).await;
-    let observed = world::observe(manifests, connections).await;
-    world::remember_listed(connections, &observed);
-    let sources = world::fetch_sources(manifests, &options.fetcher).await;
-    let pinned = world::pin_images(manifests, connections, &observed, pins, now).await;
-    world::plan_round(
-        manifests,
-        connections,
-        &observed,
-        &sources,
-        &pinned,
-        options,
-        now,
-    )
+    world::round(manifests, memory, options).await
 }
 
 /// `stevedore plan`: what would change on each target, nothing done. Exit 0 when nothing
@@ -149,7 +133,7 @@ pub async fn plan(source: &Source, out: &mut impl Write) -> i32 {
     let Some((_, manifests)) = first_load(source) else {
         return 1;
     };
-    let mut memory = Memory::default();
+    let mut memory = Memory::new(&source.options);
     let round = round(&manifests, &mut memory, &source.options).await;
     let mut changes = 0;
     let mut failed = !manifests.errors.is_empty();
@@ -226,7 +210,7 @@ pub async fn status(source: &Source, format: Format, out: &mut impl Write) -> i3
     let Some((_, manifests)) = first_load(source) else {
         return 1;
     };
-    let mut memory = Memory::default();
+    let mut memory = Memory::new(&source.options);
     let round = round(&manifests, &mut memory, &source.options).await;
     let report = report::status_report(&manifests, &round, report::Detail::Full).await;
     print_report(&report, format, out);
@@ -389,7 +373,7 @@ pub async fn run_once(
         return 1;
     };
     let progress = spawn_progress_printer(quiet);
-    let mut memory = Memory::default();
+    let mut memory = Memory::new(&source.options);
     let mut memories: HashMap<ObjectKey, TargetMemory> = HashMap::new();
     let mut announcer = Announcer::default();
     // What the last converge of each target could not do: the table reports it.
@@ -536,7 +520,7 @@ pub async fn run_watch(
     let progress = spawn_progress_printer(quiet);
     let (reports_tx, mut reports) =
         mpsc::unbounded_channel::<(ObjectKey, Result<ConvergeReport, DockerError>)>();
-    let mut memory = Memory::default();
+    let mut memory = Memory::new(&source.options);
     let mut announcer = Announcer::default();
     let mut tasks: BTreeMap<ObjectKey, TargetTask> = BTreeMap::new();
     let mut last_good: Option<Manifests> = None;

@@ -32,6 +32,15 @@ pub struct ObjectKey {
 }
 
 impl ObjectKey {
+    /// The key of `kind` `namespace/name`.
+    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
+        Self {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
     /// A stable UID for the object without a cluster: derived from kind, namespace and name,
     /// shaped like a Kubernetes UID. The same manifests give the same UIDs on every run, so
     /// the labels on the daemons keep identifying what was placed where.

@@ -23,6 +23,7 @@ const FLOORS: &[&[&str]] = &[
     &["registry"],
     &["converge"],
     &["placement"],
+    &["fleet"],
     &["controller", "standalone"],
     &["operate"],
 ];

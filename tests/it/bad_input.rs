@@ -5,13 +5,12 @@
 
 use crate::common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use stevedore::api::validation::Admission;
 use stevedore::standalone::manifests::{self, Manifests};
-use stevedore::standalone::world::{self, Connections, WorldOptions};
+use stevedore::standalone::world::{self, WorldOptions};
 
 fn admission() -> Admission {
     Admission::stevedore().expect("schemas compile")
@@ -21,15 +20,8 @@ fn admission() -> Admission {
 /// reports for containers (missing Secrets, unplaceable replicas).
 fn messages(paths: &[PathBuf]) -> (Manifests, Vec<String>) {
     let manifests = manifests::load(paths, "default", &admission());
-    let round = world::plan_round(
-        &manifests,
-        &Connections::new(),
-        &BTreeMap::new(),
-        &BTreeMap::new(),
-        &BTreeMap::new(),
-        &WorldOptions::default(),
-        0,
-    );
+    let observed = world::Observed::nothing(&manifests);
+    let round = world::plan_round(&manifests, &observed, &WorldOptions::default(), 0);
     let mut out: Vec<String> = manifests.errors.iter().map(ToString::to_string).collect();
     out.extend(
         round
