@@ -2,6 +2,7 @@
 //! subcommands and as the kubectl plugin `kubectl stevedore` (the same binary, installed
 //! or linked as `kubectl-stevedore`). The work is in [`stevedore::operate`].
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -263,7 +264,7 @@ pub fn plugin_main() -> ExitCode {
             place: Place::cluster(cluster),
         },
     };
-    super::block_on(command.run())
+    super::finish(super::block_on(async { Ok(command.run().await?) }))
 }
 
 impl Place {
@@ -307,21 +308,17 @@ impl Place {
 }
 
 impl Command {
-    /// Runs the command; its value is the exit code.
-    pub async fn run(self) -> i32 {
-        let result = match self {
+    /// Runs the command: its exit code, or why it could not run.
+    pub async fn run(self) -> Result<ExitCode, OperateError> {
+        match self {
             Command::Logs { logs, place } => run_logs(logs, &place).await,
             Command::Exec { exec, place } => run_exec(exec, &place).await,
             Command::Restart { restart, place } => run_restart(restart, &place).await,
-        };
-        result.unwrap_or_else(|error| {
-            eprintln!("error: {error}");
-            1
-        })
+        }
     }
 }
 
-async fn run_logs(args: LogsArgs, place: &Place) -> Result<i32, OperateError> {
+async fn run_logs(args: LogsArgs, place: &Place) -> Result<ExitCode, OperateError> {
     let located = place.locate(&args.name).await?;
     let which = match (args.replica, args.all) {
         (Some(index), _) => Which::Index(index),
@@ -338,17 +335,17 @@ async fn run_logs(args: LogsArgs, place: &Place) -> Result<i32, OperateError> {
         prefix: args.prefix || args.all,
     };
     Ok(match logs::print(&replicas, &options).await? {
-        Ended::Complete => 0,
-        Ended::Interrupted => EXIT_INTERRUPTED,
+        Ended::Complete => ExitCode::SUCCESS,
+        Ended::Interrupted => ExitCode::from(EXIT_INTERRUPTED),
     })
 }
 
-async fn run_exec(args: ExecArgs, place: &Place) -> Result<i32, OperateError> {
+async fn run_exec(args: ExecArgs, place: &Place) -> Result<ExitCode, OperateError> {
     let located = place.locate(&args.name).await?;
     let which = args.replica.map_or(Which::First, Which::Index);
     let replicas = select(&located.object, located.replicas, which)?;
     let Some(replica) = replicas.first() else {
-        return Ok(1);
+        return Ok(ExitCode::FAILURE);
     };
     let options = ExecOptions {
         command: args.command,
@@ -356,24 +353,26 @@ async fn run_exec(args: ExecArgs, place: &Place) -> Result<i32, OperateError> {
         stdin: args.stdin,
     };
     let code = exec::run(replica, &options).await?;
-    Ok(i32::try_from(code).unwrap_or(1))
+    // The command's own exit code, as `docker exec` passes it on.
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-async fn run_restart(args: RestartArgs, place: &Place) -> Result<i32, OperateError> {
+async fn run_restart(args: RestartArgs, place: &Place) -> Result<ExitCode, OperateError> {
     match place.manifests() {
         Some(source) => {
             let shutdown = Shutdown::on_signals(Duration::from_secs(25), |why| eprintln!("{why}"));
             restart::in_manifests(&source, &args.name, &shutdown).await?;
             Ok(if shutdown.is_draining() {
-                EXIT_INTERRUPTED
+                ExitCode::from(EXIT_INTERRUPTED)
             } else {
-                0
+                ExitCode::SUCCESS
             })
         }
         None => {
             let cluster = place.connect().await?;
-            println!("{}", restart::in_cluster(&cluster, &args.name).await?);
-            Ok(0)
+            let done = restart::in_cluster(&cluster, &args.name).await?;
+            writeln!(std::io::stdout(), "{done}")?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The `stevedore` command line; it only wires the library together.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -169,33 +170,59 @@ fn main() -> ExitCode {
         _ => ("warn", false),
     };
     init_logging(default_level, json);
-    match cli.command {
-        Command::ApiReference => {
-            print!("{}", stevedore::reference::markdown());
-            ExitCode::SUCCESS
-        }
+    finish(match cli.command {
+        Command::ApiReference => print_out(&stevedore::reference::markdown()),
         Command::Rbac => {
             let role = stevedore::controller::rbac::cluster_role("stevedore-controller");
-            match serde_yaml_ng::to_string(&role) {
-                Ok(yaml) => {
-                    print!("{yaml}");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("error: failed to render YAML: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            serde_yaml_ng::to_string(&role)
+                .map_err(|e| format!("failed to render YAML: {e}").into())
+                .and_then(|yaml| print_out(&yaml))
         }
-        Command::Crds { output_dir } => match print_crds(output_dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("error: {}", stevedore::error_chain::error_chain(&error));
-                ExitCode::FAILURE
-            }
-        },
+        Command::Crds { output_dir } => print_crds(output_dir),
         command => block_on(run_async(command)),
+    })
+}
+
+/// What a command ends with: its exit code, or why it could not run.
+type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;
+
+/// The exit code of `outcome`, the error said on stderr. Whoever read stdout leaving early
+/// (`stevedore status | head`) is not an error: the command just had nothing more to do.
+fn finish(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Ok(code) => code,
+        Err(error) if closed_pipe(error.as_ref()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!(
+                "error: {}",
+                stevedore::error_chain::error_chain(error.as_ref())
+            );
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// Whether `error` is, or was caused by, writing to a pipe nobody reads any more.
+fn closed_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Writes `text` to stdout.
+fn print_out(text: &str) -> Outcome {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Logs go to stderr: text for a person, JSON for the controller's log collector.
@@ -214,24 +241,18 @@ fn init_logging(default_level: &str, json: bool) {
     }
 }
 
-/// Runs `work` on a multi-threaded runtime; its value is the exit code.
-fn block_on(work: impl std::future::Future<Output = i32>) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: failed to start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let code = runtime.block_on(work);
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
+/// Runs `work` on a multi-threaded runtime.
+fn block_on(work: impl std::future::Future<Output = Outcome>) -> Outcome {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| format!("failed to start the async runtime: {e}"))?;
+    runtime.block_on(work)
 }
 
-async fn run_async(command: Command) -> i32 {
+async fn run_async(command: Command) -> Outcome {
     match command {
-        Command::Crds { .. } | Command::Rbac | Command::ApiReference => 1,
-        Command::DayTwo(command) => command.run().await,
-        Command::Controller(args) => run_controller(args).await,
+        Command::Crds { .. } | Command::Rbac | Command::ApiReference => Ok(ExitCode::FAILURE),
+        Command::DayTwo(command) => Ok(command.run().await?),
+        Command::Controller(args) => Ok(run_controller(args).await),
         Command::Run {
             source,
             once,
@@ -243,36 +264,38 @@ async fn run_async(command: Command) -> i32 {
         } => {
             let source = source.source();
             let shutdown = Shutdown::on_signals(shutdown_grace_period, |why| eprintln!("{why}"));
-            if once {
+            Ok(if once {
                 commands::run_once(&source, timeout, no_progress, concurrency, &shutdown).await
             } else {
                 commands::run_watch(&source, no_progress, concurrency, resync, &shutdown).await
-            }
+            })
         }
-        Command::Plan { source } => commands::plan(&source.source(), &mut std::io::stdout()).await,
+        Command::Plan { source } => {
+            Ok(commands::plan(&source.source(), &mut std::io::stdout()).await?)
+        }
         Command::Status { source, output } => {
             let format = match output {
                 OutputFormat::Table => Format::Table,
                 OutputFormat::Json => Format::Json,
                 OutputFormat::Yaml => Format::Yaml,
             };
-            commands::status(&source.source(), format, &mut std::io::stdout()).await
+            Ok(commands::status(&source.source(), format, &mut std::io::stdout()).await?)
         }
     }
 }
 
-fn print_crds(output_dir: Option<PathBuf>) -> stevedore::Result<()> {
+fn print_crds(output_dir: Option<PathBuf>) -> Outcome {
     let documents = stevedore::crd::documents()?;
     match output_dir {
-        Some(dir) => stevedore::crd::write_dir(&documents, &dir),
-        None => {
-            print!("{}", stevedore::crd::multi_document(&documents));
-            Ok(())
+        Some(dir) => {
+            stevedore::crd::write_dir(&documents, &dir)?;
+            Ok(ExitCode::SUCCESS)
         }
+        None => print_out(&stevedore::crd::multi_document(&documents)),
     }
 }
 
-async fn run_controller(args: ControllerArgs) -> i32 {
+async fn run_controller(args: ControllerArgs) -> ExitCode {
     use stevedore::controller::{LeaderElection, Options, context::Settings};
     let identity = args.identity.unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
@@ -300,11 +323,12 @@ async fn run_controller(args: ControllerArgs) -> i32 {
         },
     };
     match stevedore::controller::run(options).await {
-        Ok(()) => 0,
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            // The controller's log collector reads JSON lines: the error goes there.
             let error = stevedore::error_chain::error_chain(&error);
             tracing::error!(%error, "controller stopped");
-            1
+            ExitCode::FAILURE
         }
     }
 }

@@ -28,7 +28,7 @@ const STRAGGLERS: Duration = Duration::from_secs(2);
 const OVERRUN: Duration = Duration::from_secs(4);
 
 /// The exit code after a second signal, as a shell reports a process ended by SIGINT.
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Whether, and until when, the process is draining. Cheap to clone; every clone sees the
 /// same drain.
@@ -115,7 +115,7 @@ impl Shutdown {
             say(&format!(
                 "{why}; the next run repairs what was under way from the containers' labels"
             ));
-            std::process::exit(EXIT_INTERRUPTED);
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
         });
         shutdown
     }

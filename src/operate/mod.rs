@@ -69,6 +69,9 @@ pub enum OperateError {
         #[source]
         source: kube::Error,
     },
+    /// Writing the command's output failed (a closed pipe is not reported: see `main`).
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
 }
 
 /// The replicas `which` selects among `replicas` (sorted by index).

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -127,24 +128,28 @@ pub async fn round(manifests: &Manifests, memory: &mut Memory, options: &WorldOp
     world::round(manifests, memory, options).await
 }
 
+/// The exit code of `stevedore plan` when something would change.
+pub const EXIT_CHANGES: u8 = 2;
+
 /// `stevedore plan`: what would change on each target, nothing done. Exit 0 when nothing
-/// would change, 2 when something would, 1 on error.
-pub async fn plan(source: &Source, out: &mut impl Write) -> i32 {
+/// would change, [`EXIT_CHANGES`] when something would, 1 on error. Fails only when `out`
+/// does.
+pub async fn plan(source: &Source, out: &mut impl Write) -> std::io::Result<ExitCode> {
     let Some((_, manifests)) = first_load(source) else {
-        return 1;
+        return Ok(ExitCode::FAILURE);
     };
     let mut memory = Memory::new(&source.options);
     let round = round(&manifests, &mut memory, &source.options).await;
     let mut changes = 0;
     let mut failed = !manifests.errors.is_empty();
     for (key, target) in &round.targets {
-        let _ = writeln!(out, "target {}/{}:", key.namespace, key.name);
+        writeln!(out, "target {}/{}:", key.namespace, key.name)?;
         let Some(host) = &target.host else {
             let why = target
                 .error
                 .as_ref()
                 .map_or("not connected".into(), |e| e.to_string());
-            let _ = writeln!(out, "  cannot plan: {why}");
+            writeln!(out, "  cannot plan: {why}")?;
             failed = true;
             continue;
         };
@@ -159,46 +164,46 @@ pub async fn plan(source: &Source, out: &mut impl Write) -> i32 {
         {
             Ok((_, plan)) => {
                 for action in &plan.actions {
-                    let _ = writeln!(
+                    writeln!(
                         out,
                         "  {} {}: {}",
                         action.verb(),
                         subject(action, &target.desired),
                         action.reason()
-                    );
+                    )?;
                 }
                 for finding in plan.blocked.iter().chain(&plan.drift).chain(&plan.waiting) {
-                    let _ = writeln!(out, "  ! {}: {}", finding.container, finding.reason);
+                    writeln!(out, "  ! {}: {}", finding.container, finding.reason)?;
                 }
                 if plan.actions.is_empty() {
-                    let _ = writeln!(out, "  no changes");
+                    writeln!(out, "  no changes")?;
                 }
                 changes += plan.actions.len();
             }
             Err(e) => {
-                let _ = writeln!(out, "  cannot plan: {e}");
+                writeln!(out, "  cannot plan: {e}")?;
                 failed = true;
             }
         }
     }
     for (key, problems) in &round.unplaced {
         for (replica, reason) in problems {
-            let _ = writeln!(out, "! {key} replica {replica}: {reason}");
+            writeln!(out, "! {key} replica {replica}: {reason}")?;
         }
     }
     for (key, error) in &round.container_errors {
-        let _ = writeln!(out, "! {key}: {error}");
+        writeln!(out, "! {key}: {error}")?;
         failed = true;
     }
-    if failed {
-        1
+    Ok(if failed {
+        ExitCode::FAILURE
     } else if changes > 0 {
-        let _ = writeln!(out, "{changes} change(s)");
-        2
+        writeln!(out, "{changes} change(s)")?;
+        ExitCode::from(EXIT_CHANGES)
     } else {
-        let _ = writeln!(out, "no changes");
-        0
-    }
+        writeln!(out, "no changes")?;
+        ExitCode::SUCCESS
+    })
 }
 
 fn subject(action: &crate::converge::plan::Action, desired: &DesiredSet) -> String {
@@ -206,24 +211,37 @@ fn subject(action: &crate::converge::plan::Action, desired: &DesiredSet) -> Stri
 }
 
 /// `stevedore status`: every object's status, from the daemons.
-pub async fn status(source: &Source, format: Format, out: &mut impl Write) -> i32 {
+pub async fn status(
+    source: &Source,
+    format: Format,
+    out: &mut impl Write,
+) -> std::io::Result<ExitCode> {
     let Some((_, manifests)) = first_load(source) else {
-        return 1;
+        return Ok(ExitCode::FAILURE);
     };
     let mut memory = Memory::new(&source.options);
     let round = round(&manifests, &mut memory, &source.options).await;
     let report = report::status_report(&manifests, &round, report::Detail::Full).await;
-    print_report(&report, format, out);
-    i32::from(!manifests.errors.is_empty())
+    print_report(&report, format, out)?;
+    Ok(if manifests.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-fn print_report(report: &StatusReport, format: Format, out: &mut impl Write) {
+fn print_report(
+    report: &StatusReport,
+    format: Format,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     let text = match format {
         Format::Table => report::table(report),
         Format::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
         Format::Yaml => serde_yaml_ng::to_string(report).unwrap_or_default(),
     };
-    let _ = out.write_all(text.as_bytes());
+    out.write_all(text.as_bytes())?;
+    out.flush()
 }
 
 /// Prints progress: every action's result, and on a terminal (unless `quiet`) the pull
@@ -368,9 +386,9 @@ pub async fn run_once(
     quiet: bool,
     concurrency: usize,
     shutdown: &Shutdown,
-) -> i32 {
+) -> ExitCode {
     let Some((_, manifests)) = first_load(source) else {
-        return 1;
+        return ExitCode::FAILURE;
     };
     let progress = spawn_progress_printer(quiet);
     let mut memory = Memory::new(&source.options);
@@ -423,7 +441,7 @@ pub async fn run_once(
         }
         if shutdown.is_draining() {
             eprintln!("{}", drained.summary());
-            return EXIT_INTERRUPTED;
+            return ExitCode::from(EXIT_INTERRUPTED);
         }
         if settled && round_ready(&round) {
             // Nothing was done in this round: what it observed is how things are.
@@ -451,16 +469,18 @@ pub async fn run_once(
     }
     // The table needs readiness only: what the last round listed, no inspect per container.
     let report = report::status_report(&manifests, &round, report::Detail::Summary).await;
-    print_report(&report, Format::Table, &mut std::io::stdout());
+    // The table is for whoever reads stdout; if they left (`| head`), the exit code still
+    // says whether the run converged.
+    let _ = print_report(&report, Format::Table, &mut std::io::stdout());
     // Ready is not enough: old replicas serving a rollout that has not finished are ready.
     if settled
         && report::all_ready(&report)
         && manifests.errors.is_empty()
         && round.unplaced.is_empty()
     {
-        0
+        ExitCode::SUCCESS
     } else {
-        1
+        ExitCode::FAILURE
     }
 }
 
@@ -513,9 +533,9 @@ pub async fn run_watch(
     concurrency: usize,
     resync: Duration,
     shutdown: &Shutdown,
-) -> i32 {
+) -> ExitCode {
     let Some(admission) = admission() else {
-        return 1;
+        return ExitCode::FAILURE;
     };
     let progress = spawn_progress_printer(quiet);
     let (reports_tx, mut reports) =
@@ -654,9 +674,9 @@ pub async fn run_watch(
             "the grace period is over with work still under way: exiting now; the next run \
              repairs it from the containers' labels"
         );
-        return EXIT_INTERRUPTED;
+        return ExitCode::from(EXIT_INTERRUPTED);
     }
-    0
+    ExitCode::SUCCESS
 }
 
 /// What the converges under way when the drain started did.

@@ -784,3 +784,50 @@ crate::on_every_engine!(
     an_edit_is_planned_with_its_field_then_replaces_only_that_container,
     watching_repairs_removed_containers_and_applies_edits_from_events,
 );
+
+/// Runs `command` with its stdout a pipe whose reader is gone before anything is written
+/// (as `| head` leaves it), and returns the exit code and stderr.
+fn into_a_closed_pipe(mut command: Command) -> (Option<i32>, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start stevedore");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait for stevedore");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_reader_that_leaves_early_is_not_an_error() {
+    let env = TestEnv::load();
+    let ws = Workspace::new();
+    ws.write_main_target(&env);
+    ws.write(
+        "web.yaml",
+        &web("web", &env.get("IMAGE_V1"), free_port(), "a"),
+    );
+    let printing = [
+        ws.command(&["plan"]),
+        ws.command(&["status"]),
+        ws.command(&["status", "--output", "yaml"]),
+    ];
+    let mut renders = Vec::new();
+    for what in ["crds", "rbac", "api-reference"] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_stevedore"));
+        command.arg(what);
+        renders.push(command);
+    }
+    for command in printing.into_iter().chain(renders) {
+        let shown = format!("{:?}", command.get_args().collect::<Vec<_>>());
+        let (code, stderr) = into_a_closed_pipe(command);
+        assert_eq!(code, Some(0), "{shown}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "{shown}: {stderr}"
+        );
+    }
+}
