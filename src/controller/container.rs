@@ -626,7 +626,7 @@ async fn remove_all(
     };
     let outcomes = Executor::new(host.clone(), ctx.settings.concurrency)
         .with_shutdown(ctx.settings.shutdown.clone())
-        .run(&plan, &[])
+        .run(&plan)
         .await;
     let mut failed = Vec::new();
     for outcome in &outcomes {

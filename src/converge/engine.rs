@@ -233,7 +233,7 @@ pub async fn converge_listed(
     let outcomes = if plan.is_empty() {
         Vec::new()
     } else {
-        executor.run(&plan, &desired.instances).await
+        executor.run(&plan).await
     };
     remember(memory, &plan, &outcomes, &observed, &desired.instances, now);
     ConvergeReport {

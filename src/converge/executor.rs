@@ -139,8 +139,9 @@ impl Executor {
         }
     }
 
-    /// Runs every action of `plan`; `desired` is the slice the plan was computed from.
-    pub async fn run(&self, plan: &Plan, desired: &[DesiredInstance]) -> Vec<Outcome> {
+    /// Runs every action of `plan`.
+    pub async fn run(&self, plan: &Plan) -> Vec<Outcome> {
+        let desired = plan.instances.as_slice();
         let (pulls, others): (Vec<&Action>, Vec<&Action>) = plan
             .actions
             .iter()
@@ -720,7 +721,7 @@ fn out_of_range(index: usize) -> (String, Result<Option<String>, DockerError>) {
         format!("desired[{index}]"),
         Err(DockerError::new(
             ErrorKind::InvalidConfig,
-            "plan refers to an instance it was not computed from",
+            "the action names an instance its plan does not hold",
         )),
     )
 }

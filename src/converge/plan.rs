@@ -140,14 +140,15 @@ pub enum Action {
     Pull {
         /// Reference.
         image: String,
-        /// The desired instance whose credentials to use.
+        /// The desired instance whose credentials to use (index into the plan's
+        /// `instances`).
         desired: usize,
         /// Why.
         reason: String,
     },
     /// Create and start a container for `desired`.
     Create {
-        /// Index into the plan input's `desired`.
+        /// Index into the plan's `instances`.
         desired: usize,
         /// Why.
         reason: String,
@@ -156,7 +157,7 @@ pub enum Action {
     Start {
         /// The container.
         container: ContainerRef,
-        /// Index into `desired`.
+        /// Index into the plan's `instances`.
         desired: usize,
         /// Whether this restarts an exited container (it counts towards back-off).
         restart: bool,
@@ -195,7 +196,7 @@ pub struct Replacement {
     pub old: ContainerRef,
     /// Whether `old` is running now.
     pub old_running: bool,
-    /// Index into `desired`.
+    /// Index into the plan's `instances`.
     pub desired: usize,
     /// What changed.
     pub reason: String,
@@ -205,6 +206,20 @@ pub struct Replacement {
 }
 
 impl Action {
+    /// Every index into the plan's instances the action holds.
+    fn instance_indices_mut(&mut self) -> Vec<&mut usize> {
+        match self {
+            Action::Pull { desired, .. }
+            | Action::Create { desired, .. }
+            | Action::Start { desired, .. } => vec![desired],
+            Action::Replace(replacement) => vec![&mut replacement.desired],
+            Action::Recreate { replacements, .. } => {
+                replacements.iter_mut().map(|r| &mut r.desired).collect()
+            }
+            Action::Remove { .. } => Vec::new(),
+        }
+    }
+
     /// The desired instances (indices) a `Replace` or `Recreate` makes new containers for.
     pub fn replaced(&self) -> Vec<usize> {
         match self {
@@ -217,7 +232,8 @@ impl Action {
     }
 
     /// What the action is about: the image of a pull, the container(s) of the others (a
-    /// desired instance by its name; one the plan did not come from as `desired[i]`).
+    /// desired instance of the plan's `instances` by its name; an index the plan does not
+    /// hold as `desired[i]`).
     pub fn subjects(&self, desired: &[DesiredInstance]) -> Vec<String> {
         let name = |i: usize| {
             desired
@@ -341,10 +357,13 @@ impl Finding {
 }
 
 /// The outcome of planning one target.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Plan {
     /// Steps to run, pulls first.
     pub actions: Vec<Action>,
+    /// The desired instances the actions make containers for; an action's `desired` is an
+    /// index into this list, so a plan carries everything its execution needs.
+    pub instances: Vec<DesiredInstance>,
     /// Differences reported, not repaired (`driftPolicy: Report`).
     pub drift: Vec<Finding>,
     /// Desired containers that cannot be made as asked (a host port clash, a missing image
@@ -354,6 +373,22 @@ pub struct Plan {
     pub waiting: Vec<Finding>,
     /// The earliest time (unix seconds) a waiting restart becomes due.
     pub retry_at: Option<u64>,
+}
+
+/// The instances show by name only: their bodies hold env values, Secret ones among them,
+/// and a plan is printed in logs and test failures.
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.instances.iter().map(|d| d.name.as_str()).collect();
+        f.debug_struct("Plan")
+            .field("actions", &self.actions)
+            .field("instances", &names)
+            .field("drift", &self.drift)
+            .field("blocked", &self.blocked)
+            .field("waiting", &self.waiting)
+            .field("retry_at", &self.retry_at)
+            .finish()
+    }
 }
 
 impl Plan {
@@ -657,7 +692,22 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         })
         .chain(steps)
         .collect();
+    plan.instances = own_instances(&mut plan.actions, input.desired);
     plan
+}
+
+/// Copies the instances `actions` name out of `desired` (each once), and points the
+/// actions at the copies.
+fn own_instances(actions: &mut [Action], desired: &[DesiredInstance]) -> Vec<DesiredInstance> {
+    let mut instances = Vec::new();
+    let mut moved: HashMap<usize, usize> = HashMap::new();
+    for index in actions.iter_mut().flat_map(Action::instance_indices_mut) {
+        *index = *moved.entry(*index).or_insert_with(|| {
+            instances.push(desired[*index].clone());
+            instances.len() - 1
+        });
+    }
+    instances
 }
 
 fn remove(container: &HostContainer, stop_timeout_seconds: Option<i32>, reason: String) -> Action {
@@ -844,7 +894,8 @@ mod tests {
         }
 
         /// Applies a plan as a flawless executor would.
-        fn apply(&mut self, plan: &Plan, desired: &[DesiredInstance]) {
+        fn apply(&mut self, plan: &Plan) {
+            let desired = &plan.instances;
             for action in &plan.actions {
                 match action {
                     Action::Pull { image, .. } => {
@@ -1060,7 +1111,7 @@ mod tests {
             // replaces one replica per round: at most one round per replica, plus one.
             for _ in 0..4 {
                 let next = plan_for(&world, &desired, &HashSet::new());
-                world.apply(&next, &desired);
+                world.apply(&next);
             }
             let last = plan_for(&world, &desired, &HashSet::new());
             prop_assert!(last.is_empty(), "not converged: {:?}", last.actions);
@@ -1112,7 +1163,7 @@ mod tests {
                     Action::Create { desired: i, .. } => vec![*i],
                     other => other.replaced(),
                 })
-                .map(|i| desired[i].name.as_str())
+                .map(|i| plan.instances[i].name.as_str())
                 .collect();
             let count = names.len();
             names.sort();
@@ -1141,7 +1192,16 @@ mod tests {
                 .containers
                 .push(container_for(instance, id, ContainerState::Running));
         }
-        assert_eq!(plan_for(&world, &desired, &HashSet::new()), Plan::default());
+        let plan = plan_for(&world, &desired, &HashSet::new());
+        assert!(
+            plan.is_empty()
+                && plan.instances.is_empty()
+                && plan.drift.is_empty()
+                && plan.blocked.is_empty()
+                && plan.waiting.is_empty()
+                && plan.retry_at.is_none(),
+            "{plan:?}"
+        );
     }
 
     #[test]

@@ -80,27 +80,29 @@ pub async fn in_manifests(
     turns.sort_by_key(|(replica, ..)| *replica);
     for (replica, target_key, target, desired, current) in turns {
         let Some(host) = &target.host else { continue };
+        let Some(instance) = target.desired.instances.get(desired) else {
+            continue;
+        };
         let plan = Plan {
             actions: vec![Action::Replace(Replacement {
                 old: ContainerRef::of(&current),
                 old_running: current.state == ContainerState::Running,
-                desired,
+                desired: 0,
                 reason: "restart requested".into(),
-                previous: target.desired.instances.get(desired).and_then(|d| {
-                    previous_of(
-                        d,
-                        &target.observed,
-                        &target.identity.uid,
-                        &target.identity.manager,
-                    )
-                }),
+                previous: previous_of(
+                    instance,
+                    &target.observed,
+                    &target.identity.uid,
+                    &target.identity.manager,
+                ),
             })],
+            instances: vec![instance.clone()],
             ..Plan::default()
         };
         let executor = Executor::new(host.clone(), 1)
             .with_target_name(&target_key.name)
             .with_shutdown(shutdown.clone());
-        for outcome in executor.run(&plan, &target.desired.instances).await {
+        for outcome in executor.run(&plan).await {
             if let Err(e) = outcome.result {
                 return Err(OperateError::Invalid(format!(
                     "{object}: replica {replica} on {} was not restarted, and the replicas \

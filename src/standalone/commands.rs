@@ -168,7 +168,7 @@ pub async fn plan(source: &Source, out: &mut impl Write) -> std::io::Result<Exit
                         out,
                         "  {} {}: {}",
                         action.verb(),
-                        subject(action, &target.desired),
+                        subject(action, &plan),
                         action.reason()
                     )?;
                 }
@@ -206,8 +206,8 @@ pub async fn plan(source: &Source, out: &mut impl Write) -> std::io::Result<Exit
     })
 }
 
-fn subject(action: &crate::converge::plan::Action, desired: &DesiredSet) -> String {
-    action.subjects(&desired.instances).join(", ")
+fn subject(action: &crate::converge::plan::Action, plan: &crate::converge::plan::Plan) -> String {
+    action.subjects(&plan.instances).join(", ")
 }
 
 /// `stevedore status`: every object's status, from the daemons.
