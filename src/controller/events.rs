@@ -18,6 +18,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::Mutex;
 
 use super::context::Context;
+use crate::converge::executor::Outcome;
+use crate::docker::ErrorKind;
 
 /// A repeat later than this starts a new Event instead of counting on the old one (the
 /// API server keeps Events about an hour).
@@ -203,6 +205,52 @@ fn cut(text: &str, limit: usize) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
+}
+
+/// An Event for one action the executor took on a target.
+pub async fn publish_outcome(
+    ctx: &Context,
+    reference: &ObjectReference,
+    target: &str,
+    outcome: &Outcome,
+) {
+    let interrupted = matches!(&outcome.result, Err(e) if e.kind == ErrorKind::Interrupted);
+    if ctx.settings.shutdown.is_draining() || interrupted {
+        // What a stopping controller finished or put back is what the next leader finds.
+        let what = if outcome.rolled_back() {
+            "rolled back while shutting down"
+        } else if interrupted {
+            "not done: shutting down"
+        } else if outcome.result.is_ok() {
+            "finished while shutting down"
+        } else {
+            "failed while shutting down"
+        };
+        let error = outcome.result.as_ref().err().map(ToString::to_string);
+        tracing::info!(subject = %outcome.subject, target, verb = %outcome.verb, error, "{what}");
+    }
+    if interrupted && !outcome.rolled_back() {
+        // Not an event: nothing happened to the container.
+        return;
+    }
+    let (type_, reason, note) = match &outcome.result {
+        Err(e) if e.kind == ErrorKind::Interrupted => (
+            EventKind::Normal,
+            "RolledBack".to_string(),
+            format!("{} on {target}: {}: {e}", outcome.subject, outcome.reason),
+        ),
+        Ok(_) => (
+            EventKind::Normal,
+            outcome.verb.past_tense().to_string(),
+            format!("{} on {target}: {}", outcome.subject, outcome.reason),
+        ),
+        Err(e) => (
+            EventKind::Warning,
+            format!("{}Failed", outcome.verb),
+            format!("{} on {target}: {}: {e}", outcome.subject, outcome.reason),
+        ),
+    };
+    publish(ctx, reference, type_, &reason, outcome.verb.as_str(), note).await;
 }
 
 #[cfg(test)]

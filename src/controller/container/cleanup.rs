@@ -1,0 +1,167 @@
+//! The finalizer's side: removing a deleted DockerContainer's containers from every
+//! target, unless its `deletionPolicy` is `Orphan`.
+
+use std::collections::HashSet;
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+
+use super::FINALIZER;
+use super::observe::{TargetView, observe_targets, owner_of, snapshot_with};
+use super::status::write_status;
+use crate::api::container::{DeletionPolicy, DockerContainerStatus};
+use crate::api::{CONDITION_READY, DockerContainer};
+use crate::conditions::{condition, keep_transition_times, now_time};
+use crate::controller::context::Context;
+use crate::controller::error::{Error, Result};
+use crate::controller::events::{EventKind, publish, publish_outcome};
+use crate::converge::executor::Executor;
+use crate::converge::plan::{Action as PlanAction, ContainerRef, Plan};
+use crate::docker::{DockerHost, HostContainer};
+use crate::fleet::connections::Attempt;
+
+/// Removes the object's containers from every target (gracefully), unless its
+/// `deletionPolicy` is `Orphan`. A target that is unreachable and holds some of them
+/// keeps the finalizer, and the conditions say which; other objects are not held up.
+pub(super) async fn cleanup(container: &DockerContainer, ctx: &Context) -> Result<Action> {
+    let uid = container.uid().unwrap_or_default();
+    let reference = container.object_ref(&());
+    if container.spec.deletion_policy == DeletionPolicy::Orphan {
+        publish(
+            ctx,
+            &reference,
+            EventKind::Normal,
+            "Orphaned",
+            "Delete",
+            "deletionPolicy is Orphan: its containers are left running".into(),
+        )
+        .await;
+        forget(ctx, &uid);
+        return Ok(Action::await_change());
+    }
+    let (snapshot, _) = snapshot_with(ctx, container);
+    let views = observe_targets(ctx, &snapshot, Attempt::Cleanup).await;
+    let recorded: HashSet<&str> = container
+        .status
+        .iter()
+        .flat_map(|s| &s.instances)
+        .map(|i| i.target.as_str())
+        .collect();
+    let removals = views.iter().map(|view| async {
+        match &view.state {
+            Ok((host, listed)) => {
+                let mine: Vec<&HostContainer> = listed
+                    .iter()
+                    .filter(|c| owner_of(c) == Some(uid.as_str()))
+                    .collect();
+                remove_all(ctx, &reference, container, view, host, &mine).await
+            }
+            // Only a target this object was placed on can hold its containers.
+            Err(e) if recorded.contains(view.target.name.as_str()) => Err(format!(
+                "target {} ({}: {})",
+                view.target.name,
+                e.kind.reason(),
+                e.message
+            )),
+            Err(_) => Ok(()),
+        }
+    });
+    let blocked: Vec<String> = join_all(removals)
+        .await
+        .into_iter()
+        .filter_map(|r| r.err())
+        .collect();
+    if blocked.is_empty() {
+        forget(ctx, &uid);
+        return Ok(Action::await_change());
+    }
+    let why = format!(
+        "deletion waits for {} to remove its containers; the finalizer {FINALIZER} stays until then",
+        blocked.join(", ")
+    );
+    let previous = container.status.clone().unwrap_or_default();
+    let mut conditions = previous.conditions.clone();
+    let mut holding = condition(
+        CONDITION_READY,
+        false,
+        "DeletionBlocked",
+        why.clone(),
+        &now_time(),
+    );
+    keep_transition_times(std::slice::from_mut(&mut holding), &previous.conditions);
+    conditions.retain(|c| c.type_ != CONDITION_READY);
+    conditions.insert(0, holding);
+    let status = DockerContainerStatus {
+        conditions,
+        ..previous.clone()
+    };
+    if status != previous {
+        publish(
+            ctx,
+            &reference,
+            EventKind::Warning,
+            "DeletionBlocked",
+            "Delete",
+            why.clone(),
+        )
+        .await;
+    }
+    write_status(ctx, container, &previous, status).await?;
+    Err(Error::CleanupBlocked(blocked.join(", ")))
+}
+
+/// Stops and removes `containers` on one target, with Events.
+pub(super) async fn remove_all(
+    ctx: &Context,
+    reference: &ObjectReference,
+    container: &DockerContainer,
+    view: &TargetView<'_>,
+    host: &DockerHost,
+    containers: &[&HostContainer],
+) -> Result<(), String> {
+    if containers.is_empty() {
+        return Ok(());
+    }
+    let plan = Plan {
+        actions: containers
+            .iter()
+            .map(|c| PlanAction::Remove {
+                container: ContainerRef {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                },
+                stop_timeout_seconds: Some(container.spec.stop_timeout_seconds),
+                reason: format!("DockerContainer {} was deleted", container.name_any()),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let outcomes = Executor::new(host.clone(), ctx.settings.concurrency)
+        .with_shutdown(ctx.settings.shutdown.clone())
+        .run(&plan)
+        .await;
+    let mut failed = Vec::new();
+    for outcome in &outcomes {
+        publish_outcome(ctx, reference, &view.target.name, outcome).await;
+        if let Err(e) = &outcome.result {
+            failed.push(format!("{}: {e}", outcome.subject));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "target {} ({})",
+            view.target.name,
+            failed.join("; ")
+        ))
+    }
+}
+
+pub(super) fn forget(ctx: &Context, uid: &str) {
+    ctx.hosts.forget_owner(uid);
+    ctx.metrics.set_container_states(uid, std::iter::empty());
+    ctx.succeeded(uid);
+}

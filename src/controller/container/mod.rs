@@ -1,0 +1,326 @@
+//! The DockerContainer reconciler: `reconcile` is the finalizer wrapper around `apply`
+//! (place, resolve, converge every target it is placed on, write status) and `cleanup`
+//! (remove its containers from every target, unless `deletionPolicy: Orphan`).
+//!
+//! ```text
+//!   DockerContainer ─┐                     ┌─> converge_listed per target (owner-scoped)
+//!   targets (store) ─┼─> one list/target ──┼─> placement (all owners' labels)
+//!   Secrets, maps ───┘                     └─> status (server-side apply, only if changed)
+//! ```
+//! A no-op reconcile costs one list call per target of the namespace and no write.
+//!
+//! Files by job: `observe` (the targets and the placement input, from the fleet's
+//! snapshot), `status` (instance statuses and writing them), `cleanup` (the finalizer's
+//! removals).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::{Resource, ResourceExt};
+
+use self::cleanup::cleanup;
+use self::observe::{
+    TargetView, known_lists, observe_targets, owner_of, placements_for, snapshot_with,
+};
+use self::status::{hold, invalid, statuses, write_status};
+use super::context::Context;
+use super::error::{Error, Result};
+use super::events::publish_outcome;
+use crate::api::DockerContainer;
+use crate::api::container::ImageUpdatePolicy;
+use crate::api::container::{DockerContainerStatus, InstanceStatus};
+use crate::conditions::{container_conditions, keep_transition_times, now_time};
+use crate::converge::engine::{
+    DesiredSet, LOOK_AGAIN_AFTER_CHANGES, TargetIdentity, converge_listed, unix_now,
+};
+use crate::converge::env::resolve_env;
+use crate::converge::executor::Executor;
+use crate::converge::model::DesiredInstance;
+use crate::converge::status::is_ready;
+use crate::fleet::connections::Attempt;
+use crate::fleet::desired::{ImageChoice, on_targets};
+use crate::fleet::pins::{pin_before, pin_image};
+use crate::registry::pinning::Resolved;
+use crate::registry::refresh::refresh_interval;
+
+mod cleanup;
+mod observe;
+mod status;
+
+/// The finalizer that removes an object's containers before it goes.
+pub const FINALIZER: &str = "stevedore.dev/cleanup";
+/// How soon an object with an unreachable target is looked at again.
+const RETRY_UNREACHABLE: Duration = Duration::from_secs(15);
+
+/// Reconciles one DockerContainer: the finalizer first, then `apply` or `cleanup`.
+pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.stores.wait_until_ready().await;
+    let started = Instant::now();
+    let namespace = container
+        .namespace()
+        .ok_or_else(|| Error::InvalidObject("DockerContainer has no namespace".into()))?;
+    let api: Api<DockerContainer> = Api::namespaced(ctx.client.clone(), &namespace);
+    let result = finalizer(&api, FINALIZER, container, |event| async {
+        match event {
+            Event::Apply(container) => apply(&container, &ctx).await,
+            Event::Cleanup(container) => cleanup(&container, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled("DockerContainer", started.elapsed());
+    result
+}
+
+/// What converging one target found.
+#[derive(Default)]
+pub(super) struct TargetOutcome {
+    instances: Vec<InstanceStatus>,
+    updated: usize,
+    problems: Vec<String>,
+    retry_at: Option<u64>,
+    unreachable: bool,
+    /// Whether an action succeeded (failed ones wait for their back-off instead).
+    changed: bool,
+}
+
+async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
+    let uid = container
+        .uid()
+        .ok_or_else(|| Error::InvalidObject("DockerContainer has no metadata.uid".into()))?;
+    let (snapshot, entry) = snapshot_with(ctx, container);
+    let env = match resolve_env(&container.spec, &snapshot.sources) {
+        Ok(env) => env,
+        Err(e) => return invalid(container, ctx, e.to_string()).await,
+    };
+    let registry = snapshot.registry_for(&container.spec);
+    let previous = container.status.clone().unwrap_or_default();
+
+    let views = observe_targets(ctx, &snapshot, Attempt::Reuse).await;
+    let known = known_lists(ctx, &views);
+    let (placements, mut problems) = placements_for(ctx, &snapshot, &uid, &views, &known);
+    let before = pin_before(&entry, known.iter().flatten().flat_map(|l| l.iter()));
+    let resolved = match pin_image(&snapshot, &entry, before, unix_now()).await {
+        None => None,
+        Some(Ok(pinned)) => {
+            problems.extend(pinned.problem);
+            pinned.resolved
+        }
+        Some(Err(why)) => {
+            return hold(
+                container,
+                ctx,
+                "ImageNotResolved",
+                why,
+                Action::requeue(RETRY_UNREACHABLE),
+            )
+            .await;
+        }
+    };
+    let source = match &container.spec.image_source {
+        Some(spec) => match ctx.fetcher.fetch(spec).await {
+            Ok(source) => Some(source),
+            Err(why) => {
+                return hold(
+                    container,
+                    ctx,
+                    "SourceUnavailable",
+                    why,
+                    Action::requeue(RETRY_UNREACHABLE),
+                )
+                .await;
+            }
+        },
+        None => None,
+    };
+    let image = ImageChoice {
+        source: source.as_ref(),
+        resolved: resolved.as_ref(),
+    };
+    // Every target's instances are built first: a spec that cannot become a container
+    // fails before anything is touched anywhere.
+    let manager = &ctx.settings.manager;
+    let wanted = match on_targets(&snapshot, &entry, &placements, &env, image, manager) {
+        Ok(wanted) => wanted,
+        Err(e) => return invalid(container, ctx, e).await,
+    };
+
+    let reference = container.object_ref(&());
+    let converges = views.iter().zip(wanted).map(|(view, instances)| {
+        converge_target(ctx, &reference, &uid, view, instances, &previous.instances)
+    });
+    let outcomes = join_all(converges).await;
+
+    let mut instances = Vec::new();
+    let mut updated = 0;
+    let mut retry_at: Option<u64> = None;
+    let mut unreachable = false;
+    let mut changed = false;
+    for outcome in outcomes {
+        instances.extend(outcome.instances);
+        updated += outcome.updated;
+        problems.extend(outcome.problems);
+        retry_at = match (retry_at, outcome.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        unreachable |= outcome.unreachable;
+        changed |= outcome.changed;
+    }
+    instances.sort_by(|a, b| a.container_name.cmp(&b.container_name));
+    ctx.metrics
+        .set_container_states(&uid, instances.iter().map(|i| i.state.as_str()));
+
+    let wanted_replicas = container.spec.placement.replicas;
+    let ready = count(instances.iter().filter(|i| is_ready(i)));
+    let now = now_time();
+    let mut conditions =
+        container_conditions(wanted_replicas, ready, count_n(updated), &problems, &now);
+    keep_transition_times(&mut conditions, &previous.conditions);
+    let replicas = count(instances.iter().filter(|i| i.container_id.is_some()));
+    instances.truncate(crate::api::MAX_STATUS_INSTANCES);
+    let status = DockerContainerStatus {
+        observed_generation: container.metadata.generation,
+        replicas,
+        ready_replicas: ready,
+        updated_replicas: count_n(updated),
+        resolved_image: resolved.as_ref().map(|r| r.image.clone()),
+        resolved_from: resolved.as_ref().map(|r| r.from.clone()),
+        resolved_at: resolved.as_ref().and_then(Resolved::at_time),
+        instances,
+        conditions,
+    };
+    write_status(ctx, container, &previous, status).await?;
+    ctx.succeeded(&uid);
+
+    let mut wait = ctx.settings.resync;
+    if let (Some(registry), ImageUpdatePolicy::FollowTag) =
+        (registry, container.spec.image_update_policy)
+    {
+        wait = wait.min(refresh_interval(registry));
+    }
+    if let Some(at) = retry_at {
+        wait = wait.min(Duration::from_secs(at.saturating_sub(unix_now()).max(1)));
+    }
+    if unreachable {
+        wait = wait.min(RETRY_UNREACHABLE);
+    }
+    if changed {
+        wait = wait.min(LOOK_AGAIN_AFTER_CHANGES);
+    }
+    Ok(Action::requeue(wait))
+}
+
+fn count<T>(items: impl Iterator<Item = T>) -> i32 {
+    count_n(items.count())
+}
+
+fn count_n(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Converges this object's containers on one target and reports what they look like.
+async fn converge_target(
+    ctx: &Context,
+    reference: &ObjectReference,
+    uid: &str,
+    view: &TargetView<'_>,
+    instances: Vec<DesiredInstance>,
+    previous: &[InstanceStatus],
+) -> TargetOutcome {
+    let (host, listed) = match &view.state {
+        Ok((host, listed)) => (host, listed),
+        Err(error) => {
+            if instances.is_empty() {
+                return TargetOutcome::default();
+            }
+            return TargetOutcome {
+                problems: vec![format!("target {}: {error}", view.target.name)],
+                instances: instances
+                    .iter()
+                    .map(|d| InstanceStatus {
+                        target: view.target.name.clone(),
+                        container_name: d.name.clone(),
+                        state: "unknown".into(),
+                        message: Some(error.to_string()),
+                        ..Default::default()
+                    })
+                    .collect(),
+                unreachable: true,
+                ..Default::default()
+            };
+        }
+    };
+    if instances.is_empty() && !listed.iter().any(|c| owner_of(c) == Some(uid)) {
+        return TargetOutcome::default();
+    }
+    let identity = TargetIdentity {
+        uid: view.target.uid.clone(),
+        manager: ctx.settings.manager.clone(),
+    };
+    let desired = DesiredSet {
+        instances,
+        owner_scope: Some(uid.to_string()),
+        ..Default::default()
+    };
+    let executor = Executor::new(host.clone(), ctx.settings.concurrency)
+        .with_shutdown(ctx.settings.shutdown.clone());
+    let mut memory = ctx.hosts.take_memory(&view.target.uid, uid);
+    let report = converge_listed(
+        host,
+        &executor,
+        &identity,
+        &desired,
+        &mut memory,
+        listed.clone(),
+    )
+    .await;
+    let seen: Vec<String> = report.observed.iter().map(|c| c.id.clone()).collect();
+    ctx.hosts.put_memory(&view.target.uid, uid, memory, &seen);
+
+    for outcome in &report.outcomes {
+        publish_outcome(ctx, reference, &view.target.name, outcome).await;
+    }
+    let problems = report
+        .unfinished()
+        .iter()
+        .map(|f| f.on(&view.target.name))
+        .collect();
+    // After changes, look again: the status must show what runs now.
+    let observed = if report.outcomes.is_empty() {
+        report.observed
+    } else {
+        match ctx.hosts.connections().list(&view.target.uid, host).await {
+            Ok(mut now) => {
+                now.retain(|c| owner_of(c) == Some(uid));
+                now
+            }
+            Err(_) => report.observed,
+        }
+    };
+    let updated = desired
+        .instances
+        .iter()
+        .filter(|d| d.current_in(&observed).is_some())
+        .count();
+    TargetOutcome {
+        instances: statuses(
+            host,
+            &view.target.name,
+            &desired.instances,
+            &observed,
+            previous,
+        )
+        .await,
+        updated,
+        problems,
+        retry_at: report.plan.retry_at,
+        unreachable: false,
+        changed: report.outcomes.iter().any(|o| o.result.is_ok()),
+    }
+}
