@@ -6,14 +6,109 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-pub use crate::api::CONDITION_READY;
+/// The condition types Stevedore writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionType {
+    /// The object does what it asks for (every kind has it).
+    Ready,
+    /// A DockerContainer's rollout is under way (or waiting).
+    Progressing,
+    /// Something keeps a DockerContainer from running as asked.
+    Degraded,
+    /// kstatus's "in progress", written while `Progressing` is True.
+    Reconciling,
+    /// kstatus's "failed", written while `Degraded` (or a target's `Ready`) says so.
+    Stalled,
+}
+
+impl ConditionType {
+    /// The type as the API carries it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => crate::api::CONDITION_READY,
+            Self::Progressing => "Progressing",
+            Self::Degraded => "Degraded",
+            Self::Reconciling => "Reconciling",
+            Self::Stalled => "Stalled",
+        }
+    }
+
+    /// Whether `condition` is of this type.
+    pub fn is(self, condition: &Condition) -> bool {
+        condition.type_ == self.as_str()
+    }
+
+    /// Whether `condition` is of this type and `True`.
+    pub fn is_true(self, condition: &Condition) -> bool {
+        self.is(condition) && condition.status == "True"
+    }
+}
+
+/// Why a condition reads as it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A target's daemon answers.
+    Connected,
+    /// A Registry's catalog was read.
+    Refreshed,
+    /// Every replica is ready and nothing is wrong.
+    AllReplicasReady,
+    /// Something is wrong; the message says what.
+    Problems,
+    /// Fewer replicas are ready than wanted.
+    NotReady,
+    /// Some replicas do not run the current spec yet.
+    RollingOut,
+    /// Every replica runs the current spec.
+    Complete,
+    /// Nothing is wrong.
+    AsExpected,
+    /// The spec cannot become a container as written: nothing changes until it does.
+    InvalidSpec,
+    /// The image's tag cannot be resolved to a digest, and none was resolved before.
+    ImageNotResolved,
+    /// The `imageSource` cannot be fetched.
+    SourceUnavailable,
+    /// A deleted object waits for an unreachable target to remove its containers.
+    DeletionBlocked,
+    /// A failure, named by its kind (a Docker or registry error: `Unreachable`,
+    /// `TLSError`, `AuthError`, …).
+    Failed(&'static str),
+}
+
+impl Reason {
+    /// The reason as the API (and an Event) carries it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "Connected",
+            Self::Refreshed => "Refreshed",
+            Self::AllReplicasReady => "AllReplicasReady",
+            Self::Problems => "Problems",
+            Self::NotReady => "NotReady",
+            Self::RollingOut => "RollingOut",
+            Self::Complete => "Complete",
+            Self::AsExpected => "AsExpected",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::ImageNotResolved => "ImageNotResolved",
+            Self::SourceUnavailable => "SourceUnavailable",
+            Self::DeletionBlocked => "DeletionBlocked",
+            Self::Failed(kind) => kind,
+        }
+    }
+}
 
 /// One condition; `ok` makes its status `True`.
-pub fn condition(kind: &str, ok: bool, reason: &str, message: String, now: &Time) -> Condition {
+pub fn condition(
+    type_: ConditionType,
+    ok: bool,
+    reason: Reason,
+    message: String,
+    now: &Time,
+) -> Condition {
     Condition {
-        type_: kind.to_string(),
+        type_: type_.as_str().to_string(),
         status: if ok { "True" } else { "False" }.to_string(),
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message,
         last_transition_time: now.clone(),
         observed_generation: None,
@@ -21,23 +116,27 @@ pub fn condition(kind: &str, ok: bool, reason: &str, message: String, now: &Time
 }
 
 /// A DockerTarget's conditions: `Ready` — `Connected` while the daemon answers, else the
-/// reason (the Docker error kind: `Unreachable`, `TLSError`, …) and what went wrong — and,
-/// while it is not, `Stalled` (see [`mirror_for_kstatus`]).
-pub fn target_conditions(problem: Option<(&str, &str)>, now: &Time) -> Vec<Condition> {
+/// failure's kind (`Unreachable`, `TLSError`, …) and what went wrong — and, while it is
+/// not, `Stalled` (see [`mirror_for_kstatus`]).
+pub fn target_conditions(problem: Option<(&'static str, &str)>, now: &Time) -> Vec<Condition> {
     let ready = match problem {
         None => condition(
-            CONDITION_READY,
+            ConditionType::Ready,
             true,
-            "Connected",
+            Reason::Connected,
             "the daemon answers".into(),
             now,
         ),
-        Some((reason, message)) => {
-            condition(CONDITION_READY, false, reason, message.to_string(), now)
-        }
+        Some((kind, message)) => condition(
+            ConditionType::Ready,
+            false,
+            Reason::Failed(kind),
+            message.to_string(),
+            now,
+        ),
     };
     let stalled = (ready.status == "False").then(|| Condition {
-        type_: CONDITION_STALLED.into(),
+        type_: ConditionType::Stalled.as_str().into(),
         status: "True".into(),
         ..ready.clone()
     });
@@ -50,37 +149,23 @@ pub fn target_conditions(problem: Option<(&str, &str)>, now: &Time) -> Vec<Condi
 /// object would look "in progress" to Flux until its timeout: mirror them, one at most —
 /// a degraded object is stalled even while its rollout waits.
 pub fn mirror_for_kstatus(conditions: &mut Vec<Condition>) {
-    conditions.retain(|c| c.type_ != CONDITION_RECONCILING && c.type_ != CONDITION_STALLED);
-    let true_one = |type_: &str| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == "True")
-            .cloned()
-    };
+    conditions.retain(|c| !ConditionType::Reconciling.is(c) && !ConditionType::Stalled.is(c));
+    let true_one = |type_: ConditionType| conditions.iter().find(|c| type_.is_true(c)).cloned();
     let mirror = match (
-        true_one(CONDITION_DEGRADED),
-        true_one(CONDITION_PROGRESSING),
+        true_one(ConditionType::Degraded),
+        true_one(ConditionType::Progressing),
     ) {
-        (Some(degraded), _) => Some((CONDITION_STALLED, degraded)),
-        (None, Some(progressing)) => Some((CONDITION_RECONCILING, progressing)),
+        (Some(degraded), _) => Some((ConditionType::Stalled, degraded)),
+        (None, Some(progressing)) => Some((ConditionType::Reconciling, progressing)),
         (None, None) => None,
     };
     if let Some((type_, original)) = mirror {
         conditions.push(Condition {
-            type_: type_.into(),
+            type_: type_.as_str().into(),
             ..original
         });
     }
 }
-
-/// A DockerContainer's rollout is under way (or waiting).
-pub const CONDITION_PROGRESSING: &str = "Progressing";
-/// Something keeps a DockerContainer from running as asked.
-pub const CONDITION_DEGRADED: &str = "Degraded";
-/// kstatus's "in progress", written while `Progressing` is True.
-pub const CONDITION_RECONCILING: &str = "Reconciling";
-/// kstatus's "failed", written while `Degraded` (or a target's `Ready`) says so.
-pub const CONDITION_STALLED: &str = "Stalled";
 
 /// The current time in whole seconds, as the API server stores it.
 pub fn now_time() -> Time {
@@ -103,29 +188,33 @@ pub fn container_conditions(
     // Enough replicas may be ready while something else is wrong: say what, so the
     // condition never reads False with a message that sounds like True.
     let (reason, message) = match (all_ready, ready >= wanted) {
-        (true, _) => ("AllReplicasReady", counted),
+        (true, _) => (Reason::AllReplicasReady, counted),
         (false, true) => (
-            "Problems",
+            Reason::Problems,
             format!("{counted}, but: {}", problems.join("; ")),
         ),
-        (false, false) => ("NotReady", counted),
+        (false, false) => (Reason::NotReady, counted),
     };
     let mut conditions = vec![
-        condition(CONDITION_READY, all_ready, reason, message, now),
+        condition(ConditionType::Ready, all_ready, reason, message, now),
         condition(
-            CONDITION_PROGRESSING,
+            ConditionType::Progressing,
             rolling,
-            if rolling { "RollingOut" } else { "Complete" },
+            if rolling {
+                Reason::RollingOut
+            } else {
+                Reason::Complete
+            },
             format!("{updated} of {wanted} replicas run the current spec"),
             now,
         ),
         condition(
-            CONDITION_DEGRADED,
+            ConditionType::Degraded,
             !problems.is_empty(),
             if problems.is_empty() {
-                "AsExpected"
+                Reason::AsExpected
             } else {
-                "Problems"
+                Reason::Problems
             },
             problems.join("; "),
             now,
@@ -187,18 +276,18 @@ mod tests {
         let settled = container_conditions(2, 2, 2, &[], &now);
         assert_eq!(settled.len(), 3, "nothing to mirror: {:?}", kinds(&settled));
         let rolling = container_conditions(2, 2, 1, &[], &now);
-        let reconciling = rolling.iter().find(|c| c.type_ == CONDITION_RECONCILING);
+        let reconciling = rolling.iter().find(|c| ConditionType::Reconciling.is(c));
         assert_eq!(
             reconciling.map(|c| c.message.as_str()),
             Some("1 of 2 replicas run the current spec")
         );
         let problems = vec!["target edge: Unreachable".to_string()];
         let degraded = container_conditions(1, 0, 1, &problems, &now);
-        let stalled = degraded.iter().find(|c| c.type_ == CONDITION_STALLED);
+        let stalled = degraded.iter().find(|c| ConditionType::Stalled.is(c));
         assert_eq!(stalled.map(|c| c.status.as_str()), Some("True"));
         let both = container_conditions(1, 0, 0, &problems, &now);
         assert!(
-            !both.iter().any(|c| c.type_ == CONDITION_RECONCILING),
+            !both.iter().any(|c| ConditionType::Reconciling.is(c)),
             "stalled wins over reconciling: {:?}",
             kinds(&both)
         );

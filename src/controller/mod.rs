@@ -182,7 +182,7 @@ fn what_placement_sees(target: &DockerTarget) -> Option<u64> {
         .status
         .iter()
         .flat_map(|s| &s.conditions)
-        .find(|c| c.type_ == crate::api::CONDITION_READY)
+        .find(|c| crate::conditions::ConditionType::Ready.is(c))
         .map(|c| c.status.clone());
     Some(hash_of(&(
         &target.metadata.generation,

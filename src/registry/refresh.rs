@@ -7,9 +7,9 @@ use std::time::Duration;
 use super::catalog::{bounded, newest_tags, wanted};
 use super::client::{RegistryClient, RegistryError, RegistryErrorKind};
 use super::credentials::credentials_of;
+use crate::api::Registry;
 use crate::api::registry::{RegistryStatus, RepositoryStatus};
-use crate::api::{CONDITION_READY, Registry};
-use crate::conditions::condition;
+use crate::conditions::{ConditionType, Reason, condition};
 use crate::sources::EnvSources;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -145,12 +145,12 @@ pub fn record_refresh(
                     refreshed.matched
                 ),
             };
-            condition(CONDITION_READY, true, "Refreshed", message, now)
+            condition(ConditionType::Ready, true, Reason::Refreshed, message, now)
         }
         Err(error) => condition(
-            CONDITION_READY,
+            ConditionType::Ready,
             false,
-            error.kind.reason(),
+            Reason::Failed(error.kind.reason()),
             error.message,
             now,
         ),

@@ -9,12 +9,13 @@ use serde::Serialize;
 
 use super::manifests::{Manifests, ObjectKey};
 use super::world::{Round, sources_for, uid_of};
+use crate::api::API_VERSION;
 use crate::api::container::{DockerContainerStatus, InstanceStatus};
 use crate::api::registry::RegistryStatus;
 use crate::api::target::{DockerTargetStatus, ServerInfo};
-use crate::api::{API_VERSION, CONDITION_READY};
-use crate::conditions::{CONDITION_DEGRADED, container_conditions, now_time, target_conditions};
+use crate::conditions::{ConditionType, container_conditions, now_time, target_conditions};
 use crate::converge::status::{instance_statuses, is_ready};
+use crate::docker::ErrorKind;
 use crate::registry::pinning::Resolved;
 use crate::registry::refresh::{record_refresh, refresh};
 
@@ -85,14 +86,14 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
         };
         let mut ready = match (&target.host, &target.error) {
             (Some(_), None) => Ok(()),
-            (_, Some(e)) => Err((e.kind.reason().to_string(), e.message.clone())),
-            (None, None) => Err(("Unreachable".to_string(), "not connected".to_string())),
+            (_, Some(e)) => Err((e.kind.reason(), e.message.clone())),
+            (None, None) => Err((ErrorKind::Unreachable.reason(), "not connected".to_string())),
         };
         match (&target.host, &ready, detail) {
             (Some(host), Ok(()), Detail::Full) => {
                 match host.server_info().await {
                     Ok(info) => status.server = Some(info),
-                    Err(e) => ready = Err((e.kind.reason().to_string(), e.message)),
+                    Err(e) => ready = Err((e.kind.reason(), e.message)),
                 }
                 if let Ok(images) = host.list_images().await {
                     status.record_images(images);
@@ -113,7 +114,7 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
         }
         let problem = ready.as_ref().err();
         status.conditions = target_conditions(
-            problem.map(|(reason, message)| (reason.as_str(), message.as_str())),
+            problem.map(|(kind, message)| (*kind, message.as_str())),
             &now,
         );
         targets.push(ObjectStatus {
@@ -332,7 +333,7 @@ pub fn all_ready(report: &StatusReport) -> bool {
         c.status
             .conditions
             .iter()
-            .any(|cond| cond.type_ == CONDITION_READY && cond.status == "True")
+            .any(|cond| ConditionType::Ready.is_true(cond))
     })
 }
 
@@ -413,7 +414,7 @@ pub fn table(report: &StatusReport) -> String {
         let ready = status
             .conditions
             .iter()
-            .find(|c| c.type_ == CONDITION_READY);
+            .find(|c| ConditionType::Ready.is(c));
         rows.push(vec![
             container.metadata.namespace.clone(),
             container.metadata.name.clone(),
@@ -424,7 +425,7 @@ pub fn table(report: &StatusReport) -> String {
         if let Some(degraded) = status
             .conditions
             .iter()
-            .find(|c| c.type_ == CONDITION_DEGRADED && c.status == "True")
+            .find(|c| ConditionType::Degraded.is_true(c))
         {
             notes.push(format!(
                 "container {}/{}: {}",

@@ -11,12 +11,11 @@ use futures::future::join_all;
 use super::manifests::{Manifests, ObjectKey};
 use crate::api::DockerTarget;
 use crate::converge::engine::{DesiredSet, TargetIdentity, unix_now};
-use crate::converge::env::resolve_env;
 use crate::converge::model::DesiredInstance;
 use crate::converge::plan::Finding;
 use crate::docker::{ConnectOptions, DockerError, DockerHost, ErrorKind, HostContainer};
 use crate::fleet::connections::{Attempt, Connections, observe};
-use crate::fleet::desired::{ImageChoice, on_targets};
+use crate::fleet::desired::{ImageFound, wanted};
 use crate::fleet::pins::{pin_before, pin_image};
 use crate::fleet::placing::{Observation, place_snapshot};
 use crate::fleet::{ContainerEntry, Recorded, Snapshot, TargetEntry};
@@ -428,51 +427,23 @@ fn place_namespace(inputs: &RoundInputs<'_>, seen: &Seen, round: &mut Round) {
         vec![Vec::new(); snapshot.targets.len()];
     for container in &snapshot.containers {
         let key = key_of("DockerContainer", &container.name);
-        let mut fail = |why: String| {
-            round.container_errors.insert(key.clone(), why);
-            protected.insert(container.uid.clone());
+        let image = ImageFound {
+            source: fetched.get(&key),
+            pin: pinned.get(&key),
         };
-        let env = match resolve_env(&container.object.spec, &snapshot.sources) {
-            Ok(env) => env,
-            Err(e) => {
-                fail(e.to_string());
-                continue;
-            }
-        };
-        let source = match fetched.get(&key) {
-            Some(Ok(source)) => Some(source),
-            Some(Err(e)) => {
-                fail(e.clone());
-                continue;
-            }
-            None => None,
-        };
-        let resolved = match pinned.get(&key) {
-            Some(Ok(pin)) => {
-                round.pins.insert(key.clone(), pin.clone());
-                pin.resolved.as_ref()
-            }
-            Some(Err(e)) => {
-                fail(e.clone());
-                continue;
-            }
-            None => None,
-        };
-        let image = ImageChoice { source, resolved };
-        match on_targets(
-            snapshot,
-            container,
-            &placements,
-            &env,
-            image,
-            &options.manager,
-        ) {
-            Ok(per_target) => {
-                for (all, mine) in instances_by_target.iter_mut().zip(per_target) {
+        match wanted(snapshot, container, &placements, image, &options.manager) {
+            Ok(wanted) => {
+                if let Some(pin) = wanted.pin {
+                    round.pins.insert(key, pin);
+                }
+                for (all, mine) in instances_by_target.iter_mut().zip(wanted.per_target) {
                     all.extend(mine);
                 }
             }
-            Err(e) => fail(e),
+            Err(problem) => {
+                round.container_errors.insert(key, problem.to_string());
+                protected.insert(container.uid.clone());
+            }
         }
     }
 

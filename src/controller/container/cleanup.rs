@@ -11,9 +11,9 @@ use kube::{Resource, ResourceExt};
 use super::FINALIZER;
 use super::observe::{TargetView, observe_targets, owner_of, snapshot_with};
 use super::status::write_status;
+use crate::api::DockerContainer;
 use crate::api::container::{DeletionPolicy, DockerContainerStatus};
-use crate::api::{CONDITION_READY, DockerContainer};
-use crate::conditions::{condition, keep_transition_times, now_time};
+use crate::conditions::{ConditionType, Reason, condition, keep_transition_times, now_time};
 use crate::controller::context::Context;
 use crate::controller::error::{Error, Result};
 use crate::controller::events::{EventKind, publish, publish_outcome};
@@ -84,14 +84,14 @@ pub(super) async fn cleanup(container: &DockerContainer, ctx: &Context) -> Resul
     let previous = container.status.clone().unwrap_or_default();
     let mut conditions = previous.conditions.clone();
     let mut holding = condition(
-        CONDITION_READY,
+        ConditionType::Ready,
         false,
-        "DeletionBlocked",
+        Reason::DeletionBlocked,
         why.clone(),
         &now_time(),
     );
     keep_transition_times(std::slice::from_mut(&mut holding), &previous.conditions);
-    conditions.retain(|c| c.type_ != CONDITION_READY);
+    conditions.retain(|c| !ConditionType::Ready.is(c));
     conditions.insert(0, holding);
     let status = DockerContainerStatus {
         conditions,
@@ -102,7 +102,7 @@ pub(super) async fn cleanup(container: &DockerContainer, ctx: &Context) -> Resul
             ctx,
             &reference,
             EventKind::Warning,
-            "DeletionBlocked",
+            Reason::DeletionBlocked.as_str(),
             "Delete",
             why.clone(),
         )

@@ -27,7 +27,7 @@ use self::cleanup::cleanup;
 use self::observe::{
     TargetView, known_lists, observe_targets, owner_of, placements_for, snapshot_with,
 };
-use self::status::{hold, invalid, statuses, write_status};
+use self::status::{hold, statuses, write_status};
 use super::context::Context;
 use super::error::{Error, Result};
 use super::events::publish_outcome;
@@ -38,12 +38,11 @@ use crate::conditions::{container_conditions, keep_transition_times, now_time};
 use crate::converge::engine::{
     DesiredSet, LOOK_AGAIN_AFTER_CHANGES, TargetIdentity, converge_listed, unix_now,
 };
-use crate::converge::env::resolve_env;
 use crate::converge::executor::Executor;
 use crate::converge::model::DesiredInstance;
 use crate::converge::status::is_ready;
 use crate::fleet::connections::Attempt;
-use crate::fleet::desired::{ImageChoice, on_targets};
+use crate::fleet::desired::{ImageFound, wanted};
 use crate::fleet::pins::{pin_before, pin_image};
 use crate::registry::pinning::Resolved;
 use crate::registry::refresh::refresh_interval;
@@ -94,10 +93,6 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         .uid()
         .ok_or_else(|| Error::InvalidObject("DockerContainer has no metadata.uid".into()))?;
     let (snapshot, entry) = snapshot_with(ctx, container);
-    let env = match resolve_env(&container.spec, &snapshot.sources) {
-        Ok(env) => env,
-        Err(e) => return invalid(container, ctx, e.to_string()).await,
-    };
     let registry = snapshot.registry_for(&container.spec);
     let previous = container.status.clone().unwrap_or_default();
 
@@ -105,55 +100,29 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
     let known = known_lists(ctx, &views);
     let (placements, mut problems) = placements_for(ctx, &snapshot, &uid, &views, &known);
     let before = pin_before(&entry, known.iter().flatten().flat_map(|l| l.iter()));
-    let resolved = match pin_image(&snapshot, &entry, before, unix_now()).await {
-        None => None,
-        Some(Ok(pinned)) => {
-            problems.extend(pinned.problem);
-            pinned.resolved
-        }
-        Some(Err(why)) => {
-            return hold(
-                container,
-                ctx,
-                "ImageNotResolved",
-                why,
-                Action::requeue(RETRY_UNREACHABLE),
-            )
-            .await;
-        }
-    };
+    let pin = pin_image(&snapshot, &entry, before, unix_now()).await;
     let source = match &container.spec.image_source {
-        Some(spec) => match ctx.fetcher.fetch(spec).await {
-            Ok(source) => Some(source),
-            Err(why) => {
-                return hold(
-                    container,
-                    ctx,
-                    "SourceUnavailable",
-                    why,
-                    Action::requeue(RETRY_UNREACHABLE),
-                )
-                .await;
-            }
-        },
+        Some(spec) => Some(ctx.fetcher.fetch(spec).await),
         None => None,
     };
-    let image = ImageChoice {
+    let image = ImageFound {
         source: source.as_ref(),
-        resolved: resolved.as_ref(),
+        pin: pin.as_ref(),
     };
-    // Every target's instances are built first: a spec that cannot become a container
-    // fails before anything is touched anywhere.
-    let manager = &ctx.settings.manager;
-    let wanted = match on_targets(&snapshot, &entry, &placements, &env, image, manager) {
+    let wanted = match wanted(&snapshot, &entry, &placements, image, &ctx.settings.manager) {
         Ok(wanted) => wanted,
-        Err(e) => return invalid(container, ctx, e).await,
+        Err(problem) => return hold(container, ctx, problem).await,
     };
+    let resolved = wanted.pin.as_ref().and_then(|p| p.resolved.clone());
+    problems.extend(wanted.pin.and_then(|p| p.problem));
 
     let reference = container.object_ref(&());
-    let converges = views.iter().zip(wanted).map(|(view, instances)| {
-        converge_target(ctx, &reference, &uid, view, instances, &previous.instances)
-    });
+    let converges = views
+        .iter()
+        .zip(wanted.per_target)
+        .map(|(view, instances)| {
+            converge_target(ctx, &reference, &uid, view, instances, &previous.instances)
+        });
     let outcomes = join_all(converges).await;
 
     let mut instances = Vec::new();

@@ -1,14 +1,15 @@
 //! A DockerContainer's status: instance statuses (inspecting only what changed), writing
 //! it only when it differs, and holding an object that cannot converge.
 
+use std::time::Duration;
+
 use kube::Resource;
 use kube::runtime::controller::Action;
 
+use crate::api::DockerContainer;
 use crate::api::container::{DockerContainerStatus, InstanceStatus};
-use crate::api::{CONDITION_READY, DockerContainer};
 use crate::conditions::{
-    CONDITION_DEGRADED, CONDITION_PROGRESSING, condition, keep_transition_times,
-    mirror_for_kstatus, now_time,
+    ConditionType, condition, keep_transition_times, mirror_for_kstatus, now_time,
 };
 use crate::controller::context::Context;
 use crate::controller::error::Result;
@@ -17,6 +18,7 @@ use crate::controller::outcome::apply_status;
 use crate::converge::model::DesiredInstance;
 use crate::converge::status::instance_statuses;
 use crate::docker::{DockerHost, HostContainer};
+use crate::fleet::desired::Problem;
 
 /// Instance statuses, inspecting only containers whose list entry differs from what the
 /// previous status recorded (a running container that did not change needs no call).
@@ -64,31 +66,33 @@ pub(super) async fn write_status(
     apply_status(ctx, container, &status).await
 }
 
-/// An object that cannot converge as written: say why in its conditions (and an Event,
-/// once), touch nothing on the hosts, and wait for a change.
-pub(super) async fn invalid(
-    container: &DockerContainer,
-    ctx: &Context,
-    why: String,
-) -> Result<Action> {
-    hold(container, ctx, "InvalidSpec", why, Action::await_change()).await
-}
+/// How soon an object held for something that may come back (a registry, a source URL) is
+/// looked at again; one held for its spec waits for a change.
+const RETRY_TRANSIENT: Duration = Duration::from_secs(15);
 
 /// Leaves every container of the object as it is and says why in its conditions (and an
-/// Event, when that is news); `then` says when to look again.
+/// Event, when that is news). An invalid spec waits for an edit; anything else is tried
+/// again shortly.
 pub(super) async fn hold(
     container: &DockerContainer,
     ctx: &Context,
-    reason: &str,
-    why: String,
-    then: Action,
+    problem: Problem,
 ) -> Result<Action> {
+    let then = if problem.is_transient() {
+        Action::requeue(RETRY_TRANSIENT)
+    } else {
+        Action::await_change()
+    };
+    let Problem {
+        reason,
+        message: why,
+    } = problem;
     let previous = container.status.clone().unwrap_or_default();
     let now = now_time();
     let mut conditions = vec![
-        condition(CONDITION_READY, false, reason, why.clone(), &now),
-        condition(CONDITION_PROGRESSING, false, reason, why.clone(), &now),
-        condition(CONDITION_DEGRADED, true, reason, why.clone(), &now),
+        condition(ConditionType::Ready, false, reason, why.clone(), &now),
+        condition(ConditionType::Progressing, false, reason, why.clone(), &now),
+        condition(ConditionType::Degraded, true, reason, why.clone(), &now),
     ];
     mirror_for_kstatus(&mut conditions);
     keep_transition_times(&mut conditions, &previous.conditions);
@@ -102,7 +106,7 @@ pub(super) async fn hold(
             ctx,
             &container.object_ref(&()),
             EventKind::Warning,
-            reason,
+            reason.as_str(),
             "Validate",
             why,
         )
