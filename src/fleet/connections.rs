@@ -226,11 +226,12 @@ impl Connections {
         &self,
         target_uid: &str,
         host: &DockerHost,
-    ) -> Result<Vec<HostContainer>, DockerError> {
+    ) -> Result<Arc<Vec<HostContainer>>, DockerError> {
         match host.list_labelled(LABEL_TARGET, target_uid).await {
             Ok(listed) => {
+                let listed = Arc::new(listed);
                 if let Some(entry) = self.lock().get_mut(target_uid) {
-                    entry.last_listed = Some(Arc::new(listed.clone()));
+                    entry.last_listed = Some(listed.clone());
                 }
                 Ok(listed)
             }
@@ -302,13 +303,16 @@ impl Connections {
     }
 }
 
+/// What one target runs, from one list call, with its daemon.
+pub type Listed = Result<(DockerHost, Arc<Vec<HostContainer>>), DockerError>;
+
 /// Connects to every target of the snapshot (reusing what works) and lists what each runs:
 /// one list call per target. In the snapshot's target order.
 pub async fn observe(
     connections: &Connections,
     snapshot: &Snapshot,
     attempt: Attempt,
-) -> Vec<Result<(DockerHost, Vec<HostContainer>), DockerError>> {
+) -> Vec<Listed> {
     let observing = snapshot.targets.iter().map(|target| async move {
         let target = TargetRef::of(snapshot, target);
         let material = target_material(target.spec, &snapshot.sources);

@@ -175,15 +175,19 @@ pub async fn in_manifests(source: &Source, name: &str) -> Result<Located, Operat
     for (target, observed) in snapshot.targets.iter().zip(observed) {
         // An unreachable target may hold none of this object's replicas: only a replica
         // asked for and not found says so.
-        let Ok((host, mut listed)) = observed else {
+        let Ok((host, listed)) = observed else {
             continue;
         };
-        listed.retain(|c| c.labels.get(LABEL_UID) == Some(&uid));
+        let listed = listed
+            .iter()
+            .filter(|c| c.labels.get(LABEL_UID) == Some(&uid))
+            .cloned()
+            .collect();
         replicas.extend(replicas_of(ns, name, &target.name, &host, listed));
     }
     Ok(Located {
         object: format!("DockerContainer {ns}/{name}"),
-        container: sourced.object.clone(),
+        container: sourced.object.as_ref().clone(),
         replicas,
     })
 }

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -95,8 +96,8 @@ impl fmt::Display for ManifestError {
 /// An object with where it was read from.
 #[derive(Clone, Debug)]
 pub struct Sourced<T> {
-    /// The object.
-    pub object: T,
+    /// The object, shared: every round's snapshot refers to it instead of copying it.
+    pub object: Arc<T>,
     /// File it came from.
     pub file: PathBuf,
     /// Line its document starts at.
@@ -106,7 +107,7 @@ pub struct Sourced<T> {
 impl<T> Sourced<T> {
     fn at(object: T, file: &Path, line: usize) -> Self {
         Self {
-            object,
+            object: Arc::new(object),
             file: file.to_path_buf(),
             line,
         }

@@ -14,7 +14,7 @@ use crate::converge::engine::{DesiredSet, TargetIdentity, unix_now};
 use crate::converge::model::DesiredInstance;
 use crate::converge::plan::Finding;
 use crate::docker::{ConnectOptions, DockerError, DockerHost, ErrorKind, HostContainer};
-use crate::fleet::connections::{Attempt, Connections, observe};
+use crate::fleet::connections::{Attempt, Connections, Listed, observe};
 use crate::fleet::desired::{ImageFound, wanted};
 use crate::fleet::pins::{pin_before, pin_image};
 use crate::fleet::placing::{Observation, place_snapshot};
@@ -84,8 +84,9 @@ pub struct TargetRound {
     pub host: Option<DockerHost>,
     /// Why it is not reachable.
     pub error: Option<DockerError>,
-    /// Its managed containers, from one list call.
-    pub observed: Vec<HostContainer>,
+    /// Its managed containers, from one list call (shared with the connection's memory of
+    /// it, not copied).
+    pub observed: Arc<Vec<HostContainer>>,
     /// What should run there.
     pub desired: DesiredSet,
     /// What the last converge left undone (blocked work, reported drift, failed actions),
@@ -143,7 +144,7 @@ pub fn snapshot(manifests: &Manifests, namespace: &str, pins: &Pins) -> Snapshot
             .map(|(key, sourced)| TargetEntry {
                 name: key.name.clone(),
                 uid: uid_of(key),
-                object: Arc::new(sourced.object.clone()),
+                object: sourced.object.clone(),
             })
             .collect(),
         held_targets: manifests
@@ -159,7 +160,7 @@ pub fn snapshot(manifests: &Manifests, namespace: &str, pins: &Pins) -> Snapshot
             .map(|(key, sourced)| ContainerEntry {
                 name: key.name.clone(),
                 uid: uid_of(key),
-                object: Arc::new(sourced.object.clone()),
+                object: sourced.object.clone(),
                 recorded: Recorded {
                     // The labels of what runs are this mode's only record of placements.
                     replicas: Vec::new(),
@@ -171,7 +172,7 @@ pub fn snapshot(manifests: &Manifests, namespace: &str, pins: &Pins) -> Snapshot
             .registries
             .iter()
             .filter(|(k, _)| in_namespace(k))
-            .map(|(key, sourced)| (key.name.clone(), Arc::new(sourced.object.clone())))
+            .map(|(key, sourced)| (key.name.clone(), sourced.object.clone()))
             .collect(),
         sources: sources_for(manifests, namespace),
     }
@@ -193,7 +194,7 @@ pub async fn fetch_sources(
 struct Seen {
     snapshot: Snapshot,
     /// Per target (in the snapshot's order): the daemon and its list, or why not.
-    observed: Vec<Result<(DockerHost, Vec<HostContainer>), DockerError>>,
+    observed: Vec<Listed>,
     /// Per target: what it runs now or, while it cannot be listed, what it last ran.
     known: Vec<Option<Arc<Vec<HostContainer>>>>,
     /// Per target: since when it has not answered, if it does not.
@@ -276,7 +277,7 @@ pub async fn observe_round(
                 .iter()
                 .zip(&observed)
                 .map(|(target, observed)| match observed {
-                    Ok((_, listed)) => Some(Arc::new(listed.clone())),
+                    Ok((_, listed)) => Some(listed.clone()),
                     Err(_) => connections.last_listed(&target.uid),
                 })
                 .collect();
@@ -457,7 +458,7 @@ fn place_namespace(inputs: &RoundInputs<'_>, seen: &Seen, round: &mut Round) {
         let mut protected_here = protected.clone();
         let (host, error, containers_here) = match observed {
             Ok((host, listed)) => (Some(host.clone()), None, listed.clone()),
-            Err(e) => (working.clone(), Some(e.clone()), Vec::new()),
+            Err(e) => (working.clone(), Some(e.clone()), Arc::default()),
         };
         if manifests.unidentified_breakage {
             // Some document could not be read at all: nothing may count as deleted.

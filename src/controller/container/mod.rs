@@ -246,7 +246,7 @@ async fn converge_target(
         &identity,
         &desired,
         &mut memory,
-        listed.clone(),
+        listed.as_ref().clone(),
     )
     .await;
     let seen: Vec<String> = report.observed.iter().map(|c| c.id.clone()).collect();
@@ -265,10 +265,11 @@ async fn converge_target(
         report.observed
     } else {
         match ctx.hosts.connections().list(&view.target.uid, host).await {
-            Ok(mut now) => {
-                now.retain(|c| owner_of(c) == Some(uid));
-                now
-            }
+            Ok(now) => now
+                .iter()
+                .filter(|c| owner_of(c) == Some(uid))
+                .cloned()
+                .collect(),
             Err(_) => report.observed,
         }
     };

@@ -7,10 +7,9 @@ use kube::ResourceExt;
 
 use crate::api::DockerContainer;
 use crate::controller::context::Context;
-use crate::controller::error::Result;
 use crate::converge::engine::unix_now;
-use crate::docker::{DockerError, DockerHost, HostContainer};
-use crate::fleet::connections::{Attempt, observe};
+use crate::docker::HostContainer;
+use crate::fleet::connections::{Attempt, Listed, observe};
 use crate::fleet::placing::{Observation, place_snapshot};
 use crate::fleet::{ContainerEntry, Recorded, Snapshot, TargetEntry};
 use crate::labels::LABEL_UID;
@@ -21,7 +20,7 @@ pub(super) struct TargetView<'a> {
     /// The target.
     pub target: &'a TargetEntry,
     /// The daemon and every container labelled for the target, or why not.
-    pub state: Result<(DockerHost, Vec<HostContainer>), DockerError>,
+    pub state: Listed,
 }
 
 /// Connects to (or reuses the connection of) every target of the namespace and lists its
@@ -76,7 +75,7 @@ pub(super) fn known_lists(
     views
         .iter()
         .map(|v| match &v.state {
-            Ok((_, listed)) => Some(Arc::new(listed.clone())),
+            Ok((_, listed)) => Some(listed.clone()),
             Err(_) => ctx.hosts.connections().last_listed(&v.target.uid),
         })
         .collect()
