@@ -3,10 +3,10 @@
 //! caches or the manifests) and where status goes.
 //!
 //! ```text
-//!   stores (controller) ─┐                     connections: one list per target
-//!   manifests (standalone)┴─> Snapshot ──┬──> placing::place ──┐
-//!                                        └──> pins::pin_image ─┴─> desired::on_targets
-//!                                                                  (per target: instances)
+//!   stores (controller) ──┐                connections::observe: one list per target
+//!   manifests (standalone) ┴─> Snapshot ──┬──> placing::place_snapshot ──┐
+//!                                         └──> pins::pin_image ──────────┴─> desired::wanted
+//!                                                          (per target: instances, or a Problem)
 //! ```
 
 pub mod connections;
