@@ -147,22 +147,7 @@ impl Hosts {
             name: target.metadata.name.as_deref().unwrap_or_default(),
             spec: &target.spec,
         };
-        Ok(self
-            .connections
-            .connection(target, material, true)
-            .await?
-            .host)
-    }
-
-    /// Records that a call to the target failed in a way that means the connection is
-    /// gone (see [`Connections::mark_failed`]).
-    pub fn mark_failed(&self, target_uid: &str, error: &DockerError) {
-        self.connections.mark_failed(target_uid, error);
-    }
-
-    /// Since when (unix seconds) the target has been unreachable, if it is.
-    pub fn unreachable_since(&self, target_uid: &str) -> Option<u64> {
-        self.connections.unreachable_since(target_uid)
+        self.connections.connection(target, material, true).await
     }
 
     /// The converge memory of one owner on one target (empty the first time), with the

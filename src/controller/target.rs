@@ -25,7 +25,6 @@ use crate::api::DockerTarget;
 use crate::api::target::DockerTargetStatus;
 use crate::conditions::{keep_transition_times, now_time, target_conditions};
 use crate::docker::material::target_material;
-use crate::labels::LABEL_TARGET;
 use crate::labels::{LABEL_MANAGER, LABEL_UID};
 
 /// `lastSeenTime` alone is rewritten at most this often: a heartbeat that changes nothing
@@ -134,32 +133,30 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         Ok(host) => match host.server_info().await {
             Ok(info) => {
                 status.server = Some(info);
-                match host.list_labelled(LABEL_TARGET, &uid).await {
-                    Ok(listed) => {
-                        let ours = listed
-                            .iter()
-                            .filter(|c| c.labels.get(LABEL_MANAGER) == Some(&ctx.settings.manager));
-                        let owners: HashSet<String> = ctx
-                            .stores
-                            .containers
-                            .state()
-                            .iter()
-                            .filter_map(|c| c.uid())
-                            .collect();
-                        let unowned = ours
-                            .clone()
-                            .filter(|c| c.labels.get(LABEL_UID).is_none_or(|u| !owners.contains(u)))
-                            .count();
-                        if unowned > 0 {
-                            tracing::info!(
-                                target = %target.name_any(),
-                                unowned,
-                                "containers whose DockerContainer no longer exists are left running"
-                            );
-                        }
-                        status.managed_containers = i32::try_from(ours.count()).unwrap_or(i32::MAX);
+                // Through the cache: a failure marks the connection, a list is remembered.
+                if let Ok(listed) = ctx.hosts.connections().list(&uid, &host).await {
+                    let ours = listed
+                        .iter()
+                        .filter(|c| c.labels.get(LABEL_MANAGER) == Some(&ctx.settings.manager));
+                    let owners: HashSet<String> = ctx
+                        .stores
+                        .containers
+                        .state()
+                        .iter()
+                        .filter_map(|c| c.uid())
+                        .collect();
+                    let unowned = ours
+                        .clone()
+                        .filter(|c| c.labels.get(LABEL_UID).is_none_or(|u| !owners.contains(u)))
+                        .count();
+                    if unowned > 0 {
+                        tracing::info!(
+                            target = %target.name_any(),
+                            unowned,
+                            "containers whose DockerContainer no longer exists are left running"
+                        );
                     }
-                    Err(e) => ctx.hosts.mark_failed(&uid, &e),
+                    status.managed_containers = i32::try_from(ours.count()).unwrap_or(i32::MAX);
                 }
                 if let Ok(images) = host.list_images().await {
                     status.record_images(images);
@@ -167,7 +164,7 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
                 Ok(())
             }
             Err(e) => {
-                ctx.hosts.mark_failed(&uid, &e);
+                ctx.hosts.connections().mark_failed(&uid, &e);
                 Err(e)
             }
         },

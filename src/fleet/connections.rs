@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use super::{Snapshot, TargetEntry};
 use crate::api::target::DockerTargetSpec;
 use crate::converge::engine::unix_now;
-use crate::docker::material::fingerprint;
-use crate::docker::material::target_material;
+use crate::docker::material::{fingerprint, target_material};
 use crate::docker::{
     ConnectOptions, ConnectionMaterial, DockerError, DockerHost, ErrorKind, HostContainer, connect,
 };
@@ -66,16 +65,6 @@ pub enum Attempt {
     /// For removing containers: a working connection serves even if the target's Secret
     /// material is gone.
     Cleanup,
-}
-
-/// A working connection, and whether this call made it (a new daemon session: event
-/// streams that followed the old one must follow this one).
-#[derive(Clone, Debug)]
-pub struct Connected {
-    /// The daemon.
-    pub host: DockerHost,
-    /// Made by this call rather than reused.
-    pub made: bool,
 }
 
 struct Entry {
@@ -143,7 +132,7 @@ impl Connections {
         target: TargetRef<'_>,
         material: Result<ConnectionMaterial, DockerError>,
         retry_now: bool,
-    ) -> Result<Connected, DockerError> {
+    ) -> Result<DockerHost, DockerError> {
         // Material that vanished (a Secret deleted, as a namespace deletion does before
         // the target goes) does not replace a working connection: cleanups may still need
         // it (see `connection_for_cleanup`).
@@ -157,12 +146,7 @@ impl Connections {
             && entry.fingerprint == print
         {
             match &entry.host {
-                Ok(host) => {
-                    return Ok(Connected {
-                        host: host.clone(),
-                        made: false,
-                    });
-                }
+                Ok(host) => return Ok(host.clone()),
                 Err(e) if !retry_now && entry.attempted.elapsed() < self.retry_after => {
                     return Err(e.clone());
                 }
@@ -201,7 +185,7 @@ impl Connections {
                 last_listed: previous.and_then(|p| p.last_listed),
             },
         );
-        host.map(|host| Connected { host, made: true })
+        host
     }
 
     /// The connection for removing containers: like [`Connections::connection`], but when
@@ -211,11 +195,11 @@ impl Connections {
         &self,
         target: TargetRef<'_>,
         material: Result<ConnectionMaterial, DockerError>,
-    ) -> Result<Connected, DockerError> {
+    ) -> Result<DockerHost, DockerError> {
         if material.is_err()
             && let Some(host) = self.working(target.uid)
         {
-            return Ok(Connected { host, made: false });
+            return Ok(host);
         }
         self.connection(target, material, false).await
     }
@@ -243,15 +227,15 @@ impl Connections {
     }
 
     /// Records that a call to the target failed in a way that means the connection is
-    /// gone: the next use connects anew (after `retry_after`). Returns whether it did.
-    pub fn mark_failed(&self, target_uid: &str, error: &DockerError) -> bool {
+    /// gone: the next use connects anew (after `retry_after`).
+    pub fn mark_failed(&self, target_uid: &str, error: &DockerError) {
         if !matches!(error.kind, ErrorKind::Unreachable | ErrorKind::TlsError) {
-            return false;
+            return;
         }
         {
             let mut entries = self.lock();
             let Some(entry) = entries.get_mut(target_uid) else {
-                return false;
+                return;
             };
             entry.unreachable_since.get_or_insert_with(unix_now);
             entry.host = Err(error.clone());
@@ -260,7 +244,6 @@ impl Connections {
         if let Some(observer) = &self.observer {
             observer.ended(target_uid);
         }
-        true
     }
 
     /// Since when (unix seconds) the target has been unreachable, if it is.
@@ -306,23 +289,71 @@ impl Connections {
 /// What one target runs, from one list call, with its daemon.
 pub type Listed = Result<(DockerHost, Arc<Vec<HostContainer>>), DockerError>;
 
+/// One target as a round (or a reconcile) saw it.
+#[derive(Clone, Debug)]
+pub struct TargetSeen {
+    /// The daemon and every container labelled for the target, or why not.
+    pub listed: Listed,
+    /// What it runs: this list or, while it cannot be listed, its last one.
+    pub known: Option<Arc<Vec<HostContainer>>>,
+    /// Since when (unix seconds) it has not answered, if it does not.
+    pub unreachable_since: Option<u64>,
+}
+
+impl TargetSeen {
+    /// A target nobody tried to reach.
+    pub fn not_connected() -> Self {
+        Self {
+            listed: Err(DockerError::new(ErrorKind::Unreachable, "not connected")),
+            known: None,
+            unreachable_since: None,
+        }
+    }
+
+    /// Whether it was connected and listed.
+    pub fn answers(&self) -> bool {
+        self.listed.is_ok()
+    }
+}
+
+/// Every container the targets are known to run (see [`TargetSeen::known`]).
+pub fn known_containers<'s>(
+    seen: impl IntoIterator<Item = &'s TargetSeen>,
+) -> impl Iterator<Item = &'s HostContainer> {
+    seen.into_iter()
+        .filter_map(|s| s.known.as_deref())
+        .flatten()
+}
+
 /// Connects to every target of the snapshot (reusing what works) and lists what each runs:
 /// one list call per target. In the snapshot's target order.
 pub async fn observe(
     connections: &Connections,
     snapshot: &Snapshot,
     attempt: Attempt,
-) -> Vec<Listed> {
+) -> Vec<TargetSeen> {
     let observing = snapshot.targets.iter().map(|target| async move {
         let target = TargetRef::of(snapshot, target);
         let material = target_material(target.spec, &snapshot.sources);
-        let connected = match attempt {
-            Attempt::Cleanup => connections.connection_for_cleanup(target, material).await,
-            Attempt::Reuse => connections.connection(target, material, false).await,
-            Attempt::Fresh => connections.connection(target, material, true).await,
-        }?;
-        let listed = connections.list(target.uid, &connected.host).await?;
-        Ok((connected.host, listed))
+        let listed = async {
+            let host = match attempt {
+                Attempt::Cleanup => connections.connection_for_cleanup(target, material).await,
+                Attempt::Reuse => connections.connection(target, material, false).await,
+                Attempt::Fresh => connections.connection(target, material, true).await,
+            }?;
+            let listed = connections.list(target.uid, &host).await?;
+            Ok((host, listed))
+        }
+        .await;
+        let known = match &listed {
+            Ok((_, listed)) => Some(listed.clone()),
+            Err(_) => connections.last_listed(target.uid),
+        };
+        TargetSeen {
+            listed,
+            known,
+            unreachable_since: connections.unreachable_since(target.uid),
+        }
     });
     futures::future::join_all(observing).await
 }

@@ -2,46 +2,34 @@
 //! run (their labels; while one cannot be listed, its last list and what the mode
 //! recorded), and every DockerContainer of the namespace as a workload.
 
-use std::collections::HashMap;
-
 use super::Snapshot;
+use super::connections::TargetSeen;
 use crate::converge::model::host_ports;
-use crate::docker::HostContainer;
 use crate::labels::{LABEL_REPLICA, LABEL_UID};
 use crate::placement::{Existing, Placements, TargetInfo, Workload, place};
 
-/// What one target showed this round.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Observation<'a> {
-    /// Connected and listed this round.
-    pub answering: bool,
-    /// Since when (unix seconds) it has not answered, if it does not.
-    pub unreachable_since: Option<u64>,
-    /// What it runs: this round's list or, while it cannot be listed, its last one.
-    pub listed: Option<&'a [HostContainer]>,
-}
-
-/// Places every replica of every DockerContainer of the snapshot. `observed` is by target
-/// name; a target missing from it counts as not answering since `now`.
-pub fn place_snapshot(
+/// Places every replica of every DockerContainer of the snapshot. `seen` is in the
+/// snapshot's target order; a target it does not reach counts as not answering since `now`.
+pub fn place_snapshot<'s>(
     snapshot: &Snapshot,
-    observed: &HashMap<&str, Observation<'_>>,
+    seen: impl IntoIterator<Item = &'s TargetSeen>,
     now: u64,
     grace_secs: u64,
 ) -> Placements {
-    let mut infos: Vec<TargetInfo> = snapshot
-        .targets
+    let mut seen = seen.into_iter();
+    let targets: Vec<_> = snapshot.targets.iter().map(|t| (t, seen.next())).collect();
+    let mut infos: Vec<TargetInfo> = targets
         .iter()
-        .map(|t| {
-            let seen = observed.get(t.name.as_str()).copied().unwrap_or_default();
+        .map(|(t, seen)| {
+            let answers = seen.is_some_and(TargetSeen::answers);
             TargetInfo {
                 name: t.name.clone(),
                 labels: t.object.metadata.labels.clone().unwrap_or_default(),
-                ready: seen.answering,
-                unreachable_since: if seen.answering {
+                ready: answers,
+                unreachable_since: if answers {
                     None
                 } else {
-                    seen.unreachable_since.or(Some(now))
+                    seen.and_then(|s| s.unreachable_since).or(Some(now))
                 },
                 unschedulable: t.object.spec.unschedulable,
                 max_containers: t.object.spec.max_containers,
@@ -55,12 +43,10 @@ pub fn place_snapshot(
     }));
 
     let mut existing = Vec::new();
-    for target in &snapshot.targets {
-        let seen = observed
-            .get(target.name.as_str())
-            .copied()
-            .unwrap_or_default();
-        let listed = seen.listed.unwrap_or_default();
+    for (target, seen) in &targets {
+        let listed = seen
+            .and_then(|s| s.known.as_deref())
+            .map_or(&[][..], Vec::as_slice);
         existing.extend(listed.iter().filter_map(|c| {
             Some(Existing {
                 owner_uid: c.labels.get(LABEL_UID)?.clone(),
@@ -68,7 +54,7 @@ pub fn place_snapshot(
                 target: target.name.clone(),
             })
         }));
-        if seen.answering {
+        if seen.is_some_and(TargetSeen::answers) {
             continue;
         }
         // A silent target's last list may predate what was done there since (it was

@@ -175,7 +175,7 @@ pub async fn in_manifests(source: &Source, name: &str) -> Result<Located, Operat
     for (target, observed) in snapshot.targets.iter().zip(observed) {
         // An unreachable target may hold none of this object's replicas: only a replica
         // asked for and not found says so.
-        let Ok((host, listed)) = observed else {
+        let Ok((host, listed)) = observed.listed else {
             continue;
         };
         let listed = listed

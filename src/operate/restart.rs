@@ -14,8 +14,8 @@ use crate::converge::executor::Executor;
 use crate::converge::plan::{Action, ContainerRef, Plan, Replacement, previous_of};
 use crate::docker::ContainerState;
 use crate::shutdown::Shutdown;
-use crate::standalone::commands::{Source, load_manifests, round};
-use crate::standalone::world::Memory;
+use crate::standalone::commands::{Source, load_manifests};
+use crate::standalone::world::{self, Memory};
 
 /// Asks the controller to restart every replica of DockerContainer `name`: returns the
 /// line to print (`dockercontainer.stevedore.dev/web restarted`).
@@ -53,7 +53,7 @@ pub async fn in_manifests(
     let ns = &source.namespace;
     let object = format!("DockerContainer {ns}/{name}");
     let mut memory = Memory::new(&source.options);
-    let round = round(&manifests, &mut memory, &source.options).await;
+    let round = world::round(&manifests, &mut memory, &source.options).await;
     // Every replica, checked before any is touched: (replica, target, index into desired).
     let mut turns = Vec::new();
     for (target_key, target) in &round.targets {

@@ -123,11 +123,6 @@ fn keep_last_good(manifests: &mut Manifests, good: &Manifests) {
     }
 }
 
-/// One round over the manifests (see [`world::round`]).
-pub async fn round(manifests: &Manifests, memory: &mut Memory, options: &WorldOptions) -> Round {
-    world::round(manifests, memory, options).await
-}
-
 /// The exit code of `stevedore plan` when something would change.
 pub const EXIT_CHANGES: u8 = 2;
 
@@ -139,7 +134,7 @@ pub async fn plan(source: &Source, out: &mut impl Write) -> std::io::Result<Exit
         return Ok(ExitCode::FAILURE);
     };
     let mut memory = Memory::new(&source.options);
-    let round = round(&manifests, &mut memory, &source.options).await;
+    let round = world::round(&manifests, &mut memory, &source.options).await;
     let mut changes = 0;
     let mut failed = !manifests.errors.is_empty();
     for (key, target) in &round.targets {
@@ -220,7 +215,7 @@ pub async fn status(
         return Ok(ExitCode::FAILURE);
     };
     let mut memory = Memory::new(&source.options);
-    let round = round(&manifests, &mut memory, &source.options).await;
+    let round = world::round(&manifests, &mut memory, &source.options).await;
     let report = report::status_report(&manifests, &round, report::Detail::Full).await;
     print_report(&report, format, out)?;
     Ok(if manifests.errors.is_empty() {
@@ -399,7 +394,7 @@ pub async fn run_once(
     let mut drained = Drained::default();
     let deadline = Instant::now() + timeout;
     let settled_round = loop {
-        let round = round(&manifests, &mut memory, &source.options).await;
+        let round = world::round(&manifests, &mut memory, &source.options).await;
         let runs = round.targets.iter().filter_map(|(key, target)| {
             let host = target.host.clone()?;
             let executor = Executor::new(host.clone(), concurrency)
@@ -462,7 +457,7 @@ pub async fn run_once(
     let settled = settled_round.is_some();
     let mut round = match settled_round {
         Some(round) => round,
-        None => round(&manifests, &mut memory, &source.options).await,
+        None => world::round(&manifests, &mut memory, &source.options).await,
     };
     for (key, target) in &mut round.targets {
         target.findings = findings.remove(key).unwrap_or_default();
@@ -578,7 +573,7 @@ pub async fn run_watch(
         if !reload {
             continue;
         }
-        let round = round(&manifests, &mut memory, &source.options).await;
+        let round = world::round(&manifests, &mut memory, &source.options).await;
         announcer.round(&round);
         // Targets gone from the manifests (or unreachable) lose their loop. A removed
         // target's host is no longer managed by this run: its containers are left as they

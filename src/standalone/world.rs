@@ -2,7 +2,7 @@
 //! on them (their container labels are the record of what was placed where — no state
 //! file), place every replica, and build each target's desired set.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,11 +13,11 @@ use crate::api::DockerTarget;
 use crate::converge::engine::{DesiredSet, TargetIdentity, unix_now};
 use crate::converge::model::DesiredInstance;
 use crate::converge::plan::Finding;
-use crate::docker::{ConnectOptions, DockerError, DockerHost, ErrorKind, HostContainer};
-use crate::fleet::connections::{Attempt, Connections, Listed, observe};
+use crate::docker::{ConnectOptions, DockerError, DockerHost, HostContainer};
+use crate::fleet::connections::{Attempt, Connections, TargetSeen, known_containers, observe};
 use crate::fleet::desired::{ImageFound, wanted};
 use crate::fleet::pins::{pin_before, pin_image};
-use crate::fleet::placing::{Observation, place_snapshot};
+use crate::fleet::placing::place_snapshot;
 use crate::fleet::{ContainerEntry, Recorded, Snapshot, TargetEntry};
 use crate::labels::LABEL_UID;
 use crate::placement::Placements;
@@ -193,12 +193,8 @@ pub async fn fetch_sources(
 /// One namespace as this round found it.
 struct Seen {
     snapshot: Snapshot,
-    /// Per target (in the snapshot's order): the daemon and its list, or why not.
-    observed: Vec<Listed>,
-    /// Per target: what it runs now or, while it cannot be listed, what it last ran.
-    known: Vec<Option<Arc<Vec<HostContainer>>>>,
-    /// Per target: since when it has not answered, if it does not.
-    unreachable_since: Vec<Option<u64>>,
+    /// Per target (in the snapshot's order): what its list showed, or why not.
+    observed: Vec<TargetSeen>,
     /// Per target: the connection, when it works though the list failed.
     working: Vec<Option<DockerHost>>,
 }
@@ -219,11 +215,8 @@ impl Observed {
             .map(|namespace| {
                 let snapshot = snapshot(manifests, namespace, &Pins::new());
                 let n = snapshot.targets.len();
-                let not_connected = DockerError::new(ErrorKind::Unreachable, "not connected");
                 Seen {
-                    observed: vec![Err(not_connected); n],
-                    known: vec![None; n],
-                    unreachable_since: vec![None; n],
+                    observed: vec![TargetSeen::not_connected(); n],
                     working: vec![None; n],
                     snapshot,
                 }
@@ -272,20 +265,6 @@ pub async fn observe_round(
         let snapshot = snapshot(manifests, namespace, &memory.pins);
         async move {
             let observed = observe(connections, &snapshot, Attempt::Fresh).await;
-            let known = snapshot
-                .targets
-                .iter()
-                .zip(&observed)
-                .map(|(target, observed)| match observed {
-                    Ok((_, listed)) => Some(listed.clone()),
-                    Err(_) => connections.last_listed(&target.uid),
-                })
-                .collect();
-            let unreachable_since = snapshot
-                .targets
-                .iter()
-                .map(|t| connections.unreachable_since(&t.uid))
-                .collect();
             let working = snapshot
                 .targets
                 .iter()
@@ -294,8 +273,6 @@ pub async fn observe_round(
             Seen {
                 snapshot,
                 observed,
-                known,
-                unreachable_since,
                 working,
             }
         }
@@ -340,12 +317,7 @@ async fn pin_images(
     now: u64,
 ) -> BTreeMap<ObjectKey, Result<Pin, String>> {
     let pinning = seen.iter().flat_map(|namespace| {
-        let listed: Vec<&HostContainer> = namespace
-            .known
-            .iter()
-            .flatten()
-            .flat_map(|l| l.iter())
-            .collect();
+        let listed: Vec<&HostContainer> = known_containers(&namespace.observed).collect();
         namespace.snapshot.containers.iter().map(move |container| {
             let before = pin_before(container, listed.iter().copied());
             let key = ObjectKey::new(
@@ -392,21 +364,7 @@ fn place_namespace(inputs: &RoundInputs<'_>, seen: &Seen, round: &mut Round) {
     } = *inputs;
     let snapshot = &seen.snapshot;
     let key_of = |kind: &str, name: &str| ObjectKey::new(kind, &snapshot.namespace, name);
-    let observations: HashMap<&str, Observation<'_>> = snapshot
-        .targets
-        .iter()
-        .zip(seen.observed.iter().zip(&seen.known))
-        .zip(&seen.unreachable_since)
-        .map(|((target, (observed, known)), unreachable_since)| {
-            let observation = Observation {
-                answering: observed.is_ok(),
-                unreachable_since: *unreachable_since,
-                listed: known.as_deref().map(Vec::as_slice),
-            };
-            (target.name.as_str(), observation)
-        })
-        .collect();
-    let placements = place_snapshot(snapshot, &observations, now, options.grace_secs);
+    let placements = place_snapshot(snapshot, &seen.observed, now, options.grace_secs);
     for unplaced in &placements.unplaced {
         if let Some(container) = snapshot.container(&unplaced.owner_uid) {
             round
@@ -456,7 +414,7 @@ fn place_namespace(inputs: &RoundInputs<'_>, seen: &Seen, round: &mut Round) {
         .zip(instances_by_target)
     {
         let mut protected_here = protected.clone();
-        let (host, error, containers_here) = match observed {
+        let (host, error, containers_here) = match &observed.listed {
             Ok((host, listed)) => (Some(host.clone()), None, listed.clone()),
             Err(e) => (working.clone(), Some(e.clone()), Arc::default()),
         };

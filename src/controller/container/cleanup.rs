@@ -50,7 +50,7 @@ pub(super) async fn cleanup(container: &DockerContainer, ctx: &Context) -> Resul
         .map(|i| i.target.as_str())
         .collect();
     let removals = views.iter().map(|view| async {
-        match &view.state {
+        match &view.seen.listed {
             Ok((host, listed)) => {
                 let mine: Vec<&HostContainer> = listed
                     .iter()

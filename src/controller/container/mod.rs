@@ -24,9 +24,7 @@ use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
 use self::cleanup::cleanup;
-use self::observe::{
-    TargetView, known_lists, observe_targets, owner_of, placements_for, snapshot_with,
-};
+use self::observe::{TargetView, observe_targets, owner_of, placements_for, snapshot_with};
 use self::status::{hold, statuses, write_status};
 use super::context::Context;
 use super::error::{Error, Result};
@@ -41,7 +39,7 @@ use crate::converge::engine::{
 use crate::converge::executor::Executor;
 use crate::converge::model::DesiredInstance;
 use crate::converge::status::is_ready;
-use crate::fleet::connections::Attempt;
+use crate::fleet::connections::{Attempt, known_containers};
 use crate::fleet::desired::{ImageFound, wanted};
 use crate::fleet::pins::{pin_before, pin_image};
 use crate::registry::pinning::Resolved;
@@ -97,9 +95,8 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
     let previous = container.status.clone().unwrap_or_default();
 
     let views = observe_targets(ctx, &snapshot, Attempt::Reuse).await;
-    let known = known_lists(ctx, &views);
-    let (placements, mut problems) = placements_for(ctx, &snapshot, &uid, &views, &known);
-    let before = pin_before(&entry, known.iter().flatten().flat_map(|l| l.iter()));
+    let (placements, mut problems) = placements_for(ctx, &snapshot, &uid, &views);
+    let before = pin_before(&entry, known_containers(views.iter().map(|v| &v.seen)));
     let pin = pin_image(&snapshot, &entry, before, unix_now()).await;
     let source = match &container.spec.image_source {
         Some(spec) => Some(ctx.fetcher.fetch(spec).await),
@@ -202,7 +199,7 @@ async fn converge_target(
     instances: Vec<DesiredInstance>,
     previous: &[InstanceStatus],
 ) -> TargetOutcome {
-    let (host, listed) = match &view.state {
+    let (host, listed) = match &view.seen.listed {
         Ok((host, listed)) => (host, listed),
         Err(error) => {
             if instances.is_empty() {

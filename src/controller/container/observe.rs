@@ -9,8 +9,8 @@ use crate::api::DockerContainer;
 use crate::controller::context::Context;
 use crate::converge::engine::unix_now;
 use crate::docker::HostContainer;
-use crate::fleet::connections::{Attempt, Listed, observe};
-use crate::fleet::placing::{Observation, place_snapshot};
+use crate::fleet::connections::{Attempt, TargetSeen, observe};
+use crate::fleet::placing::place_snapshot;
 use crate::fleet::{ContainerEntry, Recorded, Snapshot, TargetEntry};
 use crate::labels::LABEL_UID;
 use crate::placement::Placements;
@@ -19,8 +19,8 @@ use crate::placement::Placements;
 pub(super) struct TargetView<'a> {
     /// The target.
     pub target: &'a TargetEntry,
-    /// The daemon and every container labelled for the target, or why not.
-    pub state: Listed,
+    /// What one list call (or the last one) showed.
+    pub seen: TargetSeen,
 }
 
 /// Connects to (or reuses the connection of) every target of the namespace and lists its
@@ -35,7 +35,7 @@ pub(super) async fn observe_targets<'a>(
         .targets
         .iter()
         .zip(observed)
-        .map(|(target, state)| TargetView { target, state })
+        .map(|(target, seen)| TargetView { target, seen })
         .collect()
 }
 
@@ -67,20 +67,6 @@ pub(super) fn snapshot_with(
     (snapshot, entry)
 }
 
-/// What each target runs: this reconcile's list or, while it cannot be listed, its last.
-pub(super) fn known_lists(
-    ctx: &Context,
-    views: &[TargetView<'_>],
-) -> Vec<Option<Arc<Vec<HostContainer>>>> {
-    views
-        .iter()
-        .map(|v| match &v.state {
-            Ok((_, listed)) => Some(listed.clone()),
-            Err(_) => ctx.hosts.connections().last_listed(&v.target.uid),
-        })
-        .collect()
-}
-
 /// Places every replica of every DockerContainer of the namespace from what the daemons
 /// run (see [`place_snapshot`]), and says which of `uid`'s replicas have nowhere to go.
 pub(super) fn placements_for(
@@ -88,23 +74,10 @@ pub(super) fn placements_for(
     snapshot: &Snapshot,
     uid: &str,
     views: &[TargetView<'_>],
-    known: &[Option<Arc<Vec<HostContainer>>>],
 ) -> (Placements, Vec<String>) {
-    let observations = views
-        .iter()
-        .zip(known)
-        .map(|(v, known)| {
-            let observation = Observation {
-                answering: v.state.is_ok(),
-                unreachable_since: ctx.hosts.unreachable_since(&v.target.uid),
-                listed: known.as_deref().map(Vec::as_slice),
-            };
-            (v.target.name.as_str(), observation)
-        })
-        .collect();
     let placements = place_snapshot(
         snapshot,
-        &observations,
+        views.iter().map(|v| &v.seen),
         unix_now(),
         ctx.settings.grace.as_secs(),
     );
