@@ -53,8 +53,9 @@ pub struct TargetIdentity {
 /// What should run on one target.
 #[derive(Clone, Debug, Default)]
 pub struct DesiredSet {
-    /// The instances.
-    pub instances: Vec<DesiredInstance>,
+    /// The instances, shared with the plans made from them (a plan's actions index into
+    /// this slice, so planning copies none of them).
+    pub instances: Arc<[DesiredInstance]>,
     /// Owners whose containers must be left alone (their manifests are broken).
     pub protected_owners: HashSet<String>,
     /// When set, only containers of this owner UID are looked at: the controller
@@ -207,8 +208,12 @@ pub async fn converge_listed(
     } else {
         let owners: HashSet<&str> = held.iter().map(|d| d.owner.uid.as_str()).collect();
         let mut set = desired.clone();
-        set.instances
-            .retain(|d| !owners.contains(d.owner.uid.as_str()));
+        set.instances = set
+            .instances
+            .iter()
+            .filter(|d| !owners.contains(d.owner.uid.as_str()))
+            .cloned()
+            .collect();
         set.protected_owners
             .extend(owners.iter().map(|o| o.to_string()));
         holding = set;

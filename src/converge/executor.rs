@@ -13,8 +13,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::join_all;
-use futures::{StreamExt, stream};
+use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 
 use super::model::{DesiredInstance, previous_name};
@@ -139,25 +140,16 @@ impl Executor {
         }
     }
 
-    /// Runs every action of `plan`.
+    /// Runs every action of `plan`: the pulls first, then the rest, each phase up to
+    /// `concurrency` actions at once.
     pub async fn run(&self, plan: &Plan) -> Vec<Outcome> {
-        let desired = plan.instances.as_slice();
+        let desired = &plan.instances[..];
         let (pulls, others): (Vec<&Action>, Vec<&Action>) = plan
             .actions
             .iter()
             .partition(|a| matches!(a, Action::Pull { .. }));
         let no_failures = HashMap::new();
-        // Futures are made eagerly (they do nothing until polled): a stream that maps
-        // borrowed actions through a closure would not be `Send` for callers that spawn.
-        let pulls: Vec<_> = pulls
-            .into_iter()
-            .map(|action| self.run_one(action, desired, &no_failures))
-            .collect();
-        let mut outcomes: Vec<Outcome> = stream::iter(pulls)
-            .buffer_unordered(self.concurrency)
-            .flat_map(stream::iter)
-            .collect()
-            .await;
+        let mut outcomes = self.run_bounded(&pulls, desired, &no_failures).await;
         let failed_pulls: HashMap<String, String> = outcomes
             .iter()
             .filter_map(|o| {
@@ -167,17 +159,33 @@ impl Executor {
                     .map(|e| (o.subject.clone(), e.message.clone()))
             })
             .collect();
-        let others: Vec<_> = others
-            .into_iter()
-            .map(|action| self.run_one(action, desired, &failed_pulls))
-            .collect();
-        let rest: Vec<Outcome> = stream::iter(others)
-            .buffer_unordered(self.concurrency)
-            .flat_map(stream::iter)
-            .collect()
-            .await;
+        let rest = self.run_bounded(&others, desired, &failed_pulls).await;
         outcomes.extend(rest);
         outcomes
+    }
+
+    /// Runs `actions` with at most `concurrency` in flight. Each future is made only when
+    /// a slot frees: made all at once, a plan for hundreds of containers held hundreds of
+    /// action futures (kilobytes each) at its peak.
+    async fn run_bounded(
+        &self,
+        actions: &[&Action],
+        desired: &[DesiredInstance],
+        failed_pulls: &HashMap<String, String>,
+    ) -> Vec<Outcome> {
+        let mut waiting = actions.iter();
+        let mut running = FuturesUnordered::new();
+        let mut outcomes = Vec::with_capacity(actions.len());
+        loop {
+            while running.len() < self.concurrency {
+                let Some(action) = waiting.next() else { break };
+                running.push(self.run_one(action, desired, failed_pulls));
+            }
+            match running.next().await {
+                Some(done) => outcomes.extend(done),
+                None => return outcomes,
+            }
+        }
     }
 
     /// Runs one action; a `Recreate` has an outcome per container, the others one.

@@ -3,6 +3,8 @@
 //! as `updateStrategy` says (health gate included); standalone, the executor's own replace
 //! does the same, one replica at a time. Never a bare `docker restart` behind Stevedore's back.
 
+use std::sync::Arc;
+
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -87,7 +89,7 @@ pub async fn in_manifests(
             actions: vec![Action::Replace(Replacement {
                 old: ContainerRef::of(&current),
                 old_running: current.state == ContainerState::Running,
-                desired: 0,
+                desired,
                 reason: "restart requested".into(),
                 previous: previous_of(
                     instance,
@@ -96,7 +98,7 @@ pub async fn in_manifests(
                     &target.identity.manager,
                 ),
             })],
-            instances: vec![instance.clone()],
+            instances: Arc::clone(&target.desired.instances),
             ..Plan::default()
         };
         let executor = Executor::new(host.clone(), 1)

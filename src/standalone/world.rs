@@ -438,7 +438,7 @@ fn place_namespace(inputs: &RoundInputs<'_>, seen: &Seen, round: &mut Round) {
                 error,
                 observed: containers_here,
                 desired: DesiredSet {
-                    instances,
+                    instances: instances.into(),
                     protected_owners: protected_here,
                     owner_scope: None,
                 },

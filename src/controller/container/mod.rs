@@ -230,7 +230,7 @@ async fn converge_target(
         manager: ctx.settings.manager.clone(),
     };
     let desired = DesiredSet {
-        instances,
+        instances: instances.into(),
         owner_scope: Some(uid.to_string()),
         ..Default::default()
     };

@@ -20,6 +20,7 @@ mod replicas;
 mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::model::{DesiredInstance, previous_name};
 use crate::docker::{ContainerState, HostContainer};
@@ -97,8 +98,8 @@ pub struct PlanInput<'a> {
     pub target_uid: &'a str,
     /// This manager's identity.
     pub manager: &'a str,
-    /// What should run here.
-    pub desired: &'a [DesiredInstance],
+    /// What should run here (the plan shares it: its actions index into it).
+    pub desired: &'a Arc<[DesiredInstance]>,
     /// What one list call returned.
     pub observed: &'a [HostContainer],
     /// Image references and IDs the host holds.
@@ -209,20 +210,6 @@ pub struct Replacement {
 }
 
 impl Action {
-    /// Every index into the plan's instances the action holds.
-    fn instance_indices_mut(&mut self) -> Vec<&mut usize> {
-        match self {
-            Action::Pull { desired, .. }
-            | Action::Create { desired, .. }
-            | Action::Start { desired, .. } => vec![desired],
-            Action::Replace(replacement) => vec![&mut replacement.desired],
-            Action::Recreate { replacements, .. } => {
-                replacements.iter_mut().map(|r| &mut r.desired).collect()
-            }
-            Action::Remove { .. } => Vec::new(),
-        }
-    }
-
     /// The desired instances (indices) a `Replace` or `Recreate` makes new containers for.
     pub fn replaced(&self) -> Vec<usize> {
         match self {
@@ -364,9 +351,10 @@ impl Finding {
 pub struct Plan {
     /// Steps to run, pulls first.
     pub actions: Vec<Action>,
-    /// The desired instances the actions make containers for; an action's `desired` is an
-    /// index into this list, so a plan carries everything its execution needs.
-    pub instances: Vec<DesiredInstance>,
+    /// The desired instances it was planned from, shared with the `DesiredSet`; an
+    /// action's `desired` is an index into them, so a plan carries everything its
+    /// execution needs.
+    pub instances: Arc<[DesiredInstance]>,
     /// Differences reported, not repaired (`driftPolicy: Report`).
     pub drift: Vec<Finding>,
     /// Desired containers that cannot be made as asked (a host port clash, a missing image

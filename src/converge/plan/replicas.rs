@@ -3,6 +3,7 @@
 //! gathered into one plan with its pulls first.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use super::{Action, ContainerRef, Finding, Plan, PlanInput, Replacement, is_previous_of, label};
 use crate::api::container::{DriftPolicy, ImagePullPolicy, RestartPolicy, UpdateStrategyType};
@@ -324,23 +325,9 @@ impl<'a> Planner<'a> {
             })
             .chain(self.steps)
             .collect();
-        plan.instances = own_instances(&mut plan.actions, self.input.desired);
+        plan.instances = Arc::clone(self.input.desired);
         plan
     }
-}
-
-/// Copies the instances `actions` name out of `desired` (each once), and points the
-/// actions at the copies.
-fn own_instances(actions: &mut [Action], desired: &[DesiredInstance]) -> Vec<DesiredInstance> {
-    let mut instances = Vec::new();
-    let mut moved: HashMap<usize, usize> = HashMap::new();
-    for index in actions.iter_mut().flat_map(Action::instance_indices_mut) {
-        *index = *moved.entry(*index).or_insert_with(|| {
-            instances.push(desired[*index].clone());
-            instances.len() - 1
-        });
-    }
-    instances
 }
 
 fn remove(container: &HostContainer, stop_timeout_seconds: Option<i32>, reason: String) -> Action {

@@ -148,11 +148,14 @@ impl World {
     }
 }
 
+/// Plans `desired` against `world`, checking that the plan shares the desired instances
+/// (its actions index into them) rather than copying them.
 fn plan_for(world: &World, desired: &[DesiredInstance], protected: &HashSet<String>) -> Plan {
-    plan(&PlanInput {
+    let shared: Arc<[DesiredInstance]> = desired.into();
+    let plan = plan(&PlanInput {
         target_uid: TARGET,
         manager: MANAGER,
-        desired,
+        desired: &shared,
         observed: &world.containers,
         images: &world.images,
         protected_owners: protected,
@@ -160,7 +163,12 @@ fn plan_for(world: &World, desired: &[DesiredInstance], protected: &HashSet<Stri
         restarts: &RestartBook::default(),
         manual_stops: &HashSet::new(),
         now: 1_000_000,
-    })
+    });
+    assert!(
+        Arc::ptr_eq(&plan.instances, &shared),
+        "the plan copied its instances"
+    );
+    plan
 }
 
 /// One observed container: which owner/replica it claims, and how it differs.
@@ -388,7 +396,6 @@ fn a_converged_host_plans_nothing() {
     let plan = plan_for(&world, &desired, &HashSet::new());
     assert!(
         plan.is_empty()
-            && plan.instances.is_empty()
             && plan.drift.is_empty()
             && plan.blocked.is_empty()
             && plan.waiting.is_empty()
@@ -541,6 +548,7 @@ fn report_policy_reports_a_known_container_that_went_missing() {
     desired[0].drift_policy = DriftPolicy::Report;
     let world = world(&[], true);
     let known = HashSet::from([desired[0].name.clone()]);
+    let desired = desired.into();
     let plan = plan(&PlanInput {
         target_uid: TARGET,
         manager: MANAGER,
@@ -577,6 +585,7 @@ fn restarts_back_off_from_10_seconds_to_5_minutes() {
     book.record_restart("c", 1000);
     book.record_restart("c", 1001);
     let empty = HashSet::new();
+    let desired = desired.into();
     let input = |now| PlanInput {
         target_uid: TARGET,
         manager: MANAGER,

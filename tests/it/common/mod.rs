@@ -262,7 +262,7 @@ pub mod fixture {
         /// Asks for `instances` from now on.
         pub fn want(&self, instances: Vec<DesiredInstance>) {
             let _ = self.desired.send(std::sync::Arc::new(DesiredSet {
-                instances,
+                instances: instances.into(),
                 ..Default::default()
             }));
         }
@@ -348,7 +348,7 @@ pub mod fixture {
             instances: Vec<DesiredInstance>,
         ) -> stevedore::converge::engine::ConvergeReport {
             let desired = DesiredSet {
-                instances,
+                instances: instances.into(),
                 ..Default::default()
             };
             stevedore::converge::engine::converge_once(
@@ -378,7 +378,7 @@ pub mod fixture {
         ) -> ConvergeLoop {
             let (desired, desired_rx) =
                 tokio::sync::watch::channel(std::sync::Arc::new(DesiredSet {
-                    instances,
+                    instances: instances.into(),
                     ..Default::default()
                 }));
             let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
