@@ -33,4 +33,5 @@ mod registry;
 mod reliability;
 mod secrets;
 mod shutdown;
+mod simulator;
 mod standalone;

@@ -1,5 +1,6 @@
 //! The engines the harness runs — Docker 20.10 (the machine's own), Docker 26 and Podman
-//! 4.3 — so that one scenario can run against each: `on_every_engine!(scenario)` makes a
+//! 4.3 — and the simulated daemon the fleet benchmarks use (`sim`), which must pass the
+//! same scenarios, so that one scenario can run against each: `on_every_engine!(scenario)` makes a
 //! module `scenario` with one test per engine, each calling `scenario(engine)` (invoke it as
 //! `crate::on_every_engine!`: it is exported at the test binary's root).
 
@@ -17,23 +18,27 @@ pub enum Engine {
     Docker26,
     /// Podman 4.3's Docker-compatible service.
     Podman,
+    /// The simulated daemon of `common::sim`, served from this test process.
+    Simulated,
 }
 
 impl Engine {
     /// The engine's unix socket address (`unix://…`), for the docker CLI and target specs.
     pub fn address(self, env: &TestEnv) -> String {
-        env.get(match self {
+        let variable = match self {
             Self::Docker20 => "MAIN_HOST",
             Self::Docker26 => "DOCKER26_HOST",
             Self::Podman => "PODMAN_HOST",
-        })
+            Self::Simulated => return super::sim::shared().address(0),
+        };
+        env.get(variable)
     }
 
     /// The network a container joins when it names none: `bridge` on Docker, `podman` on
     /// Podman.
     pub fn default_network(self) -> &'static str {
         match self {
-            Self::Docker20 | Self::Docker26 => "bridge",
+            Self::Docker20 | Self::Docker26 | Self::Simulated => "bridge",
             Self::Podman => "podman",
         }
     }
@@ -73,6 +78,11 @@ macro_rules! on_every_engine {
             #[tokio::test]
             async fn podman() {
                 super::$scenario(Engine::Podman).await;
+            }
+
+            #[tokio::test]
+            async fn simulated() {
+                super::$scenario(Engine::Simulated).await;
             }
         }
     )+};

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod engines;
 pub mod fake_api;
 pub mod proxy;
+pub mod sim;
 pub mod tripwire;
 pub mod workspace;
 
