@@ -402,15 +402,34 @@ pub async fn run_once(
                 .with_target_name(&key.name)
                 .with_shutdown(shutdown.clone());
             let mut memory = memories.remove(key).unwrap_or_default();
+            // The round listed each target it reached a moment ago: converge from that
+            // list rather than asking again (a target it could not list is asked afresh).
+            let listed = target
+                .error
+                .is_none()
+                .then(|| target.observed.as_ref().clone());
             Some(async move {
-                let result = engine::converge_once(
-                    &host,
-                    &executor,
-                    &target.identity,
-                    &target.desired,
-                    &mut memory,
-                )
-                .await;
+                let result = match listed {
+                    Some(listed) => Ok(engine::converge_listed(
+                        &host,
+                        &executor,
+                        &target.identity,
+                        &target.desired,
+                        &mut memory,
+                        listed,
+                    )
+                    .await),
+                    None => {
+                        engine::converge_once(
+                            &host,
+                            &executor,
+                            &target.identity,
+                            &target.desired,
+                            &mut memory,
+                        )
+                        .await
+                    }
+                };
                 (key.clone(), memory, result)
             })
         });

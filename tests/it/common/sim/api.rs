@@ -80,7 +80,7 @@ async fn route(
     auth: Option<(String, String)>,
     body: &Bytes,
 ) -> Result<Response<Body>, Refusal> {
-    let wait = |call: &'static str| tokio::time::sleep(daemon.latency(call));
+    let wait = |call: &'static str| tokio::time::sleep(daemon.call(call));
     match (method, segments) {
         (&Method::GET | &Method::HEAD, ["_ping"]) => Ok(ping()),
         (&Method::GET, ["version"]) => {
@@ -203,7 +203,10 @@ async fn route(
                 text.into_bytes(),
             ))
         }
-        (&Method::GET, ["events"]) => Ok(events(daemon, filters(query))),
+        (&Method::GET, ["events"]) => {
+            daemon.call("events");
+            Ok(events(daemon, filters(query)))
+        }
         _ => Err(refusal(404, "page not found")),
     }
 }

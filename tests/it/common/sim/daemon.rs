@@ -162,6 +162,7 @@ pub struct Daemon {
     fleet: Arc<Fleet>,
     runtime: tokio::runtime::Handle,
     serial: AtomicU64,
+    calls: Mutex<BTreeMap<&'static str, u64>>,
     /// This daemon's number, for container IDs and addresses unique in the fleet.
     index: usize,
 }
@@ -185,6 +186,7 @@ impl Daemon {
             fleet,
             runtime,
             serial: AtomicU64::new(0),
+            calls: Mutex::default(),
             index,
         })
     }
@@ -194,9 +196,20 @@ impl Daemon {
         self.world.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The per-call latency of `call`, drawn from the profile.
-    pub fn latency(&self, call: &str) -> Duration {
+    /// Counts one `call` and returns its latency, drawn from the profile.
+    pub fn call(&self, call: &'static str) -> Duration {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(call)
+            .or_default() += 1;
         self.profile.latency(call)
+    }
+
+    /// How many calls of each kind this daemon answered so far.
+    pub fn calls(&self) -> BTreeMap<&'static str, u64> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Subscribes to events from now on.
