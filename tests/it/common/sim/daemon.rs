@@ -154,6 +154,23 @@ struct World {
     names: HashMap<String, String>,
 }
 
+impl World {
+    /// The container `id_or_name` names (an ID, a unique ID prefix or a name), or Docker's
+    /// 404.
+    fn find(&self, id_or_name: &str) -> Result<&Container, Refusal> {
+        Daemon::resolve(self, id_or_name)
+            .and_then(|id| self.containers.get(&id))
+            .ok_or_else(|| Refusal::no_such_container(id_or_name))
+    }
+
+    /// [`World::find`], to change it.
+    fn find_mut(&mut self, id_or_name: &str) -> Result<&mut Container, Refusal> {
+        let id = Daemon::resolve(self, id_or_name);
+        id.and_then(|id| self.containers.get_mut(&id))
+            .ok_or_else(|| Refusal::no_such_container(id_or_name))
+    }
+}
+
 /// A simulated daemon.
 pub struct Daemon {
     world: Mutex<World>,
@@ -490,11 +507,7 @@ impl Daemon {
     /// `POST /containers/{id}/start`: `Ok(false)` when it already runs (304).
     pub fn start(self: &Arc<Self>, id_or_name: &str) -> Result<bool, Refusal> {
         let mut world = self.world();
-        let id = Self::resolve(&world, id_or_name)
-            .ok_or_else(|| Refusal::no_such_container(id_or_name))?;
-        let Some(container) = world.containers.get_mut(&id) else {
-            return Err(Refusal::no_such_container(id_or_name));
-        };
+        let container = world.find_mut(id_or_name)?;
         if container.life == Life::Running {
             return Ok(false);
         }
@@ -734,11 +747,8 @@ impl Daemon {
     ) -> Result<bool, Refusal> {
         let (id, run, wait) = {
             let world = self.world();
-            let id = Self::resolve(&world, id_or_name)
-                .ok_or_else(|| Refusal::no_such_container(id_or_name))?;
-            let Some(container) = world.containers.get(&id) else {
-                return Err(Refusal::no_such_container(id_or_name));
-            };
+            let container = world.find(id_or_name)?;
+            let id = container.id.clone();
             if container.life != Life::Running {
                 if container.life == Life::Restarting {
                     drop(world);
@@ -781,11 +791,8 @@ impl Daemon {
     pub fn kill(self: &Arc<Self>, id_or_name: &str, signal: &str) -> Result<(), Refusal> {
         let (id, run) = {
             let world = self.world();
-            let id = Self::resolve(&world, id_or_name)
-                .ok_or_else(|| Refusal::no_such_container(id_or_name))?;
-            let Some(container) = world.containers.get(&id) else {
-                return Err(Refusal::no_such_container(id_or_name));
-            };
+            let container = world.find(id_or_name)?;
+            let id = container.id.clone();
             if container.life != Life::Running {
                 return Err(Refusal::new(
                     409,
@@ -808,16 +815,10 @@ impl Daemon {
     pub fn remove(self: &Arc<Self>, id_or_name: &str, force: bool) -> Result<(), Refusal> {
         let running = {
             let world = self.world();
-            let id = Self::resolve(&world, id_or_name)
-                .ok_or_else(|| Refusal::no_such_container(id_or_name))?;
-            world
-                .containers
-                .get(&id)
-                .map(|c| (id.clone(), c.run, c.life))
+            let container = world.find(id_or_name)?;
+            (container.id.clone(), container.run, container.life)
         };
-        let Some((id, run, life)) = running else {
-            return Err(Refusal::no_such_container(id_or_name));
-        };
+        let (id, run, life) = running;
         if life == Life::Running {
             if !force {
                 return Err(Refusal::new(
@@ -847,8 +848,7 @@ impl Daemon {
     /// `POST /containers/{id}/rename?name=…`.
     pub fn rename(&self, id_or_name: &str, new_name: &str) -> Result<(), Refusal> {
         let mut world = self.world();
-        let id = Self::resolve(&world, id_or_name)
-            .ok_or_else(|| Refusal::no_such_container(id_or_name))?;
+        let id = world.find(id_or_name)?.id.clone();
         let new_name = new_name.trim_start_matches('/').to_string();
         if let Some(holder) = world.names.get(&new_name)
             && *holder != id
@@ -862,9 +862,7 @@ impl Daemon {
                 ),
             ));
         }
-        let Some(container) = world.containers.get_mut(&id) else {
-            return Err(Refusal::no_such_container(id_or_name));
-        };
+        let container = world.find_mut(&id)?;
         let old = std::mem::replace(&mut container.name, new_name.clone());
         self.emit(container, "rename", &[("oldName", format!("/{old}"))]);
         world.names.remove(&old);
@@ -875,11 +873,7 @@ impl Daemon {
     /// `POST /containers/{id}/update` (the restart policy is all Stevedore changes).
     pub fn update(&self, id_or_name: &str, body: &Value) -> Result<(), Refusal> {
         let mut world = self.world();
-        let id = Self::resolve(&world, id_or_name)
-            .ok_or_else(|| Refusal::no_such_container(id_or_name))?;
-        let Some(container) = world.containers.get_mut(&id) else {
-            return Err(Refusal::no_such_container(id_or_name));
-        };
+        let container = world.find_mut(id_or_name)?;
         if let Some(name) = body["RestartPolicy"]["Name"].as_str() {
             container.restart_policy = if name.is_empty() { "no" } else { name }.to_string();
             container.body["HostConfig"]["RestartPolicy"] = body["RestartPolicy"].clone();
@@ -905,12 +899,7 @@ impl Daemon {
     /// `GET /containers/{id}/json`.
     pub fn inspect(&self, id_or_name: &str) -> Result<Value, Refusal> {
         let world = self.world();
-        let id = Self::resolve(&world, id_or_name)
-            .ok_or_else(|| Refusal::no_such_container(id_or_name))?;
-        let c = world
-            .containers
-            .get(&id)
-            .ok_or_else(|| Refusal::no_such_container(id_or_name))?;
+        let c = world.find(id_or_name)?;
         let mut config = c.body.clone();
         if let Some(map) = config.as_object_mut() {
             map.remove("HostConfig");
@@ -960,12 +949,7 @@ impl Daemon {
         tail: Option<usize>,
     ) -> Result<Vec<(u8, String)>, Refusal> {
         let world = self.world();
-        let id = Self::resolve(&world, id_or_name)
-            .ok_or_else(|| Refusal::no_such_container(id_or_name))?;
-        let c = world
-            .containers
-            .get(&id)
-            .ok_or_else(|| Refusal::no_such_container(id_or_name))?;
+        let c = world.find(id_or_name)?;
         let skip = tail.map_or(0, |n| c.logs.len().saturating_sub(n));
         Ok(c.logs[skip..].to_vec())
     }
