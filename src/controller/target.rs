@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
 use super::context::Context;
@@ -24,6 +25,7 @@ use super::outcome::apply_status;
 use crate::api::DockerTarget;
 use crate::api::target::DockerTargetStatus;
 use crate::conditions::{keep_transition_times, now_time, target_conditions};
+use crate::docker::HostContainer;
 use crate::docker::material::target_material;
 use crate::labels::{LABEL_MANAGER, LABEL_UID};
 
@@ -103,6 +105,36 @@ async fn release(target: &DockerTarget, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// The UIDs of every object in `store`.
+fn uids<K>(store: &Store<K>) -> HashSet<String>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.state().iter().filter_map(|o| o.uid()).collect()
+}
+
+/// How many of `listed` this manager manages; those whose DockerContainer is gone are
+/// logged (they are left running, not removed).
+fn count_managed(target: &DockerTarget, listed: &[HostContainer], ctx: &Context) -> i32 {
+    let ours = listed
+        .iter()
+        .filter(|c| c.labels.get(LABEL_MANAGER) == Some(&ctx.settings.manager));
+    let owners = uids(&ctx.stores.containers);
+    let unowned = ours
+        .clone()
+        .filter(|c| c.labels.get(LABEL_UID).is_none_or(|u| !owners.contains(u)))
+        .count();
+    if unowned > 0 {
+        tracing::info!(
+            target = %target.name_any(),
+            unowned,
+            "containers whose DockerContainer no longer exists are left running"
+        );
+    }
+    i32::try_from(ours.count()).unwrap_or(i32::MAX)
+}
+
 async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
     let namespace = target
         .namespace()
@@ -111,14 +143,8 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         .uid()
         .ok_or_else(|| Error::InvalidObject("DockerTarget has no metadata.uid".into()))?;
     // Connections of deleted targets go (and their event streams with them).
-    let live: HashSet<String> = ctx
-        .stores
-        .targets
-        .state()
-        .iter()
-        .filter_map(|t| t.uid())
-        .chain([uid.clone()])
-        .collect();
+    let mut live = uids(&ctx.stores.targets);
+    live.insert(uid.clone());
     ctx.hosts.retain(&live);
 
     let sources = ctx.stores.sources(&namespace);
@@ -135,28 +161,7 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
                 status.server = Some(info);
                 // Through the cache: a failure marks the connection, a list is remembered.
                 if let Ok(listed) = ctx.hosts.connections().list(&uid, &host).await {
-                    let ours = listed
-                        .iter()
-                        .filter(|c| c.labels.get(LABEL_MANAGER) == Some(&ctx.settings.manager));
-                    let owners: HashSet<String> = ctx
-                        .stores
-                        .containers
-                        .state()
-                        .iter()
-                        .filter_map(|c| c.uid())
-                        .collect();
-                    let unowned = ours
-                        .clone()
-                        .filter(|c| c.labels.get(LABEL_UID).is_none_or(|u| !owners.contains(u)))
-                        .count();
-                    if unowned > 0 {
-                        tracing::info!(
-                            target = %target.name_any(),
-                            unowned,
-                            "containers whose DockerContainer no longer exists are left running"
-                        );
-                    }
-                    status.managed_containers = i32::try_from(ours.count()).unwrap_or(i32::MAX);
+                    status.managed_containers = count_managed(target, &listed, ctx);
                 }
                 if let Ok(images) = host.list_images().await {
                     status.record_images(images);
