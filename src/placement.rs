@@ -44,6 +44,10 @@ pub struct Workload {
     pub placement: PlacementSpec,
     /// Host ports each replica publishes.
     pub host_ports: Vec<HostPort>,
+    /// Only its running replicas count (as load and ports); none is placed anew here. A
+    /// controller reconcile places one DockerContainer's replicas among its own targets
+    /// and counts the others' as they run, as a scheduler places one pod at a time.
+    pub settled: bool,
 }
 
 /// A replica that already runs somewhere (read from container labels).
@@ -126,6 +130,13 @@ pub fn place(
     let mut load: HashMap<&str, Load<'_>> = HashMap::new();
     let mut result = Placements::default();
     let mut pending: Vec<(&Workload, u32)> = Vec::new();
+    // The first place each replica runs, found in one pass (a fleet has one per replica).
+    let mut running: HashMap<(&str, u32), &str> = HashMap::with_capacity(existing.len());
+    for e in existing {
+        running
+            .entry((e.owner_uid.as_str(), e.replica))
+            .or_insert(e.target.as_str());
+    }
 
     // Keep what already runs where it may stay.
     let mut ordered: Vec<&Workload> = workloads.iter().collect();
@@ -133,10 +144,9 @@ pub fn place(
     for workload in &ordered {
         let replicas = wanted_replicas(&workload.placement);
         for replica in 0..replicas {
-            let current = existing
-                .iter()
-                .find(|e| e.owner_uid == workload.owner_uid && e.replica == replica)
-                .and_then(|e| by_name.get(e.target.as_str()).copied());
+            let current = running
+                .get(&(workload.owner_uid.as_str(), replica))
+                .and_then(|target| by_name.get(target).copied());
             let allowed = current.filter(|t| {
                 holds(t)
                     && match &workload.placement.target {
@@ -146,6 +156,7 @@ pub fn place(
             });
             match allowed {
                 Some(target) => assign(&mut load, &mut result, workload, replica, target),
+                None if workload.settled => {}
                 None => pending.push((workload, replica)),
             }
         }
@@ -242,6 +253,38 @@ fn wanted_replicas(placement: &PlacementSpec) -> u32 {
     u32::try_from(placement.replicas).unwrap_or(0)
 }
 
+/// Which targets a placement may put replicas on, read once and asked of many targets.
+pub enum Reach {
+    /// `placement.target`: that one target.
+    Named(String),
+    /// `targetSelector`: the targets whose labels match.
+    Selected(Selector),
+    /// Neither, or a selector that cannot be used: no target.
+    Nothing,
+}
+
+impl Reach {
+    /// What `placement` may reach.
+    pub fn of(placement: &PlacementSpec) -> Self {
+        match (&placement.target, &placement.target_selector) {
+            (Some(name), _) => Self::Named(name.clone()),
+            (None, Some(selector)) => Selector::try_from(selector.clone())
+                .map(Self::Selected)
+                .unwrap_or(Self::Nothing),
+            (None, None) => Self::Nothing,
+        }
+    }
+
+    /// Whether the target `name` with `labels` is within reach.
+    pub fn includes(&self, name: &str, labels: Option<&BTreeMap<String, String>>) -> bool {
+        match self {
+            Self::Named(named) => named == name,
+            Self::Selected(selector) => selector.matches(labels.unwrap_or(&BTreeMap::new())),
+            Self::Nothing => false,
+        }
+    }
+}
+
 /// Whether a selector placement selects `target`; an unusable selector is an error.
 fn selects(placement: &PlacementSpec, target: &TargetInfo) -> Result<bool, String> {
     let Some(selector) = &placement.target_selector else {
@@ -286,6 +329,7 @@ mod tests {
                     protocol: Protocol::Tcp,
                 })
                 .collect(),
+            settled: false,
         }
     }
 
@@ -383,6 +427,31 @@ mod tests {
     }
 
     #[test]
+    fn a_settled_workload_counts_where_it_runs_and_places_nothing() {
+        let targets = [target("edge-1", "edge"), target("edge-2", "edge")];
+        let running = Existing {
+            owner_uid: "other".into(),
+            replica: 0,
+            target: "edge-1".into(),
+        };
+        let other = Workload {
+            settled: true,
+            ..spread("other", 3, &[80])
+        };
+        let p = place(
+            &targets,
+            &[other, spread("mine", 1, &[80])],
+            std::slice::from_ref(&running),
+            0,
+            300,
+        );
+        // Its replica on edge-1 holds port 80 there; its two missing ones go nowhere.
+        assert_eq!(targets_of(&p, "other"), ["edge-1"]);
+        assert!(p.unplaced.iter().all(|u| u.owner_uid != "other"));
+        assert_eq!(targets_of(&p, "mine"), ["edge-2"]);
+    }
+
+    #[test]
     fn a_pinned_replica_goes_to_its_target_or_says_it_is_missing() {
         let pinned = Workload {
             owner_uid: "p".into(),
@@ -392,6 +461,7 @@ mod tests {
                 replicas: 1,
             },
             host_ports: vec![],
+            settled: false,
         };
         let p = place(
             &[target("edge-1", "edge")],

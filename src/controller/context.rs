@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Client;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::watch;
 
 use super::events::EventRecorder;
@@ -16,7 +15,10 @@ use super::hosts::Hosts;
 use super::metrics::Metrics;
 
 use crate::api::{DockerContainer, DockerContainerSpec, DockerTarget, Registry};
+use crate::docker::HostContainer;
 use crate::fleet::{ContainerEntry, Recorded, Snapshot, TargetEntry};
+use crate::labels::{LABEL_NAME, LABEL_UID};
+use crate::placement::Reach;
 use crate::registry::credentials::registry_for;
 use crate::shutdown::Shutdown;
 use crate::sources::StaticSources;
@@ -112,56 +114,105 @@ impl Stores {
         }
     }
 
-    /// What is wanted in one namespace, from the caches: the pipeline's input (see
-    /// [`crate::fleet`]). What each DockerContainer's status records fills the gaps left
-    /// by targets that cannot be listed.
-    pub fn snapshot(&self, namespace: &str) -> Snapshot {
-        let in_namespace = |meta: &ObjectMeta| meta.namespace.as_deref() == Some(namespace);
-        let name_of = |meta: &ObjectMeta| meta.name.clone().unwrap_or_default();
-        let uid_of = |meta: &ObjectMeta| meta.uid.clone().unwrap_or_default();
-        let mut snapshot = Snapshot {
-            namespace: namespace.to_string(),
-            targets: self
-                .targets
-                .state()
-                .into_iter()
-                .filter(|t| in_namespace(&t.metadata))
-                .map(|t| TargetEntry {
-                    name: name_of(&t.metadata),
-                    uid: uid_of(&t.metadata),
-                    object: t,
-                })
-                .collect(),
-            held_targets: Vec::new(),
-            containers: self
-                .containers
-                .state()
-                .into_iter()
-                .filter(|c| in_namespace(&c.metadata))
-                .map(|c| ContainerEntry {
-                    name: name_of(&c.metadata),
-                    uid: uid_of(&c.metadata),
-                    recorded: c
-                        .status
-                        .as_ref()
-                        .map(Recorded::from_status)
-                        .unwrap_or_default(),
-                    object: c,
-                })
-                .collect(),
-            registries: self
-                .registries
-                .state()
-                .into_iter()
-                .filter(|r| in_namespace(&r.metadata))
-                .map(|r| (name_of(&r.metadata), r))
-                .collect(),
-            sources: self.sources(namespace),
+    /// What one DockerContainer's reconcile works from, read from the caches: the targets
+    /// its placement may reach or its status records instances on, the object itself as it
+    /// was handed over (the cache may not hold it yet), and its namespace's registries and
+    /// sources. The other DockerContainers join later, through what those targets run (see
+    /// [`Stores::neighbours`]): a reconcile costs what its own targets cost, not what the
+    /// namespace holds.
+    pub fn snapshot_for(&self, container: &DockerContainer) -> (Snapshot, ContainerEntry) {
+        let namespace = container.metadata.namespace.clone().unwrap_or_default();
+        let reach = Reach::of(&container.spec.placement);
+        let recorded = container
+            .status
+            .as_ref()
+            .map(Recorded::from_status)
+            .unwrap_or_default();
+        let in_scope = |t: &DockerTarget| {
+            let name = t.metadata.name.as_deref().unwrap_or_default();
+            t.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && (reach.includes(name, t.metadata.labels.as_ref())
+                    || recorded.replicas.iter().any(|(on, _)| on == name))
         };
-        snapshot.targets.sort_by(|a, b| a.name.cmp(&b.name));
-        snapshot.containers.sort_by(|a, b| a.name.cmp(&b.name));
-        snapshot.registries.sort_by(|a, b| a.0.cmp(&b.0));
-        snapshot
+        let mut targets: Vec<TargetEntry> = self
+            .targets
+            .state()
+            .into_iter()
+            .filter(|t| in_scope(t))
+            .map(|t| TargetEntry {
+                name: t.metadata.name.clone().unwrap_or_default(),
+                uid: t.metadata.uid.clone().unwrap_or_default(),
+                object: t,
+            })
+            .collect();
+        targets.sort_by(|a, b| a.name.cmp(&b.name));
+        let entry = ContainerEntry {
+            name: container.metadata.name.clone().unwrap_or_default(),
+            uid: container.metadata.uid.clone().unwrap_or_default(),
+            object: Arc::new(container.clone()),
+            recorded,
+        };
+        let mut registries: Vec<(String, Arc<Registry>)> = self
+            .registries
+            .state()
+            .into_iter()
+            .filter(|r| r.metadata.namespace.as_deref() == Some(namespace.as_str()))
+            .map(|r| (r.metadata.name.clone().unwrap_or_default(), r))
+            .collect();
+        registries.sort_by(|a, b| a.0.cmp(&b.0));
+        let snapshot = Snapshot {
+            sources: self.sources(&namespace),
+            namespace,
+            targets,
+            held_targets: Vec::new(),
+            containers: vec![entry.clone()],
+            registries,
+        };
+        (snapshot, entry)
+    }
+
+    /// The other DockerContainers whose containers `listed` shows (by their name and UID
+    /// labels), looked up one by one: they share the snapshot's targets, so placement
+    /// counts their replicas there.
+    pub fn neighbours<'c>(
+        &self,
+        snapshot: &Snapshot,
+        listed: impl IntoIterator<Item = &'c HostContainer>,
+    ) -> Vec<ContainerEntry> {
+        let mut found: BTreeMap<&str, ContainerEntry> = BTreeMap::new();
+        for container in listed {
+            let (Some(uid), Some(name)) = (
+                container.labels.get(LABEL_UID),
+                container.labels.get(LABEL_NAME),
+            ) else {
+                continue;
+            };
+            if found.contains_key(uid.as_str()) || snapshot.container(uid).is_some() {
+                continue;
+            }
+            let key = ObjectRef::new(name).within(&snapshot.namespace);
+            let Some(object) = self.containers.get(&key) else {
+                continue;
+            };
+            if object.metadata.uid.as_deref() != Some(uid.as_str()) {
+                continue;
+            }
+            let recorded = object
+                .status
+                .as_ref()
+                .map(Recorded::from_status)
+                .unwrap_or_default();
+            found.insert(
+                uid,
+                ContainerEntry {
+                    name: name.clone(),
+                    uid: uid.clone(),
+                    object,
+                    recorded,
+                },
+            );
+        }
+        found.into_values().collect()
     }
 }
 

@@ -35,10 +35,12 @@ pub enum HostSignal {
         name: String,
     },
     /// The stream (re)connected and may have missed events: reconcile every
-    /// DockerContainer of the target's namespace.
+    /// DockerContainer placed, or placeable, on the target.
     Resync {
         /// The target's namespace.
         namespace: String,
+        /// The target's name.
+        target: String,
     },
 }
 
@@ -87,7 +89,7 @@ impl SessionObserver for Sessions {
         let watcher = tokio::spawn(follow_events(
             host.clone(),
             target.uid.to_string(),
-            target.namespace.to_string(),
+            (target.namespace.to_string(), target.name.to_string()),
             self.signals.clone(),
             session.manual_stops.clone(),
         ));
@@ -203,11 +205,11 @@ impl Hosts {
 }
 
 /// Follows a daemon's events for one target's containers until aborted: every disruptive
-/// event reconciles the container's owner; every (re)connect resyncs the namespace.
+/// event reconciles the container's owner; every (re)connect resyncs what the target runs.
 async fn follow_events(
     host: DockerHost,
     target_uid: String,
-    namespace: String,
+    (namespace, target): (String, String),
     signals: mpsc::UnboundedSender<HostSignal>,
     manual_stops: Arc<Mutex<HashSet<String>>>,
 ) {
@@ -215,6 +217,7 @@ async fn follow_events(
         let signal = match heard {
             Heard::Connected => HostSignal::Resync {
                 namespace: namespace.clone(),
+                target: target.clone(),
             },
             Heard::Disruption(event) => match event.owner {
                 Some((namespace, name)) => HostSignal::Owner { namespace, name },

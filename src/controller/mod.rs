@@ -25,7 +25,7 @@ pub mod rbac;
 pub mod registry;
 pub mod target;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +48,7 @@ use self::metrics::Metrics;
 use self::outcome::error_policy;
 use crate::api::{DockerContainer, DockerTarget, Registry};
 use crate::docker::ConnectOptions;
+use crate::placement::Reach;
 use crate::shutdown::Shutdown;
 
 /// Leader election settings.
@@ -255,12 +256,45 @@ fn users_of(
         .collect()
 }
 
-/// Every DockerContainer of a namespace.
-fn all_in(containers: &Store<DockerContainer>, namespace: &str) -> Vec<ObjectRef<DockerContainer>> {
+/// The DockerContainers a change of the target `name` in `namespace`, labelled `labels`,
+/// concerns: those whose placement may reach it and those whose status records instances
+/// there (they may have to leave).
+fn placed_on(
+    containers: &Store<DockerContainer>,
+    namespace: &str,
+    name: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> Vec<ObjectRef<DockerContainer>> {
     containers
         .state()
         .iter()
         .filter(|c| c.namespace().as_deref() == Some(namespace))
+        .filter(|c| {
+            Reach::of(&c.spec.placement).includes(name, labels)
+                || c.status
+                    .iter()
+                    .flat_map(|s| &s.instances)
+                    .any(|i| i.target == name)
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// The DockerContainers whose image the Registry serves.
+fn pulling_from(
+    containers: &Store<DockerContainer>,
+    registries: &Store<Registry>,
+    registry: &Registry,
+) -> Vec<ObjectRef<DockerContainer>> {
+    let namespace = registry.namespace().unwrap_or_default();
+    containers
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|c| {
+            registry_serving(registries, &namespace, &c.spec)
+                .is_some_and(|r| r.metadata.name == registry.metadata.name)
+        })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
@@ -527,10 +561,10 @@ async fn run_controllers(
         )
     };
 
-    // Daemon events: the owner of a container that died or vanished, or everything of
-    // the namespace after the stream reconnected.
+    // Daemon events: the owner of a container that died or vanished, or everything placed
+    // on the target after the stream reconnected.
     {
-        let containers = containers.clone();
+        let (containers, targets) = (containers.clone(), targets.clone());
         let container_tx = container_tx.clone();
         let mut signals = signals;
         tokio::spawn(async move {
@@ -539,7 +573,11 @@ async fn run_controllers(
                     HostSignal::Owner { namespace, name } => {
                         vec![ObjectRef::new(&name).within(&namespace)]
                     }
-                    HostSignal::Resync { namespace } => all_in(&containers, &namespace),
+                    HostSignal::Resync { namespace, target } => {
+                        let known = targets.get(&ObjectRef::new(&target).within(&namespace));
+                        let labels = known.as_ref().and_then(|t| t.metadata.labels.as_ref());
+                        placed_on(&containers, &namespace, &target, labels)
+                    }
                 };
                 for r in refs {
                     let _ = container_tx.send(r);
@@ -568,13 +606,19 @@ async fn run_controllers(
         deletions: Default::default(),
     });
 
+    // A target's change reaches the DockerContainers placed on it, a Registry's those
+    // pulling from it: never the whole namespace (a fleet has thousands).
     let target_changes = {
         let containers = containers.clone();
-        move |target: DockerTarget| all_in(&containers, &target.namespace().unwrap_or_default())
+        move |target: DockerTarget| {
+            let namespace = target.namespace().unwrap_or_default();
+            let labels = target.metadata.labels.as_ref();
+            placed_on(&containers, &namespace, &target.name_any(), labels)
+        }
     };
     let registry_changes = {
-        let containers = containers.clone();
-        move |registry: Registry| all_in(&containers, &registry.namespace().unwrap_or_default())
+        let (containers, registries) = (containers.clone(), registries.clone());
+        move |registry: Registry| pulling_from(&containers, &registries, &registry)
     };
     // Only what DockerContainers depend on wakes them: not a target's heartbeat, images
     // or container count, not a Registry's catalog.
@@ -706,6 +750,59 @@ mod tests {
     }
 
     #[test]
+    fn a_target_change_reaches_only_what_is_placed_on_it() {
+        let mut recorded = mk_container(
+            "a",
+            "was-there",
+            json!({"image": "x", "placement": {"target": "other"}}),
+        );
+        recorded.status = serde_json::from_value(json!({
+            "instances": [{"target": "edge-1", "containerName": "a_was-there_0", "state": "running"}]
+        }))
+        .unwrap_or_else(|e| panic!("status fixture: {e}"));
+        let containers = mk_store(vec![
+            mk_container(
+                "a",
+                "pinned",
+                json!({"image": "x", "placement": {"target": "edge-1"}}),
+            ),
+            mk_container(
+                "a",
+                "pinned-elsewhere",
+                json!({"image": "x", "placement": {"target": "edge-2"}}),
+            ),
+            mk_container(
+                "a",
+                "selects",
+                json!({"image": "x", "placement": {"targetSelector": {"matchLabels": {"site": "north"}}}}),
+            ),
+            mk_container(
+                "a",
+                "selects-others",
+                json!({"image": "x", "placement": {"targetSelector": {"matchLabels": {"site": "south"}}}}),
+            ),
+            recorded,
+            mk_container(
+                "b",
+                "same-name-other-namespace",
+                json!({"image": "x", "placement": {"target": "edge-1"}}),
+            ),
+        ]);
+        let labels = BTreeMap::from([("site".to_string(), "north".to_string())]);
+        let mut names: Vec<String> = placed_on(&containers, "a", "edge-1", Some(&labels))
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["pinned", "selects", "was-there"]);
+        let unlabelled: Vec<String> = placed_on(&containers, "a", "edge-2", None)
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(unlabelled, ["pinned-elsewhere"]);
+    }
+
+    #[test]
     fn a_secret_or_config_map_change_reaches_exactly_its_users() {
         let placement = json!({"target": "t"});
         let containers = mk_store(vec![
@@ -763,6 +860,13 @@ mod tests {
             ["by-registry"]
         );
         assert!(users_of(&containers, &registries, "a", "tok", false).is_empty());
-        assert_eq!(names(all_in(&containers, "b")), ["other-namespace"]);
+        assert_eq!(
+            names(pulling_from(
+                &containers,
+                &registries,
+                &registries.state()[0]
+            )),
+            ["by-registry"]
+        );
     }
 }

@@ -11,11 +11,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use super::context::Context;
@@ -27,11 +26,7 @@ use crate::api::target::DockerTargetStatus;
 use crate::conditions::{keep_transition_times, now_time, target_conditions};
 use crate::docker::HostContainer;
 use crate::docker::material::target_material;
-use crate::labels::{LABEL_MANAGER, LABEL_UID};
-
-/// `lastSeenTime` alone is rewritten at most this often: a heartbeat that changes nothing
-/// else writes nothing (no write storm, nothing for GitOps tools to flap on).
-pub const LAST_SEEN_REFRESH: Duration = Duration::from_secs(300);
+use crate::labels::{LABEL_MANAGER, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
 
 /// The finalizer that keeps a deleted target while DockerContainers deleted with it still
 /// have containers on its host.
@@ -102,6 +97,11 @@ async fn release(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         ));
     }
     ctx.forget_deletion(&uid);
+    // Its connection goes, and its event stream with it (with any other target's that is
+    // gone from the cache): swept here, once per deletion, not on every heartbeat.
+    let mut live = uids(&ctx.stores.targets);
+    live.remove(&uid);
+    ctx.hosts.retain(&live);
     Ok(Action::await_change())
 }
 
@@ -115,16 +115,27 @@ where
 }
 
 /// How many of `listed` this manager manages; those whose DockerContainer is gone are
-/// logged (they are left running, not removed).
+/// logged (they are left running, not removed). Each owner is looked up by the name its
+/// labels give: the cost is the target's containers, not the namespace's.
 fn count_managed(target: &DockerTarget, listed: &[HostContainer], ctx: &Context) -> i32 {
     let ours = listed
         .iter()
         .filter(|c| c.labels.get(LABEL_MANAGER) == Some(&ctx.settings.manager));
-    let owners = uids(&ctx.stores.containers);
-    let unowned = ours
-        .clone()
-        .filter(|c| c.labels.get(LABEL_UID).is_none_or(|u| !owners.contains(u)))
-        .count();
+    let owned = |c: &HostContainer| {
+        let (Some(namespace), Some(name), Some(uid)) = (
+            c.labels.get(LABEL_NAMESPACE),
+            c.labels.get(LABEL_NAME),
+            c.labels.get(LABEL_UID),
+        ) else {
+            return false;
+        };
+        let key = ObjectRef::new(name).within(namespace);
+        ctx.stores
+            .containers
+            .get(&key)
+            .is_some_and(|o| o.metadata.uid.as_ref() == Some(uid))
+    };
+    let unowned = ours.clone().filter(|c| !owned(c)).count();
     if unowned > 0 {
         tracing::info!(
             target = %target.name_any(),
@@ -142,11 +153,6 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
     let uid = target
         .uid()
         .ok_or_else(|| Error::InvalidObject("DockerTarget has no metadata.uid".into()))?;
-    // Connections of deleted targets go (and their event streams with them).
-    let mut live = uids(&ctx.stores.targets);
-    live.insert(uid.clone());
-    ctx.hosts.retain(&live);
-
     let sources = ctx.stores.sources(&namespace);
     let material = target_material(&target.spec, &sources);
     let previous = target.status.clone().unwrap_or_default();
@@ -185,10 +191,10 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
     keep_transition_times(&mut status.conditions, &previous.conditions);
     let ready_changed = status.conditions.first().map(|c| &c.status)
         != previous.conditions.first().map(|c| &c.status);
+    // Never rewritten on a timer: with a thousand targets that would be a write per target
+    // per interval for nothing. Ready's condition says whether the daemon answers now.
     status.last_seen_time = match (&checked, &previous.last_seen_time) {
-        (Ok(()), Some(seen)) if !stale(seen, &now) && !differs(&status, &previous) => {
-            Some(seen.clone())
-        }
+        (Ok(()), Some(seen)) if !differs(&status, &previous) => Some(seen.clone()),
         (Ok(()), _) => Some(now.clone()),
         (Err(_), seen) => seen.clone(),
     };
@@ -208,10 +214,6 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
     }
     ctx.succeeded(&uid);
     Ok(Action::requeue(ctx.settings.heartbeat))
-}
-
-fn stale(seen: &Time, now: &Time) -> bool {
-    now.0.as_second().saturating_sub(seen.0.as_second()) >= LAST_SEEN_REFRESH.as_secs() as i64
 }
 
 /// Whether anything but `lastSeenTime` differs.

@@ -8,11 +8,13 @@ use crate::converge::model::host_ports;
 use crate::labels::{LABEL_REPLICA, LABEL_UID};
 use crate::placement::{Existing, Placements, TargetInfo, Workload, place};
 
-/// Places every replica of every DockerContainer of the snapshot. `seen` is in the
-/// snapshot's target order; a target it does not reach counts as not answering since `now`.
+/// Places every replica of every DockerContainer of the snapshot, or with `placing`, only
+/// that DockerContainer's (the others count where they run). `seen` is in the snapshot's
+/// target order; a target it does not reach counts as not answering since `now`.
 pub fn place_snapshot<'s>(
     snapshot: &Snapshot,
     seen: impl IntoIterator<Item = &'s TargetSeen>,
+    placing: Option<&str>,
     now: u64,
     grace_secs: u64,
 ) -> Placements {
@@ -80,6 +82,7 @@ pub fn place_snapshot<'s>(
             owner_uid: c.uid.clone(),
             placement: c.object.spec.placement.clone(),
             host_ports: host_ports(&c.object.spec),
+            settled: placing.is_some_and(|uid| uid != c.uid),
         })
         .collect();
     place(&infos, &workloads, &existing, now, grace_secs)

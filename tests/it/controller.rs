@@ -646,14 +646,15 @@ async fn a_container_removed_by_hand_signals_its_owner_and_is_recreated() {
         .expect("create");
     let first = owned_by(&host, &uid).await;
     assert_eq!(first.len(), 1);
-    // The event stream announces itself (a resync of the namespace) once it follows.
+    // The event stream announces itself (a resync of what its target runs) once it follows.
     let resync = tokio::time::timeout(std::time::Duration::from_secs(5), signals.recv())
         .await
         .expect("the event stream starts");
     assert_eq!(
         resync,
         Some(HostSignal::Resync {
-            namespace: ns.clone()
+            namespace: ns.clone(),
+            target: "local".into(),
         })
     );
 

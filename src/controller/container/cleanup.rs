@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::FINALIZER;
-use super::observe::{TargetView, observe_targets, owner_of, snapshot_with};
+use super::observe::{TargetView, observe_targets, owner_of, views};
 use super::status::write_status;
 use crate::api::DockerContainer;
 use crate::api::container::{DeletionPolicy, DockerContainerStatus};
@@ -41,8 +41,9 @@ pub(super) async fn cleanup(container: &DockerContainer, ctx: &Context) -> Resul
         forget(ctx, &uid);
         return Ok(Action::await_change());
     }
-    let (snapshot, _) = snapshot_with(ctx, container);
-    let views = observe_targets(ctx, &snapshot, Attempt::Cleanup).await;
+    let (mut snapshot, _) = ctx.stores.snapshot_for(container);
+    let observed = observe_targets(ctx, &mut snapshot, Attempt::Cleanup).await;
+    let views = views(&snapshot, observed);
     let recorded: HashSet<&str> = container
         .status
         .iter()

@@ -24,7 +24,7 @@ use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
 use self::cleanup::cleanup;
-use self::observe::{TargetView, observe_targets, owner_of, placements_for, snapshot_with};
+use self::observe::{TargetView, observe_targets, owner_of, placements_for, views};
 use self::status::{hold, statuses, write_status};
 use super::context::Context;
 use super::error::{Error, Result};
@@ -90,11 +90,12 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
     let uid = container
         .uid()
         .ok_or_else(|| Error::InvalidObject("DockerContainer has no metadata.uid".into()))?;
-    let (snapshot, entry) = snapshot_with(ctx, container);
+    let (mut snapshot, entry) = ctx.stores.snapshot_for(container);
+    let observed = observe_targets(ctx, &mut snapshot, Attempt::Reuse).await;
+    let views = views(&snapshot, observed);
     let registry = snapshot.registry_for(&container.spec);
     let previous = container.status.clone().unwrap_or_default();
 
-    let views = observe_targets(ctx, &snapshot, Attempt::Reuse).await;
     let (placements, mut problems) = placements_for(ctx, &snapshot, &uid, &views);
     let before = pin_before(&entry, known_containers(views.iter().map(|v| &v.seen)));
     let pin = pin_image(&snapshot, &entry, before, unix_now()).await;

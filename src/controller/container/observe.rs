@@ -1,17 +1,12 @@
 //! The targets as one reconcile sees them, and the placement input built from the fleet's
 //! snapshot of the namespace.
 
-use std::sync::Arc;
-
-use kube::ResourceExt;
-
-use crate::api::DockerContainer;
 use crate::controller::context::Context;
 use crate::converge::engine::unix_now;
 use crate::docker::HostContainer;
-use crate::fleet::connections::{Attempt, TargetSeen, observe};
+use crate::fleet::connections::{Attempt, TargetSeen, known_containers, observe};
 use crate::fleet::placing::place_snapshot;
-use crate::fleet::{ContainerEntry, Recorded, Snapshot, TargetEntry};
+use crate::fleet::{Snapshot, TargetEntry};
 use crate::labels::LABEL_UID;
 use crate::placement::Placements;
 
@@ -23,14 +18,26 @@ pub(super) struct TargetView<'a> {
     pub seen: TargetSeen,
 }
 
-/// Connects to (or reuses the connection of) every target of the namespace and lists its
-/// managed containers: one list call per target.
-pub(super) async fn observe_targets<'a>(
+/// Connects to (or reuses the connection of) each target of the snapshot and lists its
+/// managed containers: one list call per target, in the snapshot's target order. The
+/// DockerContainers whose containers those lists show join the snapshot, so that
+/// placement counts them.
+pub(super) async fn observe_targets(
     ctx: &Context,
-    snapshot: &'a Snapshot,
+    snapshot: &mut Snapshot,
     attempt: Attempt,
-) -> Vec<TargetView<'a>> {
+) -> Vec<TargetSeen> {
     let observed = observe(ctx.hosts.connections(), snapshot, attempt).await;
+    let neighbours = ctx
+        .stores
+        .neighbours(snapshot, known_containers(observed.iter()));
+    snapshot.containers.extend(neighbours);
+    snapshot.containers.sort_by(|a, b| a.name.cmp(&b.name));
+    observed
+}
+
+/// Each target of the snapshot with what [`observe_targets`] saw of it.
+pub(super) fn views(snapshot: &Snapshot, observed: Vec<TargetSeen>) -> Vec<TargetView<'_>> {
     snapshot
         .targets
         .iter()
@@ -43,32 +50,8 @@ pub(super) fn owner_of(container: &HostContainer) -> Option<&str> {
     container.labels.get(LABEL_UID).map(String::as_str)
 }
 
-/// The snapshot of the container's namespace, with the object being reconciled as it was
-/// handed over (the cache may not hold it yet), and that object's entry.
-pub(super) fn snapshot_with(
-    ctx: &Context,
-    container: &DockerContainer,
-) -> (Snapshot, ContainerEntry) {
-    let namespace = container.namespace().unwrap_or_default();
-    let mut snapshot = ctx.stores.snapshot(&namespace);
-    let entry = ContainerEntry {
-        name: container.name_any(),
-        uid: container.uid().unwrap_or_default(),
-        object: Arc::new(container.clone()),
-        recorded: container
-            .status
-            .as_ref()
-            .map(Recorded::from_status)
-            .unwrap_or_default(),
-    };
-    snapshot.containers.retain(|c| c.uid != entry.uid);
-    snapshot.containers.push(entry.clone());
-    snapshot.containers.sort_by(|a, b| a.name.cmp(&b.name));
-    (snapshot, entry)
-}
-
-/// Places every replica of every DockerContainer of the namespace from what the daemons
-/// run (see [`place_snapshot`]), and says which of `uid`'s replicas have nowhere to go.
+/// Places `uid`'s replicas on the snapshot's targets, counting the others' as they run (see
+/// [`place_snapshot`]), and says which of its replicas have nowhere to go.
 pub(super) fn placements_for(
     ctx: &Context,
     snapshot: &Snapshot,
@@ -78,6 +61,7 @@ pub(super) fn placements_for(
     let placements = place_snapshot(
         snapshot,
         views.iter().map(|v| &v.seen),
+        Some(uid),
         unix_now(),
         ctx.settings.grace.as_secs(),
     );
