@@ -3,10 +3,14 @@
 //! targets, each holding ten containers. Prints a markdown report; `hack/bench.sh` appends
 //! it to BENCHMARKS.md. A benchmark, not a test: it never fails on a number.
 //!
-//! Sizes: `BENCH_FLEET_SIZES` (default `10,100,1000` targets).
+//! Sizes: `BENCH_FLEET_SIZES` (default `10,100,1000` targets). With `STEVEDORE_E2E_KUBECONFIG`
+//! naming a real API server, the controller is measured too (`controller`), at
+//! `BENCH_FLEET_CONTROLLER_SIZES` (default `100,1000` targets).
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
+#[path = "fleet/controller.rs"]
+mod controller;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,9 +32,9 @@ const WRITES: [&str; 8] = [
     "create", "start", "stop", "kill", "remove", "rename", "update", "pull",
 ];
 
-fn sizes() -> Vec<usize> {
-    std::env::var("BENCH_FLEET_SIZES")
-        .unwrap_or_else(|_| "10,100,1000".into())
+fn sizes(variable: &str, default: &str) -> Vec<usize> {
+    std::env::var(variable)
+        .unwrap_or_else(|_| default.into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect()
@@ -108,6 +112,19 @@ async fn floor(hosts: &[DockerHost], image: &str) -> f64 {
     }))
     .await;
     elapsed
+}
+
+/// The floor of every daemon of `sim` (see [`floor`]), through connections made for it.
+async fn fleet_floor(sim: &Simulator, image: &str) -> f64 {
+    let hosts: Vec<DockerHost> =
+        join_all((0..sim.len()).map(|i| {
+            let address = sim.address(i);
+            async move {
+                common::wait::connected((common::hosts::spec(&address), Default::default())).await
+            }
+        }))
+        .await;
+    floor(&hosts, image).await
 }
 
 fn write_manifests(dir: &Path, sim: &Simulator, image: &str, with_containers: bool) {
@@ -224,7 +241,7 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    for n in sizes() {
+    for n in sizes("BENCH_FLEET_SIZES", "10,100,1000") {
         let sim = Simulator::start(
             &work.join(format!("sim-{n}")),
             n,
@@ -232,15 +249,7 @@ async fn main() {
             registry.clone(),
             profile.clone(),
         );
-        let hosts: Vec<DockerHost> = join_all((0..n).map(|i| {
-            let address = sim.address(i);
-            async move {
-                common::wait::connected((common::hosts::spec(&address), Default::default())).await
-            }
-        }))
-        .await;
-        let floor = floor(&hosts, &image).await;
-        drop(hosts);
+        let floor = fleet_floor(&sim, &image).await;
 
         let dir = work.join(format!("manifests-{n}"));
         write_manifests(&dir, &sim, &image, false);
@@ -277,6 +286,21 @@ async fn main() {
             "fleet {n}: floor {floor:.2} s, cold {cold:.2} s ({cold_ok}), no-op {noop:.2} s ({noop_ok}), calls {}, rss {idle}/{managing} KB",
             calls_line(&noop_calls)
         );
+    }
+    if let Ok(kubeconfig) = std::env::var("STEVEDORE_E2E_KUBECONFIG") {
+        controller::header(&mut report);
+        for n in sizes("BENCH_FLEET_CONTROLLER_SIZES", "100,1000") {
+            let sim = Simulator::start(
+                &work.join(format!("sim-controller-{n}")),
+                n,
+                &images,
+                registry.clone(),
+                profile.clone(),
+            );
+            let floor = fleet_floor(&sim, &image).await;
+            let row = controller::measure(&kubeconfig, &sim, &image, &work).await;
+            controller::row(&mut report, n, floor, &row);
+        }
     }
     let _ = std::fs::remove_dir_all(&work);
     print!("{report}");

@@ -21,7 +21,7 @@ use crate::api::DockerTarget;
 use crate::converge::engine::TargetMemory;
 use crate::converge::events::{self, Heard};
 use crate::docker::{ConnectOptions, ConnectionMaterial, DockerError, DockerHost};
-use crate::fleet::connections::{Connections, SessionObserver, TargetRef};
+use crate::fleet::connections::{Changes, Connections, SessionObserver, TargetRef};
 
 /// What a daemon's event stream asks of the DockerContainer controller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +69,8 @@ impl Drop for Session {
 struct Sessions {
     entries: Mutex<HashMap<String, Session>>,
     signals: mpsc::UnboundedSender<HostSignal>,
+    /// Where every event is recorded as a change of its target, before anyone is woken.
+    changes: Arc<Changes>,
 }
 
 impl Sessions {
@@ -91,6 +93,7 @@ impl SessionObserver for Sessions {
             target.uid.to_string(),
             (target.namespace.to_string(), target.name.to_string()),
             self.signals.clone(),
+            self.changes.clone(),
             session.manual_stops.clone(),
         ));
         session.watcher = Some(watcher.abort_handle());
@@ -122,12 +125,14 @@ impl Hosts {
         options: ConnectOptions,
         retry_after: Duration,
     ) -> Self {
+        let connections = Connections::new(options, retry_after);
         let sessions = Arc::new(Sessions {
             entries: Mutex::default(),
             signals,
+            changes: connections.changes(),
         });
         Self {
-            connections: Connections::new(options, retry_after).with_observer(sessions.clone()),
+            connections: connections.with_observer(sessions.clone()),
             sessions,
         }
     }
@@ -204,16 +209,20 @@ impl Hosts {
     }
 }
 
-/// Follows a daemon's events for one target's containers until aborted: every disruptive
-/// event reconciles the container's owner; every (re)connect resyncs what the target runs.
+/// Follows a daemon's events for one target's containers until aborted: every event is a
+/// change of the target (no list from before it is shared), every disruptive one
+/// reconciles the container's owner, every (re)connect resyncs what the target runs.
 async fn follow_events(
     host: DockerHost,
     target_uid: String,
     (namespace, target): (String, String),
     signals: mpsc::UnboundedSender<HostSignal>,
+    changes: Arc<Changes>,
     manual_stops: Arc<Mutex<HashSet<String>>>,
 ) {
+    let uid = target_uid.clone();
     events::follow(host, target_uid, manual_stops, |heard| {
+        changes.record(&uid);
         let signal = match heard {
             Heard::Connected => HostSignal::Resync {
                 namespace: namespace.clone(),
@@ -223,6 +232,7 @@ async fn follow_events(
                 Some((namespace, name)) => HostSignal::Owner { namespace, name },
                 None => return true,
             },
+            Heard::Activity => return true,
         };
         // The receiver is gone only when the controller stops.
         signals.send(signal).is_ok()

@@ -344,14 +344,17 @@ pub async fn run_target(
 ) {
     let wake = Arc::new(Notify::new());
     let manual_stops = Arc::new(Mutex::new(HashSet::new()));
-    // Every (re)connect and every disruption wakes the loop.
+    // Every (re)connect and every disruption wakes the loop (not its own creates and
+    // starts).
     let waker = wake.clone();
     let watcher = tokio::spawn(events::follow(
         host.clone(),
         identity.uid.clone(),
         manual_stops.clone(),
-        move |_| {
-            waker.notify_one();
+        move |heard| {
+            if !matches!(heard, events::Heard::Activity) {
+                waker.notify_one();
+            }
             true
         },
     ));

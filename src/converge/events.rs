@@ -34,11 +34,14 @@ pub enum Heard {
     Connected,
     /// A managed container died, stopped, vanished, or its health changed.
     Disruption(ContainerEvent),
+    /// Anything else happened to one (created, started, renamed back, updated): what a
+    /// list showed before may be out of date, but nothing needs repair.
+    Activity,
 }
 
 /// Follows the events of the containers labelled for target `target_uid` and tells `on`
-/// of every (re)connect and every disruptive event or health verdict, until `on` returns `false` or the task
-/// is aborted. IDs of containers stopped from outside go into `manual_stops` first, so
+/// of every (re)connect, every disruptive event or health verdict, and every other event,
+/// until `on` returns `false` or the task is aborted. IDs of containers stopped from outside go into `manual_stops` first, so
 /// what `on` wakes sees them. A broken stream is reopened after a back-off (250 ms,
 /// doubling to 30 s, reset after a stream that lasted longer than that).
 pub async fn follow(
@@ -69,7 +72,11 @@ pub async fn follow(
                         return;
                     }
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    if !on(Heard::Activity) {
+                        return;
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(endpoint = host.endpoint(), %error, "event stream broke");
                     break;

@@ -12,6 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
 use super::{Snapshot, TargetEntry};
 use crate::api::target::DockerTargetSpec;
 use crate::converge::engine::unix_now;
@@ -74,6 +77,38 @@ struct Entry {
     attempted: Instant,
     unreachable_since: Option<u64>,
     last_listed: Option<Arc<Vec<HostContainer>>>,
+    /// When the list call behind `last_listed` began, while it may still be shared (made
+    /// on this connection).
+    listed_at: Option<Instant>,
+    /// A list call under way: when it began, and its result for whoever may share it.
+    listing: Option<(Instant, SharedList)>,
+}
+
+/// One list call's result, awaited by every reconcile that shares it.
+type SharedList = Shared<BoxFuture<'static, Result<Arc<Vec<HostContainer>>, DockerError>>>;
+
+/// When each target last changed, as far as this process knows: its daemon reported an
+/// event for one of its containers, or this process wrote there. A list call that began
+/// before that is not shared.
+#[derive(Debug, Default)]
+pub struct Changes(Mutex<HashMap<String, Instant>>);
+
+impl Changes {
+    /// Records that the target changed now.
+    pub fn record(&self, target_uid: &str) {
+        let mut at = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        at.insert(target_uid.to_string(), Instant::now());
+    }
+
+    fn last(&self, target_uid: &str) -> Option<Instant> {
+        let at = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        at.get(target_uid).copied()
+    }
+
+    fn forget(&self, target_uid: &str) {
+        let mut at = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        at.remove(target_uid);
+    }
 }
 
 /// The connections to every target, by target UID.
@@ -82,6 +117,7 @@ pub struct Connections {
     options: ConnectOptions,
     retry_after: Duration,
     observer: Option<Arc<dyn SessionObserver>>,
+    changes: Arc<Changes>,
 }
 
 impl std::fmt::Debug for Connections {
@@ -101,7 +137,13 @@ impl Connections {
             options,
             retry_after,
             observer: None,
+            changes: Arc::default(),
         }
+    }
+
+    /// Where changes of the targets are recorded (see [`Connections::list_since`]).
+    pub fn changes(&self) -> Arc<Changes> {
+        self.changes.clone()
     }
 
     /// Tells `observer` of every session that begins or ends.
@@ -183,6 +225,8 @@ impl Connections {
                 attempted: Instant::now(),
                 unreachable_since,
                 last_listed: previous.and_then(|p| p.last_listed),
+                listed_at: None,
+                listing: None,
             },
         );
         host
@@ -204,26 +248,69 @@ impl Connections {
         self.connection(target, material, false).await
     }
 
-    /// Every container labelled for the target, from one list call. A success is kept as
-    /// the target's last list; a failure that means the connection is gone marks it so.
+    /// Every container labelled for the target, from a list call made now. A success is
+    /// kept as the target's last list; a failure that means the connection is gone marks
+    /// it so.
     pub async fn list(
         &self,
         target_uid: &str,
         host: &DockerHost,
     ) -> Result<Arc<Vec<HostContainer>>, DockerError> {
-        match host.list_labelled(LABEL_TARGET, target_uid).await {
-            Ok(listed) => {
-                let listed = Arc::new(listed);
-                if let Some(entry) = self.lock().get_mut(target_uid) {
-                    entry.last_listed = Some(listed.clone());
+        self.list_since(target_uid, host, Instant::now()).await
+    }
+
+    /// Like [`Connections::list`], but shares a list call that began at `fresh_after` or
+    /// later (under way or done) when the target has not changed since it began: the
+    /// reconciles of the DockerContainers on one target that run together make one call.
+    pub async fn list_since(
+        &self,
+        target_uid: &str,
+        host: &DockerHost,
+        fresh_after: Instant,
+    ) -> Result<Arc<Vec<HostContainer>>, DockerError> {
+        let after = self
+            .changes
+            .last(target_uid)
+            .map_or(fresh_after, |changed| changed.max(fresh_after));
+        let (began, call) = {
+            let mut entries = self.lock();
+            match entries.get_mut(target_uid) {
+                Some(entry) => {
+                    if let (Some(at), Some(listed)) = (entry.listed_at, &entry.last_listed)
+                        && at >= after
+                    {
+                        return Ok(listed.clone());
+                    }
+                    match &entry.listing {
+                        Some((at, call)) if *at >= after => (*at, call.clone()),
+                        _ => {
+                            let began = Instant::now();
+                            let call = list_call(host, target_uid);
+                            entry.listing = Some((began, call.clone()));
+                            (began, call)
+                        }
+                    }
                 }
-                Ok(listed)
+                None => (Instant::now(), list_call(host, target_uid)),
             }
-            Err(e) => {
-                self.mark_failed(target_uid, &e);
-                Err(e)
+        };
+        let result = call.await;
+        match &result {
+            Ok(listed) => {
+                let mut entries = self.lock();
+                if let Some(entry) = entries.get_mut(target_uid) {
+                    if entry.listing.as_ref().is_some_and(|(at, _)| *at == began) {
+                        entry.listing = None;
+                    }
+                    if entry.listed_at.is_none_or(|at| at < began) {
+                        entry.last_listed = Some(listed.clone());
+                        entry.listed_at = Some(began);
+                    }
+                }
             }
+            Err(e) => self.mark_failed(target_uid, e),
         }
+        result
     }
 
     /// Records that a call to the target failed in a way that means the connection is
@@ -240,6 +327,8 @@ impl Connections {
             entry.unreachable_since.get_or_insert_with(unix_now);
             entry.host = Err(error.clone());
             entry.attempted = Instant::now();
+            entry.listed_at = None;
+            entry.listing = None;
         }
         if let Some(observer) = &self.observer {
             observer.ended(target_uid);
@@ -270,6 +359,9 @@ impl Connections {
             }
             live
         });
+        for uid in &gone {
+            self.changes.forget(uid);
+        }
         if let Some(observer) = &self.observer {
             for uid in gone {
                 observer.ended(&uid);
@@ -284,6 +376,18 @@ impl Connections {
             .filter_map(|e| Some((e.label.clone(), e.host.as_ref().ok()?.clone())))
             .collect()
     }
+}
+
+/// One list call of the containers labelled for the target, to be shared.
+fn list_call(host: &DockerHost, target_uid: &str) -> SharedList {
+    let (host, target_uid) = (host.clone(), target_uid.to_string());
+    async move {
+        host.list_labelled(LABEL_TARGET, &target_uid)
+            .await
+            .map(Arc::new)
+    }
+    .boxed()
+    .shared()
 }
 
 /// What one target runs, from one list call, with its daemon.
@@ -326,11 +430,13 @@ pub fn known_containers<'s>(
 }
 
 /// Connects to every target of the snapshot (reusing what works) and lists what each runs:
-/// one list call per target. In the snapshot's target order.
+/// one list call per target, or a share of one that began at `fresh_after` or later (see
+/// [`Connections::list_since`]). In the snapshot's target order.
 pub async fn observe(
     connections: &Connections,
     snapshot: &Snapshot,
     attempt: Attempt,
+    fresh_after: Instant,
 ) -> Vec<TargetSeen> {
     let observing = snapshot.targets.iter().map(|target| async move {
         let target = TargetRef::of(snapshot, target);
@@ -341,7 +447,9 @@ pub async fn observe(
                 Attempt::Reuse => connections.connection(target, material, false).await,
                 Attempt::Fresh => connections.connection(target, material, true).await,
             }?;
-            let listed = connections.list(target.uid, &host).await?;
+            let listed = connections
+                .list_since(target.uid, &host, fresh_after)
+                .await?;
             Ok((host, listed))
         }
         .await;

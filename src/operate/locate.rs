@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -170,7 +171,13 @@ pub async fn in_manifests(source: &Source, name: &str) -> Result<Located, Operat
     let uid = uid_of(key);
     let memory = Memory::new(&source.options);
     let snapshot = snapshot(&manifests, ns, &memory.pins);
-    let observed = observe(&memory.connections, &snapshot, Attempt::Fresh).await;
+    let observed = observe(
+        &memory.connections,
+        &snapshot,
+        Attempt::Fresh,
+        Instant::now(),
+    )
+    .await;
     let mut replicas = Vec::new();
     for (target, observed) in snapshot.targets.iter().zip(observed) {
         // An unreachable target may hold none of this object's replicas: only a replica

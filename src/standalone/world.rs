@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 
@@ -264,7 +264,7 @@ pub async fn observe_round(
     let seeing = namespaces(manifests).into_iter().map(|namespace| {
         let snapshot = snapshot(manifests, namespace, &memory.pins);
         async move {
-            let observed = observe(connections, &snapshot, Attempt::Fresh).await;
+            let observed = observe(connections, &snapshot, Attempt::Fresh, Instant::now()).await;
             let working = snapshot
                 .targets
                 .iter()

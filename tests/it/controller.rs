@@ -232,6 +232,9 @@ async fn first_reconcile_creates_the_container_then_a_resync_writes_nothing() {
     // makes no API call at all, and asks the daemon for one list only.
     recorded.clear();
     let settled = web.with_status(&status);
+    // Later than the list that followed the creation (which it would share; see
+    // `reconciles_on_one_target_share_a_list_until_the_target_changes`).
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let connected = ctx.hosts.connected();
     let before = connected[0].1.calls();
     container::reconcile(Arc::new(settled), ctx.clone())
@@ -248,6 +251,77 @@ async fn first_reconcile_creates_the_container_then_a_resync_writes_nothing() {
     assert_eq!(calls.get(Call::InspectContainer), 0, "{calls:?}");
 
     remove_all(&host, &uid).await;
+}
+
+#[tokio::test]
+async fn reconciles_on_one_target_share_a_list_until_the_target_changes() {
+    let env = TestEnv::load();
+    let ns = unique("ctl-share");
+    let target = mk_target(&ns, "local", &env.get("MAIN_HOST"));
+    let target_uid = target.metadata.uid.clone().expect("uid");
+    let image = env.get("IMAGE_V1");
+    let (a, b) = (
+        mk_container(&ns, "a", &image, "local").finalized(),
+        mk_container(&ns, "b", &image, "local").finalized(),
+    );
+    let objects = [&a, &b].map(|c| serde_json::to_value(c).expect("json"));
+    let (client, _recorded) = fake_api::start(&objects);
+    let (ctx, _signals) = fake_api::context(
+        client,
+        World {
+            targets: vec![target],
+            containers: vec![a.clone(), b.clone()],
+            ..Default::default()
+        },
+        "ctl-share",
+    );
+    let host = main_daemon(&env).await;
+    for object in [&a, &b] {
+        container::reconcile(Arc::new(object.clone()), ctx.clone())
+            .await
+            .expect("first reconcile");
+    }
+    let lists = || {
+        let connected = ctx.hosts.connected();
+        connected[0].1.calls().get(Call::ListContainers)
+    };
+
+    // Due together (as a resync makes them, later than any list so far), the two make one
+    // list call.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let before = lists();
+    let (first, second) = tokio::join!(
+        container::reconcile(Arc::new(a.clone()), ctx.clone()),
+        container::reconcile(Arc::new(b.clone()), ctx.clone()),
+    );
+    first.expect("reconcile a");
+    second.expect("reconcile b");
+    assert_eq!(lists() - before, 1, "two reconciles started together");
+
+    // Once the target changed (an event, or a write of this process), nothing listed
+    // before is shared: the next reconcile asks the daemon again.
+    ctx.hosts.connections().changes().record(&target_uid);
+    let before = lists();
+    container::reconcile(Arc::new(a.clone()), ctx.clone())
+        .await
+        .expect("after a change");
+    assert_eq!(
+        lists() - before,
+        1,
+        "a list from before the change was shared"
+    );
+
+    // Nor is a list that began well before the reconcile did.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let before = lists();
+    container::reconcile(Arc::new(b.clone()), ctx.clone())
+        .await
+        .expect("later");
+    assert_eq!(lists() - before, 1, "an old list was shared");
+
+    for object in [&a, &b] {
+        remove_all(&host, object.metadata.uid.as_deref().expect("uid")).await;
+    }
 }
 
 #[tokio::test]

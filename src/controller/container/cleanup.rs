@@ -143,6 +143,7 @@ pub(super) async fn remove_all(
         .with_shutdown(ctx.settings.shutdown.clone())
         .run(&plan)
         .await;
+    ctx.hosts.connections().changes().record(&view.target.uid);
     let mut failed = Vec::new();
     for outcome in &outcomes {
         publish_outcome(ctx, reference, &view.target.name, outcome).await;

@@ -165,7 +165,14 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
     write_status(ctx, container, &previous, status).await?;
     ctx.succeeded(&uid);
 
-    let mut wait = ctx.settings.resync;
+    let first_target = snapshot
+        .targets
+        .first()
+        .map_or(uid.as_str(), |t| t.uid.as_str());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or_default());
+    let mut wait = until_resync(ctx.settings.resync, first_target, now_ms);
     if let (Some(registry), ImageUpdatePolicy::FollowTag) =
         (registry, container.spec.image_update_policy)
     {
@@ -181,6 +188,18 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         wait = wait.min(LOOK_AGAIN_AFTER_CHANGES);
     }
     Ok(Action::requeue(wait))
+}
+
+/// The wait until this object's next resync, at most `resync`: at its first target's phase
+/// within the period, so that the DockerContainers of one target resync at one instant
+/// and share one list call (see `observe_targets`).
+fn until_resync(resync: Duration, target_uid: &str, now_ms: u64) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let period = u64::try_from(resync.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    target_uid.hash(&mut hasher);
+    let phase = hasher.finish() % period;
+    Duration::from_millis(period - now_ms.wrapping_add(phase) % period)
 }
 
 fn count<T>(items: impl Iterator<Item = T>) -> i32 {
@@ -249,6 +268,10 @@ async fn converge_target(
     .await;
     let seen: Vec<String> = report.observed.iter().map(|c| c.id.clone()).collect();
     ctx.hosts.put_memory(&view.target.uid, uid, memory, &seen);
+    if !report.outcomes.is_empty() {
+        // No list from before these writes is shared from now on.
+        ctx.hosts.connections().changes().record(&view.target.uid);
+    }
 
     for outcome in &report.outcomes {
         publish_outcome(ctx, reference, &view.target.name, outcome).await;
@@ -290,5 +313,30 @@ async fn converge_target(
         retry_at: report.plan.retry_at,
         unreachable: false,
         changed: report.outcomes.iter().any(|o| o.result.is_ok()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_objects_of_one_target_resync_at_one_instant_within_the_period() {
+        let period = Duration::from_secs(300);
+        let due = |target: &str, now_ms: u64| {
+            now_ms + until_resync(period, target, now_ms).as_millis() as u64
+        };
+        for now in [1_000_000, 1_000_001, 1_123_456, 1_299_999] {
+            let wait = until_resync(period, "target-a", now);
+            assert!(wait > Duration::ZERO && wait <= period, "{wait:?}");
+        }
+        // Finished at different moments of one period, they are due together.
+        let first = due("target-a", 1_000_000);
+        let spread: Vec<u64> = (0..50)
+            .map(|i| due("target-a", first - 1 - i * 997))
+            .collect();
+        assert!(spread.iter().all(|d| *d == first), "{spread:?}");
+        // Another target has its own phase.
+        assert_ne!(due("target-b", 1_000_000), first);
     }
 }

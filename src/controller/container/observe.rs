@@ -1,6 +1,8 @@
 //! The targets as one reconcile sees them, and the placement input built from the fleet's
 //! snapshot of the namespace.
 
+use std::time::{Duration, Instant};
+
 use crate::controller::context::Context;
 use crate::converge::engine::unix_now;
 use crate::docker::HostContainer;
@@ -9,6 +11,10 @@ use crate::fleet::placing::place_snapshot;
 use crate::fleet::{Snapshot, TargetEntry};
 use crate::labels::LABEL_UID;
 use crate::placement::Placements;
+
+/// How long before a reconcile starts a list call of its target may have begun and still
+/// be shared with it: reconciles due at one instant start a few moments apart.
+const SHARE_LIST_STARTED_WITHIN: Duration = Duration::from_millis(250);
 
 /// One target as this reconcile sees it.
 pub(super) struct TargetView<'a> {
@@ -27,7 +33,13 @@ pub(super) async fn observe_targets(
     snapshot: &mut Snapshot,
     attempt: Attempt,
 ) -> Vec<TargetSeen> {
-    let observed = observe(ctx.hosts.connections(), snapshot, attempt).await;
+    // Reconciles that start together (the DockerContainers of one target, due at the
+    // same resync) share one list call; never one older than this reconcile, nor one from
+    // before the target last changed.
+    let fresh_after = Instant::now()
+        .checked_sub(SHARE_LIST_STARTED_WITHIN)
+        .unwrap_or_else(Instant::now);
+    let observed = observe(ctx.hosts.connections(), snapshot, attempt, fresh_after).await;
     let neighbours = ctx
         .stores
         .neighbours(snapshot, known_containers(observed.iter()));
