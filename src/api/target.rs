@@ -127,7 +127,9 @@ pub struct DockerTargetStatus {
     #[schemars(length(max = super::MAX_STATUS_IMAGES))]
     pub images: Vec<HostImage>,
 
-    /// When the daemon last answered.
+    /// When the daemon answered at the last change of this status. It is not rewritten on
+    /// a timer (a fleet would write every target every interval): the `Ready` condition
+    /// says whether the daemon answers now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_time: Option<Time>,
 }

@@ -314,6 +314,31 @@ fn pulling_from(
         .collect()
 }
 
+/// A watch stream without its first complete list: at start every DockerContainer is
+/// reconciled from its own list anyway, so the first list of the targets and Registries
+/// it depends on would only queue each of them again (ten times over, on a fleet of
+/// targets with ten each). Lists after a broken watch still pass: they carry what changed
+/// while it was down.
+fn after_first_list<K, S>(events: S) -> impl Stream<Item = S::Item> + Send
+where
+    K: Send,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    let mut first_list = true;
+    events.filter(move |event| {
+        let keep = match event {
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => !first_list,
+            Ok(watcher::Event::InitDone) => {
+                let keep = !first_list;
+                first_list = false;
+                keep
+            }
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) | Err(_) => true,
+        };
+        std::future::ready(keep)
+    })
+}
+
 fn channel_stream<T: Send + 'static>(
     mut receiver: mpsc::UnboundedReceiver<T>,
 ) -> impl Stream<Item = T> + Send {
@@ -637,18 +662,22 @@ async fn run_controllers(
     };
     // Only what DockerContainers depend on wakes them: not a target's heartbeat, images
     // or container count, not a Registry's catalog.
-    let target_stream = watcher(
-        api::<DockerTarget>(&client, namespace),
-        watcher::Config::default(),
+    let target_stream = after_first_list(
+        watcher(
+            api::<DockerTarget>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
     )
-    .default_backoff()
     .touched_objects()
     .predicate_filter(what_placement_sees, PredicateConfig::default());
-    let registry_stream = watcher(
-        api::<Registry>(&client, namespace),
-        watcher::Config::default(),
+    let registry_stream = after_first_list(
+        watcher(
+            api::<Registry>(&client, namespace),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
     )
-    .default_backoff()
     .touched_objects()
     .predicate_filter(what_pulls_see, PredicateConfig::default());
     let containers_done = container_controller
@@ -762,6 +791,32 @@ mod tests {
             what_pulls_see(&registry(json!({}), 2)),
             "a spec change does"
         );
+    }
+
+    #[tokio::test]
+    async fn the_first_list_of_a_dependency_wakes_nobody_and_later_lists_do() {
+        let named = |name: &str| {
+            mk_container(
+                "a",
+                name,
+                json!({"image": "x", "placement": {"target": "t"}}),
+            )
+        };
+        let events = futures::stream::iter(vec![
+            Ok(WatchEvent::Init),
+            Ok(WatchEvent::InitApply(named("at-start"))),
+            Ok(WatchEvent::InitDone),
+            Ok(WatchEvent::Apply(named("changed"))),
+            Ok(WatchEvent::Init),
+            Ok(WatchEvent::InitApply(named("relisted"))),
+            Ok(WatchEvent::InitDone),
+        ]);
+        let passed: Vec<String> = after_first_list(events)
+            .touched_objects()
+            .filter_map(|o| async move { o.ok().map(|o| o.name_any()) })
+            .collect()
+            .await;
+        assert_eq!(passed, ["changed", "relisted"]);
     }
 
     #[test]
