@@ -5,7 +5,7 @@
 //!
 //! Sizes: `BENCH_FLEET_SIZES` (default `10,100,1000` targets). With `STEVEDORE_E2E_KUBECONFIG`
 //! naming a real API server, the controller is measured too (`controller`), at
-//! `BENCH_FLEET_CONTROLLER_SIZES` (default `100,1000` targets).
+//! `BENCH_FLEET_CONTROLLER_SIZES` (default `10,100,1000` targets).
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
@@ -241,14 +241,17 @@ async fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    for n in sizes("BENCH_FLEET_SIZES", "10,100,1000") {
-        let sim = Simulator::start(
-            &work.join(format!("sim-{n}")),
+    let simulate = |name: String, n: usize| {
+        Simulator::start(
+            &work.join(name),
             n,
             &images,
             registry.clone(),
             profile.clone(),
-        );
+        )
+    };
+    for n in sizes("BENCH_FLEET_SIZES", "10,100,1000") {
+        let sim = simulate(format!("sim-{n}"), n);
         let floor = fleet_floor(&sim, &image).await;
 
         let dir = work.join(format!("manifests-{n}"));
@@ -289,14 +292,8 @@ async fn main() {
     }
     if let Ok(kubeconfig) = std::env::var("STEVEDORE_E2E_KUBECONFIG") {
         controller::header(&mut report);
-        for n in sizes("BENCH_FLEET_CONTROLLER_SIZES", "100,1000") {
-            let sim = Simulator::start(
-                &work.join(format!("sim-controller-{n}")),
-                n,
-                &images,
-                registry.clone(),
-                profile.clone(),
-            );
+        for n in sizes("BENCH_FLEET_CONTROLLER_SIZES", "10,100,1000") {
+            let sim = simulate(format!("sim-controller-{n}"), n);
             let floor = fleet_floor(&sim, &image).await;
             let row = controller::measure(&kubeconfig, &sim, &image, &work).await;
             controller::row(&mut report, n, floor, &row);

@@ -198,43 +198,40 @@ fn running(sim: &Simulator) -> usize {
 }
 
 async fn create_all(client: &Client, namespace: &str, sim: &Simulator, image: &str) {
-    let targets: Api<DockerTarget> = Api::namespaced(client.clone(), namespace);
-    let containers: Api<DockerContainer> = Api::namespaced(client.clone(), namespace);
-    stream::iter(0..sim.len())
-        .map(|t| {
-            let targets = targets.clone();
-            let address = sim.address(t);
-            async move {
-                let target: DockerTarget = serde_json::from_value(json!({
-                    "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
-                    "metadata": {"name": format!("t{t}"), "labels": {"pool": "fleet"}},
-                    "spec": {"endpoint": address},
-                }))
-                .expect("target");
-                targets
-                    .create(&PostParams::default(), &target)
-                    .await
-                    .expect("create DockerTarget");
-            }
+    let targets = (0..sim.len()).map(|t| {
+        json!({
+            "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
+            "metadata": {"name": format!("t{t}"), "labels": {"pool": "fleet"}},
+            "spec": {"endpoint": sim.address(t)},
         })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    stream::iter((0..sim.len()).flat_map(|t| (0..PER_TARGET).map(move |i| (t, i))))
+    });
+    create_each::<DockerTarget>(Api::namespaced(client.clone(), namespace), targets).await;
+    let containers = (0..sim.len())
+        .flat_map(|t| (0..PER_TARGET).map(move |i| (t, i)))
         .map(|(t, i)| {
-            let containers = containers.clone();
+            json!({
+                "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
+                "metadata": {"name": format!("t{t}-app{i}")},
+                "spec": {"image": image, "stopTimeoutSeconds": 1,
+                         "placement": {"target": format!("t{t}")}},
+            })
+        });
+    create_each::<DockerContainer>(Api::namespaced(client.clone(), namespace), containers).await;
+}
+
+/// Creates every object, 16 at a time.
+async fn create_each<K>(api: Api<K>, objects: impl Iterator<Item = serde_json::Value>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    stream::iter(objects)
+        .map(|object| {
+            let api = api.clone();
             async move {
-                let container: DockerContainer = serde_json::from_value(json!({
-                    "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
-                    "metadata": {"name": format!("t{t}-app{i}")},
-                    "spec": {"image": image, "stopTimeoutSeconds": 1,
-                             "placement": {"target": format!("t{t}")}},
-                }))
-                .expect("container");
-                containers
-                    .create(&PostParams::default(), &container)
+                let object: K = serde_json::from_value(object).expect("a valid object");
+                api.create(&PostParams::default(), &object)
                     .await
-                    .expect("create DockerContainer");
+                    .expect("create an object");
             }
         })
         .buffer_unordered(16)
@@ -471,7 +468,10 @@ pub fn header(report: &mut String) {
          Cold: until every container runs and every DockerContainer's status was written. \
          Steady: {} s after the converge's requeues settled, with `--resync 60s` so that it \
          holds one resync of every object besides the heartbeats (every 15 s); watches are the \
-         controller's own (the API server's other watchers subtracted). Edits: {EDITS} one after the \
+         controller's own (the API server's other watchers subtracted). API writes are the \
+         API server's counts for the stevedore.dev kinds, Events and Leases; the controller \
+         runs without leader election here, so the `PUT leases` are the API server's and \
+         kube-controller-manager's own renewals. Edits: {EDITS} one after the \
          other, each until its replacement starts. Restart: the controller stopped, one object \
          edited, started again: its first action, and the Docker writes in its first 30 s \
          on every other daemon.\n\n\
