@@ -3,11 +3,14 @@
 //! (remove its containers from every target, unless `deletionPolicy: Orphan`).
 //!
 //! ```text
-//!   DockerContainer ─┐                     ┌─> converge_listed per target (owner-scoped)
-//!   targets (store) ─┼─> one list/target ──┼─> placement (all owners' labels)
-//!   Secrets, maps ───┘                     └─> status (server-side apply, only if changed)
+//!   DockerContainer ─┐                        ┌─> converge_listed per target (owner-scoped)
+//!   its targets ─────┼─> one list/target ─────┼─> placement (its replicas; the others'
+//!   Secrets, maps ───┘   (shared, see observe) │   where they run)
+//!                                             └─> status (server-side apply, only if changed)
 //! ```
-//! A no-op reconcile costs one list call per target of the namespace and no write.
+//! Its targets are those its placement may reach and those its status records, never the
+//! whole namespace. A no-op reconcile costs one list call per such target, shared with the
+//! other DockerContainers of the target reconciled at the same moment, and no write.
 //!
 //! Files by job: `observe` (the targets and the placement input, from the fleet's
 //! snapshot), `status` (instance statuses and writing them), `cleanup` (the finalizer's
