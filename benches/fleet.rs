@@ -58,13 +58,14 @@ fn calls(sim: &Simulator) -> (BTreeMap<&'static str, u64>, Vec<u64>) {
     (total, lists)
 }
 
-fn since(
-    after: &BTreeMap<&'static str, u64>,
-    before: &BTreeMap<&'static str, u64>,
-) -> BTreeMap<&'static str, u64> {
+/// What each counter grew by between two readings (counters that did not grow left out).
+fn since<K: Ord + Clone>(after: &BTreeMap<K, u64>, before: &BTreeMap<K, u64>) -> BTreeMap<K, u64> {
     after
         .iter()
-        .map(|(call, n)| (*call, n - before.get(call).copied().unwrap_or_default()))
+        .map(|(key, n)| {
+            let then = before.get(key).copied().unwrap_or_default();
+            (key.clone(), n.saturating_sub(then))
+        })
         .filter(|(_, n)| *n > 0)
         .collect()
 }

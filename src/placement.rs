@@ -143,17 +143,12 @@ pub fn place(
     ordered.sort_by(|a, b| a.owner_uid.cmp(&b.owner_uid));
     for workload in &ordered {
         let replicas = wanted_replicas(&workload.placement);
+        let reach = Reach::of(&workload.placement);
         for replica in 0..replicas {
             let current = running
                 .get(&(workload.owner_uid.as_str(), replica))
                 .and_then(|target| by_name.get(target).copied());
-            let allowed = current.filter(|t| {
-                holds(t)
-                    && match &workload.placement.target {
-                        Some(pinned) => &t.name == pinned,
-                        None => selects(&workload.placement, t).unwrap_or(false),
-                    }
-            });
+            let allowed = current.filter(|t| holds(t) && reach.includes(&t.name, Some(&t.labels)));
             match allowed {
                 Some(target) => assign(&mut load, &mut result, workload, replica, target),
                 None if workload.settled => {}

@@ -47,7 +47,8 @@ pub struct Row {
 
 /// The API server's request counters and long-running requests, from its `/metrics`.
 struct ApiCounters {
-    /// Writes (verb other than GET, LIST, WATCH), by `verb resource[/subresource]`.
+    /// Writes (every verb but GET, LIST, WATCH and CONNECT) to the stevedore.dev kinds,
+    /// Events and Leases, by `verb resource[/subresource]`.
     writes: BTreeMap<String, u64>,
     /// Open watches of stevedore.dev resources.
     watches: u64,
@@ -108,22 +109,6 @@ async fn api_counters(client: &Client) -> ApiCounters {
         }
     }
     ApiCounters { writes, watches }
-}
-
-fn write_delta(
-    after: &BTreeMap<String, u64>,
-    before: &BTreeMap<String, u64>,
-) -> BTreeMap<String, u64> {
-    after
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.saturating_sub(before.get(k).copied().unwrap_or_default()),
-            )
-        })
-        .filter(|(_, v)| *v > 0)
-        .collect()
 }
 
 /// Objects reconciled at once (`--max-concurrent-reconciles`): `BENCH_FLEET_RECONCILES`,
@@ -345,7 +330,7 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
     let status_key = "APPLY dockercontainers/status".to_string();
     while converged {
         let now = api_counters(&client).await;
-        let written = write_delta(&now.writes, &api_before.writes)
+        let written = since(&now.writes, &api_before.writes)
             .get(&status_key)
             .copied()
             .unwrap_or_default();
@@ -358,7 +343,7 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let cold = started.elapsed().as_secs_f64();
-    let cold_api_writes = write_delta(&api_counters(&client).await.writes, &api_before.writes);
+    let cold_api_writes = since(&api_counters(&client).await.writes, &api_before.writes);
     eprintln!(
         "controller {n}: cold {cold:.1} s (converged: {converged}), api writes {cold_api_writes:?}"
     );
@@ -372,11 +357,11 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
     let api_after = api_counters(&client).await;
     let docker = since(&docker_after, &docker_before);
     let lists: u64 = lists_after.iter().sum::<u64>() - lists_before.iter().sum::<u64>();
+    let steady_api_writes = since(&api_after.writes, &api_steady.writes);
     let rss_managing = rss_kb(controller.id());
     eprintln!(
-        "controller {n}: steady docker calls {}, api writes {:?}",
+        "controller {n}: steady docker calls {}, api writes {steady_api_writes:?}",
         calls_line(&docker),
-        write_delta(&api_after.writes, &api_steady.writes)
     );
 
     // One edit at a time, each timed until its replacement starts on its daemon.
@@ -444,7 +429,7 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
         converged,
         steady_docker_writes: writes(&docker),
         steady_lists_per_target: lists as f64 / n as f64,
-        steady_api_writes: write_delta(&api_after.writes, &api_steady.writes),
+        steady_api_writes,
         watches: api_after.watches.saturating_sub(others_watches),
         rss_idle,
         rss_managing,

@@ -615,6 +615,14 @@ fn default_max_unavailable() -> i32 {
 pub const ANNOTATION_RESTARTED_AT: &str = "stevedore.dev/restartedAt";
 
 impl DockerContainer {
+    /// Whether its status records instances on the target `target` (by name).
+    pub fn has_instances_on(&self, target: &str) -> bool {
+        self.status
+            .iter()
+            .flat_map(|s| &s.instances)
+            .any(|i| i.target == target)
+    }
+
     /// The restart request on this object, if any (see [`ANNOTATION_RESTARTED_AT`]).
     pub fn restarted_at(&self) -> Option<&str> {
         self.metadata

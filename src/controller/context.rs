@@ -16,8 +16,8 @@ use super::metrics::Metrics;
 
 use crate::api::{DockerContainer, DockerContainerSpec, DockerTarget, Registry};
 use crate::docker::HostContainer;
-use crate::fleet::{ContainerEntry, Recorded, Snapshot, TargetEntry};
-use crate::labels::{LABEL_NAME, LABEL_UID};
+use crate::fleet::{ContainerEntry, Snapshot, TargetEntry};
+use crate::labels::{LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
 use crate::placement::Reach;
 use crate::registry::credentials::registry_for;
 use crate::shutdown::Shutdown;
@@ -123,22 +123,33 @@ impl Stores {
     pub fn snapshot_for(&self, container: &DockerContainer) -> (Snapshot, ContainerEntry) {
         let namespace = container.metadata.namespace.clone().unwrap_or_default();
         let reach = Reach::of(&container.spec.placement);
-        let recorded = container
-            .status
-            .as_ref()
-            .map(Recorded::from_status)
-            .unwrap_or_default();
-        let in_scope = |t: &DockerTarget| {
-            let name = t.metadata.name.as_deref().unwrap_or_default();
-            t.metadata.namespace.as_deref() == Some(namespace.as_str())
-                && (reach.includes(name, t.metadata.labels.as_ref())
-                    || recorded.replicas.iter().any(|(on, _)| on == name))
+        let in_scope: Vec<Arc<DockerTarget>> = match &reach {
+            // Pinned: its target and those its status names, looked up by name (a fleet's
+            // thousands of targets are not walked for one object).
+            Reach::Named(pinned) => {
+                let recorded = container.status.iter().flat_map(|s| &s.instances);
+                let names: BTreeSet<&str> = recorded
+                    .map(|i| i.target.as_str())
+                    .chain([pinned.as_str()])
+                    .collect();
+                names
+                    .into_iter()
+                    .filter_map(|name| self.targets.get(&ObjectRef::new(name).within(&namespace)))
+                    .collect()
+            }
+            Reach::Selected(_) | Reach::Nothing => self
+                .targets
+                .state()
+                .into_iter()
+                .filter(|t| {
+                    let name = t.metadata.name.as_deref().unwrap_or_default();
+                    t.metadata.namespace.as_deref() == Some(namespace.as_str())
+                        && is_placed_on(container, &reach, name, t.metadata.labels.as_ref())
+                })
+                .collect(),
         };
-        let mut targets: Vec<TargetEntry> = self
-            .targets
-            .state()
+        let mut targets: Vec<TargetEntry> = in_scope
             .into_iter()
-            .filter(|t| in_scope(t))
             .map(|t| TargetEntry {
                 name: t.metadata.name.clone().unwrap_or_default(),
                 uid: t.metadata.uid.clone().unwrap_or_default(),
@@ -146,12 +157,7 @@ impl Stores {
             })
             .collect();
         targets.sort_by(|a, b| a.name.cmp(&b.name));
-        let entry = ContainerEntry {
-            name: container.metadata.name.clone().unwrap_or_default(),
-            uid: container.metadata.uid.clone().unwrap_or_default(),
-            object: Arc::new(container.clone()),
-            recorded,
-        };
+        let entry = ContainerEntry::of(Arc::new(container.clone()));
         let mut registries: Vec<(String, Arc<Registry>)> = self
             .registries
             .state()
@@ -171,9 +177,9 @@ impl Stores {
         (snapshot, entry)
     }
 
-    /// The other DockerContainers whose containers `listed` shows (by their name and UID
-    /// labels), looked up one by one: they share the snapshot's targets, so placement
-    /// counts their replicas there.
+    /// The other DockerContainers whose containers `listed` shows, looked up one by one
+    /// (see [`Stores::owner_of`]): they share the snapshot's targets, so placement counts
+    /// their replicas there.
     pub fn neighbours<'c>(
         &self,
         snapshot: &Snapshot,
@@ -181,39 +187,46 @@ impl Stores {
     ) -> Vec<ContainerEntry> {
         let mut found: BTreeMap<&str, ContainerEntry> = BTreeMap::new();
         for container in listed {
-            let (Some(uid), Some(name)) = (
-                container.labels.get(LABEL_UID),
-                container.labels.get(LABEL_NAME),
-            ) else {
+            let Some(uid) = container.labels.get(LABEL_UID) else {
                 continue;
             };
             if found.contains_key(uid.as_str()) || snapshot.container(uid).is_some() {
                 continue;
             }
-            let key = ObjectRef::new(name).within(&snapshot.namespace);
-            let Some(object) = self.containers.get(&key) else {
-                continue;
-            };
-            if object.metadata.uid.as_deref() != Some(uid.as_str()) {
-                continue;
+            if let Some(owner) = self.owner_of(container) {
+                found.insert(uid, ContainerEntry::of(owner));
             }
-            let recorded = object
-                .status
-                .as_ref()
-                .map(Recorded::from_status)
-                .unwrap_or_default();
-            found.insert(
-                uid,
-                ContainerEntry {
-                    name: name.clone(),
-                    uid: uid.clone(),
-                    object,
-                    recorded,
-                },
-            );
         }
         found.into_values().collect()
     }
+
+    /// The DockerContainer that owns a managed container, found by the namespace and name
+    /// its labels give (one lookup, not a walk of the cache) and only if its UID is the
+    /// labelled one: an object deleted and made again under the same name owns nothing of
+    /// its predecessor's.
+    pub fn owner_of(&self, container: &HostContainer) -> Option<Arc<DockerContainer>> {
+        let label = |key: &str| container.labels.get(key);
+        let (namespace, name, uid) = (
+            label(LABEL_NAMESPACE)?,
+            label(LABEL_NAME)?,
+            label(LABEL_UID)?,
+        );
+        self.containers
+            .get(&ObjectRef::new(name).within(namespace))
+            .filter(|owner| owner.metadata.uid.as_ref() == Some(uid))
+    }
+}
+
+/// Whether a DockerContainer whose placement reaches `reach` concerns the target `name`
+/// labelled `labels`: it may place replicas there, or its status records some there (they
+/// may have to leave).
+pub fn is_placed_on(
+    container: &DockerContainer,
+    reach: &Reach,
+    name: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    reach.includes(name, labels) || container.has_instances_on(name)
 }
 
 /// A Secret's data, decoded.

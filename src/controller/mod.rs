@@ -41,7 +41,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
-use self::context::{CachesListed, Context, Settings, Stores, registry_serving};
+use self::context::{CachesListed, Context, Settings, Stores, is_placed_on, registry_serving};
 use self::events::EventRecorder;
 use self::hosts::{HostSignal, Hosts};
 use self::metrics::Metrics;
@@ -272,8 +272,7 @@ fn users_of(
 }
 
 /// The DockerContainers a change of the target `name` in `namespace`, labelled `labels`,
-/// concerns: those whose placement may reach it and those whose status records instances
-/// there (they may have to leave).
+/// concerns (see [`is_placed_on`]).
 fn placed_on(
     containers: &Store<DockerContainer>,
     namespace: &str,
@@ -284,13 +283,7 @@ fn placed_on(
         .state()
         .iter()
         .filter(|c| c.namespace().as_deref() == Some(namespace))
-        .filter(|c| {
-            Reach::of(&c.spec.placement).includes(name, labels)
-                || c.status
-                    .iter()
-                    .flat_map(|s| &s.instances)
-                    .any(|i| i.target == name)
-        })
+        .filter(|c| is_placed_on(c, &Reach::of(&c.spec.placement), name, labels))
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }

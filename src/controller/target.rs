@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
 use super::context::Context;
@@ -26,7 +26,7 @@ use crate::api::target::DockerTargetStatus;
 use crate::conditions::{keep_transition_times, now_time, target_conditions};
 use crate::docker::HostContainer;
 use crate::docker::material::target_material;
-use crate::labels::{LABEL_MANAGER, LABEL_NAME, LABEL_NAMESPACE, LABEL_UID};
+use crate::labels::LABEL_MANAGER;
 
 /// The finalizer that keeps a deleted target while DockerContainers deleted with it still
 /// have containers on its host.
@@ -75,12 +75,7 @@ async fn release(target: &DockerTarget, ctx: &Context) -> Result<Action> {
                 .iter()
                 .any(|f| f == super::container::FINALIZER)
         })
-        .filter(|c| {
-            c.status
-                .iter()
-                .flat_map(|s| &s.instances)
-                .any(|i| i.target == name)
-        })
+        .filter(|c| c.has_instances_on(&name))
         .map(|c| c.name_any())
         .collect();
     // Returning an error keeps the finalizer (the finalizer helper removes it on Ok).
@@ -116,26 +111,18 @@ where
 
 /// How many of `listed` this manager manages; those whose DockerContainer is gone are
 /// logged (they are left running, not removed). Each owner is looked up by the name its
-/// labels give: the cost is the target's containers, not the namespace's.
+/// labels give ([`Stores::owner_of`]): the cost is the target's containers, not the
+/// namespace's.
+///
+/// [`Stores::owner_of`]: super::context::Stores::owner_of
 fn count_managed(target: &DockerTarget, listed: &[HostContainer], ctx: &Context) -> i32 {
     let ours = listed
         .iter()
         .filter(|c| c.labels.get(LABEL_MANAGER) == Some(&ctx.settings.manager));
-    let owned = |c: &HostContainer| {
-        let (Some(namespace), Some(name), Some(uid)) = (
-            c.labels.get(LABEL_NAMESPACE),
-            c.labels.get(LABEL_NAME),
-            c.labels.get(LABEL_UID),
-        ) else {
-            return false;
-        };
-        let key = ObjectRef::new(name).within(namespace);
-        ctx.stores
-            .containers
-            .get(&key)
-            .is_some_and(|o| o.metadata.uid.as_ref() == Some(uid))
-    };
-    let unowned = ours.clone().filter(|c| !owned(c)).count();
+    let unowned = ours
+        .clone()
+        .filter(|c| ctx.stores.owner_of(c).is_none())
+        .count();
     if unowned > 0 {
         tracing::info!(
             target = %target.name_any(),

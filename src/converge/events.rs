@@ -41,9 +41,10 @@ pub enum Heard {
 
 /// Follows the events of the containers labelled for target `target_uid` and tells `on`
 /// of every (re)connect, every disruptive event or health verdict, and every other event,
-/// until `on` returns `false` or the task is aborted. IDs of containers stopped from outside go into `manual_stops` first, so
-/// what `on` wakes sees them. A broken stream is reopened after a back-off (250 ms,
-/// doubling to 30 s, reset after a stream that lasted longer than that).
+/// until `on` returns `false` or the task is aborted. IDs of containers stopped from
+/// outside go into `manual_stops` first, so what `on` wakes sees them. A broken stream is
+/// reopened after a back-off (250 ms, doubling to 30 s, reset after a stream that lasted
+/// longer than that).
 pub async fn follow(
     host: DockerHost,
     target_uid: String,

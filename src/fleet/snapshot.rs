@@ -63,6 +63,23 @@ pub struct Recorded {
     pub pin: Option<Resolved>,
 }
 
+impl ContainerEntry {
+    /// The entry of a DockerContainer read from the API server: its identity from its
+    /// metadata, what its status records.
+    pub fn of(object: Arc<DockerContainer>) -> Self {
+        Self {
+            name: object.metadata.name.clone().unwrap_or_default(),
+            uid: object.metadata.uid.clone().unwrap_or_default(),
+            recorded: object
+                .status
+                .as_ref()
+                .map(Recorded::from_status)
+                .unwrap_or_default(),
+            object,
+        }
+    }
+}
+
 impl Recorded {
     /// What a DockerContainer's status records.
     pub fn from_status(status: &DockerContainerStatus) -> Self {
