@@ -95,6 +95,12 @@ struct ControllerArgs {
     /// This replica's identity in the election.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Split the fleet into this many shards, each held through a Lease
+    /// (`<lease-name>-shard-<k>`) by one replica, so that every replica acts at once on
+    /// its own targets; 0 keeps one acting replica (leader election). Use several shards
+    /// per replica (4 × replicas is a good start) so that they spread evenly.
+    #[arg(long, default_value_t = 0)]
+    shards: u32,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_address: std::net::SocketAddr,
@@ -296,19 +302,30 @@ fn print_crds(output_dir: Option<PathBuf>) -> Outcome {
 }
 
 async fn run_controller(args: ControllerArgs) -> ExitCode {
-    use stevedore::controller::{LeaderElection, Options, context::Settings};
+    use stevedore::controller::shards::leases::Config as ShardLeases;
+    use stevedore::controller::{LeaderElection, Options, Sharding, context::Settings};
     let identity = args.identity.unwrap_or_else(|| {
         std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| format!("stevedore-{}", std::process::id()))
     });
+    // Shards replace the election: every replica acts, each on its own shards.
+    let sharding = (args.shards > 0).then(|| Sharding {
+        shards: args.shards,
+        leases: ShardLeases {
+            name: args.lease_name.clone(),
+            namespace: args.lease_namespace.clone(),
+            identity: identity.clone(),
+        },
+    });
     let options = Options {
         namespace: args.namespace,
-        leader_election: args.leader_elect.then_some(LeaderElection {
+        leader_election: (args.leader_elect && sharding.is_none()).then_some(LeaderElection {
             lease_name: args.lease_name,
             lease_namespace: args.lease_namespace,
             identity,
         }),
+        sharding,
         listen: args.metrics_address,
         settings: Settings {
             manager: args.manager,

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::events::EventRecorder;
 use super::hosts::Hosts;
 use super::metrics::Metrics;
+use super::shards::Shards;
 
 use crate::api::{DockerContainer, DockerContainerSpec, DockerTarget, Registry};
 use crate::docker::HostContainer;
@@ -326,6 +327,8 @@ pub struct Context {
     pub fetcher: crate::registry::source::SourceFetcher,
     /// When this replica first saw each deleted DockerTarget, by UID.
     pub deletions: Mutex<HashMap<String, Instant>>,
+    /// The shards this replica acts on (all of them without sharding).
+    pub shards: Arc<Shards>,
 }
 
 impl Context {

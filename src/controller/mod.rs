@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod rbac;
 pub mod registry;
+pub mod shards;
 pub mod target;
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,6 +47,8 @@ use self::events::EventRecorder;
 use self::hosts::{HostSignal, Hosts};
 use self::metrics::Metrics;
 use self::outcome::error_policy;
+use self::shards::Shards;
+use self::shards::leases::ShardLeases;
 use crate::api::{DockerContainer, DockerTarget, Registry};
 use crate::docker::ConnectOptions;
 use crate::placement::Reach;
@@ -62,13 +65,25 @@ pub struct LeaderElection {
     pub identity: String,
 }
 
+/// Sharding settings: every replica acts at once, each on the targets of the shards it
+/// holds (see [`shards`]).
+#[derive(Clone, Debug)]
+pub struct Sharding {
+    /// How many shards the fleet is split into.
+    pub shards: u32,
+    /// Where the shard Leases live and who this replica is.
+    pub leases: shards::leases::Config,
+}
+
 /// How the controller runs.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Watch one namespace only; all namespaces when `None`.
     pub namespace: Option<String>,
-    /// Leader election; `None` runs as the only replica.
+    /// Leader election; `None` runs as the only replica (or as one of the shards').
     pub leader_election: Option<LeaderElection>,
+    /// Sharding; `None` acts on the whole fleet (after winning the election, if any).
+    pub sharding: Option<Sharding>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub listen: SocketAddr,
     /// Tunables.
@@ -392,9 +407,41 @@ pub async fn run_with(client: Client, options: Options) -> Result<(), RunError> 
         .leader_election
         .as_ref()
         .map(|e| e.identity.clone())
+        .or_else(|| options.sharding.as_ref().map(|s| s.leases.identity.clone()))
         .or_else(|| std::env::var("POD_NAME").ok());
+    let (gained_tx, gained_rx) = mpsc::unbounded_channel();
+    let (shards, mut shard_leases) = match &options.sharding {
+        Some(sharding) => {
+            let shards = Shards::sharded(sharding.shards);
+            let leases = ShardLeases::new(
+                client.clone(),
+                sharding.leases.clone(),
+                shards.clone(),
+                gained_tx,
+            );
+            (shards, Some(leases))
+        }
+        None => (Shards::single(), None),
+    };
+    if let Some(leases) = shard_leases.as_mut() {
+        // The first reconciles find their shards held already.
+        if let Err(error) = leases.round().await {
+            tracing::warn!(%error, "shard leases: the first round failed; retrying");
+        }
+    }
+    let controllers = run_controllers(
+        client,
+        namespace,
+        hosts,
+        metrics,
+        options.settings.clone(),
+        signals_rx,
+        identity,
+        (shards, gained_rx),
+    );
     let result = tokio::select! {
-        () = run_controllers(client, namespace, hosts, metrics, options.settings.clone(), signals_rx, identity) => Ok(()),
+        () = controllers => Ok(()),
+        () = keep_shards(shard_leases.as_mut()) => Ok(()),
         () = lost_lease => Err(RunError::LostLease),
         () = grace_period_over(&shutdown) => {
             tracing::warn!(
@@ -408,7 +455,18 @@ pub async fn run_with(client: Client, options: Options) -> Result<(), RunError> 
     if let Some(lease) = lease {
         release_lease(lease).await;
     }
+    if let Some(leases) = shard_leases.as_mut() {
+        leases.release_all().await;
+    }
     result
+}
+
+/// Keeps this replica's shard Leases for as long as the controllers run; never returns.
+async fn keep_shards(leases: Option<&mut ShardLeases>) {
+    match leases {
+        Some(leases) => leases.run_until(std::future::pending()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves once `shutdown` drains: the controllers then start no reconcile.
@@ -503,6 +561,7 @@ async fn lease_released(leases: &Api<Lease>, name: &str) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_controllers(
     client: Client,
     namespace: Option<&str>,
@@ -511,6 +570,7 @@ async fn run_controllers(
     settings: Settings,
     signals: mpsc::UnboundedReceiver<HostSignal>,
     identity: Option<String>,
+    (shards, gained): (Arc<Shards>, mpsc::UnboundedReceiver<u32>),
 ) {
     // Five caches; no reconcile runs before each has listed once.
     let listed = CachesListed::expecting(&[
@@ -627,6 +687,31 @@ async fn run_controllers(
         config_maps,
         listed,
     };
+    // A shard taken over: its objects are reconciled here now.
+    {
+        let (stores, shards) = (stores.clone(), shards.clone());
+        let (container_tx, target_tx, registry_tx) =
+            (container_tx.clone(), target_tx.clone(), registry_tx.clone());
+        let mut gained = gained;
+        tokio::spawn(async move {
+            while let Some(shard) = gained.recv().await {
+                stores.wait_until_ready().await;
+                let woken = shards::wake::woken_by(&stores, &shards, shard);
+                woken
+                    .targets
+                    .into_iter()
+                    .for_each(|t| drop(target_tx.send(t)));
+                woken
+                    .registries
+                    .into_iter()
+                    .for_each(|r| drop(registry_tx.send(r)));
+                woken
+                    .containers
+                    .into_iter()
+                    .for_each(|c| drop(container_tx.send(c)));
+            }
+        });
+    }
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: EventRecorder::new(client.clone(), "stevedore", identity),
@@ -637,6 +722,7 @@ async fn run_controllers(
         failures: Mutex::new(HashMap::new()),
         fetcher: Default::default(),
         deletions: Default::default(),
+        shards,
     });
 
     // A target's change reaches the DockerContainers placed on it, a Registry's those

@@ -22,6 +22,10 @@ use crate::registry::refresh::{record_refresh, refresh, refresh_interval};
 /// Refreshes one Registry when it is due and writes its status when it changed.
 pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Action> {
     ctx.stores.wait_until_ready().await;
+    if !ctx.shards.owns(&registry.metadata) {
+        // Another replica's shard: taking it over wakes the Registry here.
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let namespace = registry
         .namespace()

@@ -39,6 +39,10 @@ const DELETION_SETTLE: Duration = Duration::from_secs(5);
 /// Checks one target and writes its status; a deleted one goes once nothing needs it.
 pub async fn reconcile(target: Arc<DockerTarget>, ctx: Arc<Context>) -> Result<Action> {
     ctx.stores.wait_until_ready().await;
+    if !ctx.shards.owns(&target.metadata) {
+        // Another replica's shard: taking it over wakes the target here.
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let namespace = target
         .namespace()

@@ -1187,6 +1187,7 @@ async fn the_running_controller_uses_every_permission_it_asks_for_and_no_other()
             lease_namespace: ns.clone(),
             identity: "replica-a".into(),
         }),
+        sharding: None,
         listen: "127.0.0.1:0".parse().expect("address"),
         settings: Settings {
             manager: unique("ctl-rbac"),

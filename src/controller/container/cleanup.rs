@@ -10,6 +10,7 @@ use kube::{Resource, ResourceExt};
 
 use super::FINALIZER;
 use super::observe::{TargetView, observe_targets, owner_of, views};
+use super::part::Part;
 use super::status::write_status;
 use crate::api::DockerContainer;
 use crate::api::container::{DeletionPolicy, DockerContainerStatus};
@@ -25,10 +26,20 @@ use crate::fleet::connections::Attempt;
 /// Removes the object's containers from every target (gracefully), unless its
 /// `deletionPolicy` is `Orphan`. A target that is unreachable and holds some of them
 /// keeps the finalizer, and the conditions say which; other objects are not held up.
-pub(super) async fn cleanup(container: &DockerContainer, ctx: &Context) -> Result<Action> {
+///
+/// Sharded, each replica removes them from the targets of its own shards; the home
+/// replica keeps the finalizer until the others' targets show none either.
+pub(super) async fn cleanup(
+    container: &DockerContainer,
+    ctx: &Context,
+    part: Part,
+) -> Result<Action> {
     let uid = container.uid().unwrap_or_default();
     let reference = container.object_ref(&());
     if container.spec.deletion_policy == DeletionPolicy::Orphan {
+        if !part.writes_object() {
+            return Ok(Action::await_change());
+        }
         publish(
             ctx,
             &reference,
@@ -57,7 +68,17 @@ pub(super) async fn cleanup(container: &DockerContainer, ctx: &Context) -> Resul
                     .iter()
                     .filter(|c| owner_of(c) == Some(uid.as_str()))
                     .collect();
-                remove_all(ctx, &reference, container, view, host, &mine).await
+                let shard = ctx.shards.of(&view.target.object.metadata);
+                match ctx.shards.acting_on(shard) {
+                    Some(_acting) => {
+                        remove_all(ctx, &reference, container, view, host, &mine).await
+                    }
+                    None if mine.is_empty() => Ok(()),
+                    None => Err(format!(
+                        "target {} (shard {shard}, whose replica removes them)",
+                        view.target.name
+                    )),
+                }
             }
             // Only a target this object was placed on can hold its containers.
             Err(e) if recorded.contains(view.target.name.as_str()) => Err(format!(
@@ -77,6 +98,10 @@ pub(super) async fn cleanup(container: &DockerContainer, ctx: &Context) -> Resul
     if blocked.is_empty() {
         forget(ctx, &uid);
         return Ok(Action::await_change());
+    }
+    if !part.writes_object() {
+        // Its own targets are done or failed; the home replica reports and retries.
+        return Ok(Action::requeue(super::RETRY_UNREACHABLE));
     }
     let why = format!(
         "deletion waits for {} to remove its containers; the finalizer {FINALIZER} stays until then",

@@ -28,10 +28,12 @@ use kube::{Resource, ResourceExt};
 
 use self::cleanup::cleanup;
 use self::observe::{TargetView, observe_targets, owner_of, placements_for, views};
+use self::part::{Part, part_of};
 use self::status::{hold, statuses, write_status};
 use super::context::Context;
 use super::error::{Error, Result};
 use super::events::publish_outcome;
+use super::shards::Acting;
 use crate::api::DockerContainer;
 use crate::api::container::ImageUpdatePolicy;
 use crate::api::container::{DockerContainerStatus, InstanceStatus};
@@ -42,6 +44,7 @@ use crate::converge::engine::{
 use crate::converge::executor::Executor;
 use crate::converge::model::DesiredInstance;
 use crate::converge::status::is_ready;
+use crate::docker::HostContainer;
 use crate::fleet::connections::{Attempt, known_containers};
 use crate::fleet::desired::{ImageFound, wanted};
 use crate::fleet::pins::{pin_before, pin_image};
@@ -50,6 +53,7 @@ use crate::registry::refresh::refresh_interval;
 
 mod cleanup;
 mod observe;
+mod part;
 mod status;
 
 /// The finalizer that removes an object's containers before it goes.
@@ -64,15 +68,26 @@ pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Re
     let namespace = container
         .namespace()
         .ok_or_else(|| Error::InvalidObject("DockerContainer has no namespace".into()))?;
-    let api: Api<DockerContainer> = Api::namespaced(ctx.client.clone(), &namespace);
-    let result = finalizer(&api, FINALIZER, container, |event| async {
-        match event {
-            Event::Apply(container) => apply(&container, &ctx).await,
-            Event::Cleanup(container) => cleanup(&container, &ctx).await,
+    let result = match part_of(&ctx, &container) {
+        // Another replica's: the gain of a shard, or a change, wakes it here.
+        Part::Nothing => return Ok(Action::await_change()),
+        // The home replica owns the finalizer; a helper only converges its own targets.
+        Part::Helper if container.metadata.deletion_timestamp.is_some() => {
+            cleanup(&container, &ctx, Part::Helper).await
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+        Part::Helper => apply(&container, &ctx, Part::Helper).await,
+        Part::Home => {
+            let api: Api<DockerContainer> = Api::namespaced(ctx.client.clone(), &namespace);
+            finalizer(&api, FINALIZER, container, |event| async {
+                match event {
+                    Event::Apply(container) => apply(&container, &ctx, Part::Home).await,
+                    Event::Cleanup(container) => cleanup(&container, &ctx, Part::Home).await,
+                }
+            })
+            .await
+            .map_err(|e| Error::Finalizer(Box::new(e)))
+        }
+    };
     ctx.metrics.reconciled("DockerContainer", started.elapsed());
     result
 }
@@ -89,7 +104,7 @@ pub(super) struct TargetOutcome {
     changed: bool,
 }
 
-async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
+async fn apply(container: &DockerContainer, ctx: &Context, part: Part) -> Result<Action> {
     let uid = container
         .uid()
         .ok_or_else(|| Error::InvalidObject("DockerContainer has no metadata.uid".into()))?;
@@ -112,7 +127,7 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
     };
     let wanted = match wanted(&snapshot, &entry, &placements, image, &ctx.settings.manager) {
         Ok(wanted) => wanted,
-        Err(problem) => return hold(container, ctx, problem).await,
+        Err(problem) => return hold(container, ctx, problem, part).await,
     };
     let resolved = wanted.pin.as_ref().and_then(|p| p.resolved.clone());
     problems.extend(wanted.pin.and_then(|p| p.problem));
@@ -122,7 +137,18 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         .iter()
         .zip(wanted.per_target)
         .map(|(view, instances)| {
-            converge_target(ctx, &reference, &uid, view, instances, &previous.instances)
+            let acting = ctx
+                .shards
+                .acting_on(ctx.shards.of(&view.target.object.metadata));
+            converge_target(
+                ctx,
+                &reference,
+                &uid,
+                view,
+                instances,
+                &previous.instances,
+                Converging { acting, part },
+            )
         });
     let outcomes = join_all(converges).await;
 
@@ -165,7 +191,9 @@ async fn apply(container: &DockerContainer, ctx: &Context) -> Result<Action> {
         instances,
         conditions,
     };
-    write_status(ctx, container, &previous, status).await?;
+    if part.writes_object() {
+        write_status(ctx, container, &previous, status).await?;
+    }
     ctx.succeeded(&uid);
 
     let first_target = snapshot
@@ -213,7 +241,17 @@ fn count_n(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-/// Converges this object's containers on one target and reports what they look like.
+/// What a reconcile may do on one target.
+struct Converging {
+    /// Present while this replica may make Docker writes on the target (it holds the
+    /// target's shard); absent, it only reports what runs there.
+    acting: Option<Acting>,
+    /// This replica's part in the object.
+    part: Part,
+}
+
+/// Converges this object's containers on one target and reports what they look like; on
+/// a target of another replica's shard, only reports (for the status its home writes).
 async fn converge_target(
     ctx: &Context,
     reference: &ObjectReference,
@@ -221,6 +259,7 @@ async fn converge_target(
     view: &TargetView<'_>,
     instances: Vec<DesiredInstance>,
     previous: &[InstanceStatus],
+    converging: Converging,
 ) -> TargetOutcome {
     let (host, listed) = match &view.seen.listed {
         Ok((host, listed)) => (host, listed),
@@ -247,6 +286,25 @@ async fn converge_target(
     };
     if instances.is_empty() && !listed.iter().any(|c| owner_of(c) == Some(uid)) {
         return TargetOutcome::default();
+    }
+    if converging.acting.is_none() {
+        if !converging.part.writes_object() {
+            return TargetOutcome::default();
+        }
+        let observed: Vec<HostContainer> = listed
+            .iter()
+            .filter(|c| owner_of(c) == Some(uid))
+            .cloned()
+            .collect();
+        let updated = instances
+            .iter()
+            .filter(|d| d.current_in(&observed).is_some())
+            .count();
+        return TargetOutcome {
+            instances: statuses(host, &view.target.name, &instances, &observed, previous).await,
+            updated,
+            ..Default::default()
+        };
     }
     let identity = TargetIdentity {
         uid: view.target.uid.clone(),

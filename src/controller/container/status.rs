@@ -6,6 +6,7 @@ use std::time::Duration;
 use kube::Resource;
 use kube::runtime::controller::Action;
 
+use super::part::Part;
 use crate::api::DockerContainer;
 use crate::api::container::{DockerContainerStatus, InstanceStatus};
 use crate::conditions::{
@@ -77,12 +78,17 @@ pub(super) async fn hold(
     container: &DockerContainer,
     ctx: &Context,
     problem: Problem,
+    part: Part,
 ) -> Result<Action> {
     let then = if problem.is_transient() {
         Action::requeue(RETRY_TRANSIENT)
     } else {
         Action::await_change()
     };
+    if !part.writes_object() {
+        // Its home replica says why.
+        return Ok(then);
+    }
     let Problem {
         reason,
         message: why,

@@ -626,6 +626,7 @@ pub fn context_with(
         failures: Default::default(),
         fetcher: Default::default(),
         deletions: Default::default(),
+        shards: stevedore::controller::shards::Shards::single(),
     };
     (Arc::new(ctx), receiver)
 }

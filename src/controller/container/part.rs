@@ -1,0 +1,50 @@
+//! Which part of a DockerContainer's work falls to this replica when the fleet is sharded
+//! (see [`crate::controller::shards`]).
+
+use crate::api::DockerContainer;
+use crate::controller::context::Context;
+
+/// What this replica does for one DockerContainer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Part {
+    /// It holds the object's home shard, that of its first target by name (of the object
+    /// itself while it has none): it converges the targets it holds and writes the
+    /// object's status and finalizer, from what every target of the object shows.
+    Home,
+    /// It holds some of the object's targets but not its home: it converges those only,
+    /// and writes nothing to the object.
+    Helper,
+    /// None of it: other replicas'.
+    Nothing,
+}
+
+impl Part {
+    /// Whether this replica writes the object's status, finalizer and object Events.
+    pub(super) fn writes_object(self) -> bool {
+        self == Part::Home
+    }
+}
+
+/// This replica's part in `container` (always [`Part::Home`] without sharding).
+pub(super) fn part_of(ctx: &Context, container: &DockerContainer) -> Part {
+    let shards = &ctx.shards;
+    if !shards.is_sharded() {
+        return Part::Home;
+    }
+    let (snapshot, _) = ctx.stores.snapshot_for(container);
+    let home = snapshot.targets.first().map_or_else(
+        || shards.of(&container.metadata),
+        |target| shards.of(&target.object.metadata),
+    );
+    if shards.holds(home) {
+        Part::Home
+    } else if snapshot
+        .targets
+        .iter()
+        .any(|target| shards.owns(&target.object.metadata))
+    {
+        Part::Helper
+    } else {
+        Part::Nothing
+    }
+}
