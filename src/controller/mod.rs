@@ -425,6 +425,7 @@ pub async fn run_with(client: Client, options: Options) -> Result<(), RunError> 
     };
     if let Some(leases) = shard_leases.as_mut() {
         // The first reconciles find their shards held already.
+        leases.join().await;
         if let Err(error) = leases.round().await {
             tracing::warn!(%error, "shard leases: the first round failed; retrying");
         }

@@ -27,23 +27,24 @@ use stevedore::docker::{ConnectOptions, DockerHost, connect};
 use stevedore::labels::LABEL_NAMESPACE;
 
 /// The controller binary, watching `namespace`, as its own process.
-struct ControllerProcess {
+pub(crate) struct ControllerProcess {
     child: Child,
     /// Where it serves `/metrics`.
     metrics_port: i32,
 }
 
 impl ControllerProcess {
-    fn start(kubeconfig: &str, namespace: &str, extra: &[&str]) -> Self {
+    pub(crate) fn start(kubeconfig: &str, namespace: &str, extra: &[&str]) -> Self {
         let port = common::fixture::free_port();
+        // The Leases live in the watched namespace, unless the test names another.
+        let lease_namespace = if extra.contains(&"--lease-namespace") {
+            &[][..]
+        } else {
+            &["--lease-namespace", namespace][..]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_stevedore"))
-            .args([
-                "controller",
-                "--namespace",
-                namespace,
-                "--lease-namespace",
-                namespace,
-            ])
+            .args(["controller", "--namespace", namespace])
+            .args(lease_namespace)
             .args([
                 "--metrics-address",
                 &format!("127.0.0.1:{port}"),
@@ -61,6 +62,11 @@ impl ControllerProcess {
             child,
             metrics_port: port,
         }
+    }
+
+    /// Its process ID.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stops it as Kubernetes does, with SIGTERM, and waits until it exited.
@@ -90,7 +96,7 @@ impl ControllerProcess {
     }
 
     /// How many reconciles of `kind` it has run, from its `/metrics`.
-    async fn reconciles(&self, kind: &str) -> u64 {
+    pub(crate) async fn reconciles(&self, kind: &str) -> u64 {
         let address = format!("127.0.0.1:{}", self.metrics_port);
         let mut stream = tokio::net::TcpStream::connect(&address)
             .await
@@ -120,7 +126,11 @@ impl Drop for ControllerProcess {
     }
 }
 
-async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+pub(crate) async fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let started = Instant::now();
     loop {
         if let Some(value) = check().await {
@@ -156,7 +166,7 @@ async fn main_daemon(env: &TestEnv) -> DockerHost {
         .expect("main daemon")
 }
 
-fn is_ready(container: &DockerContainer) -> bool {
+pub(crate) fn is_ready(container: &DockerContainer) -> bool {
     container.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
@@ -384,7 +394,7 @@ async fn with_two_replicas_only_the_leader_acts() {
 
 /// Deletes the test's namespace and waits until it is gone: its DockerTargets and
 /// DockerContainers carry finalizers only a running controller removes.
-async fn delete_namespace_while_the_controller_runs(client: &Client, ns: &str) {
+pub(crate) async fn delete_namespace_while_the_controller_runs(client: &Client, ns: &str) {
     delete_namespace(client, ns).await;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     wait_for("the namespace gone", Duration::from_secs(120), async || {

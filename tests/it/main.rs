@@ -23,6 +23,7 @@ mod docker_connect;
 mod dockerfile;
 mod e2e_controller;
 mod e2e_kube;
+mod e2e_shards;
 mod examples;
 mod gitops_health;
 mod harness;

@@ -28,7 +28,7 @@ use kube::{Resource, ResourceExt};
 
 use self::cleanup::cleanup;
 use self::observe::{TargetView, observe_targets, owner_of, placements_for, views};
-use self::part::{Part, part_of};
+use self::part::{Part, follow_home, part_of};
 use self::status::{hold, statuses, write_status};
 use super::context::Context;
 use super::error::{Error, Result};
@@ -114,7 +114,10 @@ async fn apply(container: &DockerContainer, ctx: &Context, part: Part) -> Result
     let registry = snapshot.registry_for(&container.spec);
     let previous = container.status.clone().unwrap_or_default();
 
-    let (placements, mut problems) = placements_for(ctx, &snapshot, &uid, &views);
+    let (mut placements, mut problems) = placements_for(ctx, &snapshot, &uid, &views);
+    if part == Part::Helper {
+        follow_home(&mut placements, &uid, &entry.recorded.replicas);
+    }
     let before = pin_before(&entry, known_containers(views.iter().map(|v| &v.seen)));
     let pin = pin_image(&snapshot, &entry, before, unix_now()).await;
     let source = match &container.spec.image_source {

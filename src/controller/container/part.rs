@@ -3,6 +3,7 @@
 
 use crate::api::DockerContainer;
 use crate::controller::context::Context;
+use crate::placement::{Assignment, Placements};
 
 /// What this replica does for one DockerContainer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,4 +48,19 @@ pub(super) fn part_of(ctx: &Context, container: &DockerContainer) -> Part {
     } else {
         Part::Nothing
     }
+}
+
+/// Makes `uid`'s placement its home replica's, as the object's status records it, so
+/// that a helper never places a replica by its own, possibly different, view of the fleet:
+/// two replicas deciding apart could both start one replica index, each on its own target.
+pub(super) fn follow_home(placements: &mut Placements, uid: &str, recorded: &[(String, u32)]) {
+    placements.assignments.retain(|a| a.owner_uid != uid);
+    placements.unplaced.retain(|u| u.owner_uid != uid);
+    placements
+        .assignments
+        .extend(recorded.iter().map(|(target, replica)| Assignment {
+            owner_uid: uid.to_string(),
+            replica: *replica,
+            target: target.clone(),
+        }));
 }

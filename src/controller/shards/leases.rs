@@ -92,6 +92,15 @@ impl ShardLeases {
         }
     }
 
+    /// Announces this replica (its member Lease) and waits one round before taking any
+    /// shard: replicas started together (a Deployment's) then see each other and take
+    /// their own quotas at once, instead of the first one taking every shard and handing
+    /// most of them over moments later.
+    pub async fn join(&mut self) {
+        self.renew_member().await;
+        tokio::time::sleep(ROUND).await;
+    }
+
     /// Runs rounds until `stop` resolves.
     pub async fn run_until(&mut self, stop: impl std::future::Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);

@@ -32,11 +32,14 @@ pub async fn serve(daemon: Arc<Daemon>, listener: std::os::unix::net::UnixListen
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Which process is calling: a sharded controller's replicas are processes of
+        // their own, and a test checks that only one of them writes to this daemon.
+        let client = stream.peer_cred().ok().and_then(|c| c.pid());
         let daemon = Arc::clone(&daemon);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let daemon = Arc::clone(&daemon);
-                async move { Ok::<_, Infallible>(handle(&daemon, request).await) }
+                async move { Ok::<_, Infallible>(handle(&daemon, request, client).await) }
             });
             // A client that hangs up mid-answer (an event stream it stopped reading) is
             // the end of that connection, nothing more.
@@ -47,9 +50,16 @@ pub async fn serve(daemon: Arc<Daemon>, listener: std::os::unix::net::UnixListen
     }
 }
 
-async fn handle(daemon: &Arc<Daemon>, request: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    daemon: &Arc<Daemon>,
+    request: Request<Incoming>,
+    client: Option<i32>,
+) -> Response<Body> {
     let method = request.method().clone();
     let path = strip_version(request.uri().path()).to_string();
+    if method == Method::POST || method == Method::DELETE {
+        daemon.record_write(client, &format!("{method} {path}"));
+    }
     let query = parse_query(request.uri().query().unwrap_or_default());
     let auth = request
         .headers()

@@ -171,6 +171,17 @@ impl World {
     }
 }
 
+/// A call that changed a simulated daemon (POST or DELETE).
+#[derive(Clone, Debug)]
+pub struct Write {
+    /// The calling process's ID, from the socket's peer credentials.
+    pub client: Option<i32>,
+    /// Method and path, `POST /containers/create`.
+    pub call: String,
+    /// When it came.
+    pub at: std::time::Instant,
+}
+
 /// A simulated daemon.
 pub struct Daemon {
     world: Mutex<World>,
@@ -180,6 +191,7 @@ pub struct Daemon {
     runtime: tokio::runtime::Handle,
     serial: AtomicU64,
     calls: Mutex<BTreeMap<&'static str, u64>>,
+    writes: Mutex<Vec<Write>>,
     /// This daemon's number, for container IDs and addresses unique in the fleet.
     index: usize,
 }
@@ -204,6 +216,7 @@ impl Daemon {
             runtime,
             serial: AtomicU64::new(0),
             calls: Mutex::default(),
+            writes: Mutex::default(),
             index,
         })
     }
@@ -227,6 +240,26 @@ impl Daemon {
     /// How many calls of each kind this daemon answered so far.
     pub fn calls(&self) -> BTreeMap<&'static str, u64> {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records a call that changes the daemon, and the process that made it.
+    pub fn record_write(&self, client: Option<i32>, call: &str) {
+        self.writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Write {
+                client,
+                call: call.to_string(),
+                at: std::time::Instant::now(),
+            });
+    }
+
+    /// Every call that changed this daemon so far, in order.
+    pub fn writes(&self) -> Vec<Write> {
+        self.writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Subscribes to events from now on.
