@@ -89,10 +89,35 @@ pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
         .any(|p| p.group == group && p.resource == resource && p.verbs.contains(&verb))
 }
 
+/// What a sharded controller (`--shards`) does with Leases instead of leader election:
+/// lists its shard set's, creates and patches its member and shard Leases, and deletes its
+/// member Lease on the way out (and those of replicas gone for good).
+pub const SHARD_LEASES: Permission = Permission {
+    group: "coordination.k8s.io",
+    resource: "leases",
+    verbs: &["list", "create", "patch", "delete"],
+    why: "shards held through Leases",
+};
+
 /// Every `(group, resource, verb)` of [`PERMISSIONS`], one entry per verb.
 pub fn grants() -> std::collections::BTreeSet<(String, String, String)> {
-    PERMISSIONS
-        .iter()
+    grants_of(PERMISSIONS.iter())
+}
+
+/// Like [`grants`], for a sharded controller: [`SHARD_LEASES`] instead of leader election.
+pub fn grants_sharded() -> std::collections::BTreeSet<(String, String, String)> {
+    grants_of(
+        PERMISSIONS
+            .iter()
+            .filter(|p| p.resource != SHARD_LEASES.resource)
+            .chain([&SHARD_LEASES]),
+    )
+}
+
+fn grants_of<'p>(
+    permissions: impl Iterator<Item = &'p Permission>,
+) -> std::collections::BTreeSet<(String, String, String)> {
+    permissions
         .flat_map(|p| {
             p.verbs
                 .iter()

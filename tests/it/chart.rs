@@ -177,6 +177,29 @@ fn one_namespace_one_replica_with_a_service_monitor() {
 }
 
 #[test]
+fn sharded_replicas_all_act_and_may_use_the_shard_leases_only() {
+    let objects = objects(
+        &render(
+            json!({"replicaCount": 3, "leaderElection": {"enabled": false},
+                       "sharding": {"shards": 12}}),
+        )
+        .expect("a sharded controller renders"),
+    );
+    let args = controller_args(&objects);
+    assert!(args.contains(&"--shards=12".to_string()), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--leader-elect")),
+        "shards replace the election: {args:?}"
+    );
+    assert_eq!(granted(&objects), rbac::grants_sharded());
+    let role = of_kind(&objects, "Role")[0].to_string();
+    assert!(
+        role.contains("delete") && !role.contains("\"get\""),
+        "{role}"
+    );
+}
+
+#[test]
 fn bad_values_are_refused_naming_the_value() {
     for (values, names) in [
         (json!({"replicaCount": 0}), "replicaCount"),
@@ -190,6 +213,7 @@ fn bad_values_are_refused_naming_the_value() {
             "watchNamespace",
         ),
         (json!({"replicas": 2}), "replicas"),
+        (json!({"sharding": {"shards": -1}}), "shards"),
     ] {
         match render(values.clone()) {
             Ok(_) => panic!("{values} was accepted"),
