@@ -5,12 +5,15 @@
 //!
 //! Sizes: `BENCH_FLEET_SIZES` (default `10,100,1000` targets). With `STEVEDORE_E2E_KUBECONFIG`
 //! naming a real API server, the controller is measured too (`controller`), at
-//! `BENCH_FLEET_CONTROLLER_SIZES` (default `10,100,1000` targets).
+//! `BENCH_FLEET_CONTROLLER_SIZES` (default `10,100,1000` targets), and three sharded
+//! replicas (`shards`) at `BENCH_FLEET_SHARDED_SIZES` (default `1000`).
 
 #[path = "../tests/it/common/mod.rs"]
 mod common;
 #[path = "fleet/controller.rs"]
 mod controller;
+#[path = "fleet/shards.rs"]
+mod shards;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -298,6 +301,12 @@ async fn main() {
             let floor = fleet_floor(&sim, &image).await;
             let row = controller::measure(&kubeconfig, &sim, &image, &work).await;
             controller::row(&mut report, n, floor, &row);
+        }
+        shards::header(&mut report);
+        for n in sizes("BENCH_FLEET_SHARDED_SIZES", "1000") {
+            let sim = simulate(format!("sim-shards-{n}"), n);
+            let row = shards::measure(&kubeconfig, &sim, &image, &work).await;
+            shards::row(&mut report, n, &row);
         }
     }
     let _ = std::fs::remove_dir_all(&work);

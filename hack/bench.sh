@@ -5,7 +5,8 @@
 # script runs it, idempotently). Sizes: BENCH_SIZES=10,50,100; repetitions: BENCH_REPS=3;
 # fleet sizes (targets): BENCH_FLEET_SIZES=10,100,1000. With STEVEDORE_E2E_KUBECONFIG naming
 # a disposable real API server, the fleet benchmark measures the controller too, at
-# BENCH_FLEET_CONTROLLER_SIZES=10,100,1000 (objects reconciled at once: BENCH_FLEET_RECONCILES).
+# BENCH_FLEET_CONTROLLER_SIZES=10,100,1000 (objects reconciled at once: BENCH_FLEET_RECONCILES),
+# and three sharded replicas at BENCH_FLEET_SHARDED_SIZES=1000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/test-env.sh up

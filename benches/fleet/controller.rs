@@ -157,7 +157,7 @@ fn exited(controller: &mut Child, log: &Path) {
     }
 }
 
-fn stop(mut child: Child) {
+pub(super) fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -176,13 +176,13 @@ fn starts(sim: &Simulator) -> Vec<u64> {
         .collect()
 }
 
-fn running(sim: &Simulator) -> usize {
+pub(super) fn running(sim: &Simulator) -> usize {
     (0..sim.len())
         .map(|i| sim.daemon(i).container_count())
         .sum()
 }
 
-async fn create_all(client: &Client, namespace: &str, sim: &Simulator, image: &str) {
+pub(super) async fn create_all(client: &Client, namespace: &str, sim: &Simulator, image: &str) {
     let targets = (0..sim.len()).map(|t| {
         json!({
             "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
@@ -225,7 +225,7 @@ where
 }
 
 /// Waits until `done` holds (checked every 250 ms) or `limit` passes; the time it took.
-async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<f64> {
+pub(super) async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<f64> {
     let started = Instant::now();
     while started.elapsed() < limit {
         if done() {
@@ -255,7 +255,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Takes the finalizers off every object of `namespace`, so that it can go without a
 /// controller (the simulated daemons go with the benchmark).
-async fn release(client: &Client, namespace: &str) {
+pub(super) async fn release(client: &Client, namespace: &str) {
     unfinalize::<DockerContainer>(Api::namespaced(client.clone(), namespace)).await;
     unfinalize::<DockerTarget>(Api::namespaced(client.clone(), namespace)).await;
 }

@@ -10,8 +10,10 @@
 //!        │                                                  └─> Registry reconcile
 //!        └──< status (server-side apply, field manager `stevedore`), Events, finalizer
 //! ```
-//! One replica acts at a time: with leader election on, the controllers start only while
-//! this process holds the `Lease`, and the process exits when it loses it.
+//! With leader election, one replica acts at a time: the controllers start only while
+//! this process holds the `Lease`, and the process exits when it loses it. With shards
+//! (`--shards N`), every replica acts at once, each on the targets of the shards it holds
+//! (see [`shards`]).
 
 pub mod container;
 pub mod context;
