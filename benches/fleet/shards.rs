@@ -152,9 +152,9 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
         .collect();
     let mut targets_per_replica = BTreeMap::new();
     let mut shared_targets = 0;
-    for t in 0..n {
+    for (t, shard) in shard_of_daemon.iter().enumerate() {
         let holder = held
-            .get(&shard_of_daemon[t])
+            .get(shard)
             .cloned()
             .flatten()
             .unwrap_or_default();
