@@ -120,12 +120,27 @@ fn reconciles() -> u16 {
         .unwrap_or(stevedore::controller::context::DEFAULT_MAX_CONCURRENT_RECONCILES)
 }
 
+/// Starts a controller command with its warnings appended to a log file.
+pub(super) trait SpawnLogging {
+    fn spawn_logging_to(&mut self, log: &Path) -> Child;
+}
+
+impl SpawnLogging for Command {
+    fn spawn_logging_to(&mut self, log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("controller log");
+        self.env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start stevedore controller")
+    }
+}
+
 fn start_controller(kubeconfig: &str, namespace: &str, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("controller log");
     stevedore()
         .args([
             "controller",
@@ -143,11 +158,7 @@ fn start_controller(kubeconfig: &str, namespace: &str, log: &Path) -> Child {
             "60s",
         ])
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start stevedore controller")
+        .spawn_logging_to(log)
 }
 
 /// Stops the benchmark when the controller exited by itself (its log says why).

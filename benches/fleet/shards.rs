@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -17,9 +17,9 @@ use serde_json::json;
 use stevedore::api::DockerTarget;
 use stevedore::controller::shards::shard_of;
 
-use super::common::cluster;
+use super::common::cluster::{self, shard_holders};
 use super::common::sim::Simulator;
-use super::controller::{create_all, release, running, stop, until};
+use super::controller::{SpawnLogging, create_all, release, running, stop, until};
 use super::{PER_TARGET, stevedore};
 
 /// Replicas started.
@@ -39,11 +39,6 @@ pub struct Row {
 }
 
 fn start(kubeconfig: &str, namespace: &str, home: &str, identity: &str, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("controller log");
     stevedore()
         .args([
             "controller",
@@ -60,30 +55,7 @@ fn start(kubeconfig: &str, namespace: &str, home: &str, identity: &str, log: &Pa
             "127.0.0.1:0",
         ])
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start stevedore controller")
-}
-
-async fn holders(leases: &Api<Lease>) -> BTreeMap<u32, Option<String>> {
-    let listed = leases.list(&ListParams::default()).await.map(|l| l.items);
-    listed
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|lease| {
-            let shard = lease
-                .metadata
-                .name
-                .as_deref()?
-                .strip_prefix(&format!("{LEASE_PREFIX}-shard-"))?
-                .parse()
-                .ok()?;
-            let holder = lease.spec.and_then(|s| s.holder_identity);
-            Some((shard, holder.filter(|h| !h.is_empty())))
-        })
-        .collect()
+        .spawn_logging_to(log)
 }
 
 async fn create_namespace(api: &Api<Namespace>, name: &str) {
@@ -127,7 +99,7 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
     tokio::time::sleep(Duration::from_secs(30)).await;
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), &home);
-    let held = holders(&leases).await;
+    let held = shard_holders(&leases, LEASE_PREFIX).await;
     let targets: Api<DockerTarget> = Api::namespaced(client.clone(), &namespace);
     let shard_by_name: BTreeMap<String, u32> = targets
         .list(&ListParams::default())
@@ -153,11 +125,7 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
     let mut targets_per_replica = BTreeMap::new();
     let mut shared_targets = 0;
     for (t, shard) in shard_of_daemon.iter().enumerate() {
-        let holder = held
-            .get(shard)
-            .cloned()
-            .flatten()
-            .unwrap_or_default();
+        let holder = held.get(shard).cloned().flatten().unwrap_or_default();
         *targets_per_replica.entry(holder.clone()).or_default() += 1;
         let writers: BTreeSet<i32> = sim
             .daemon(t)
@@ -179,7 +147,7 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
     }
     let mut takeover = None;
     while killed_at.elapsed() < Duration::from_secs(120) {
-        let now = holders(&leases).await;
+        let now = shard_holders(&leases, LEASE_PREFIX).await;
         if now.len() == SHARDS as usize
             && now
                 .values()

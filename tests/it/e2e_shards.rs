@@ -16,7 +16,9 @@ use stevedore::api::{DockerContainer, DockerTarget};
 use stevedore::controller::shards::shard_of;
 
 use crate::common::TestEnv;
-use crate::common::cluster::{connect as cluster, delete_namespace, fresh_namespace, install_crds};
+use crate::common::cluster::{
+    connect as cluster, delete_namespace, fresh_namespace, install_crds, shard_holders,
+};
 use crate::common::sim::daemon::Filters;
 use crate::common::sim::{Profile, Simulator, harness_world};
 use crate::e2e_controller::{
@@ -28,29 +30,6 @@ const SHARDS: u32 = 12;
 /// Replicas of the object placed across the whole fleet.
 const SPREAD: usize = 6;
 const LEASE_PREFIX: &str = "stevedore-controller";
-
-/// Each shard Lease's holder.
-async fn holders(leases: &Api<Lease>) -> BTreeMap<u32, Option<String>> {
-    let listed = leases
-        .list(&ListParams::default())
-        .await
-        .expect("list the Leases");
-    listed
-        .items
-        .into_iter()
-        .filter_map(|lease| {
-            let shard = lease
-                .metadata
-                .name
-                .as_deref()?
-                .strip_prefix(&format!("{LEASE_PREFIX}-shard-"))?
-                .parse()
-                .ok()?;
-            let holder = lease.spec.and_then(|s| s.holder_identity);
-            Some((shard, holder.filter(|h| !h.is_empty())))
-        })
-        .collect()
-}
 
 /// The processes that made each daemon's writes (before `until`, when given).
 fn writers(sim: &Simulator, after: Option<Instant>) -> Vec<BTreeSet<i32>> {
@@ -76,23 +55,28 @@ fn running_names(sim: &Simulator, index: usize) -> Vec<String> {
         .collect()
 }
 
-async fn create(client: &Client, ns: &str, object: Value) {
-    match object["kind"].as_str() {
-        Some("DockerTarget") => {
-            let target: DockerTarget = serde_json::from_value(object).expect("a target");
-            Api::<DockerTarget>::namespaced(client.clone(), ns)
-                .create(&PostParams::default(), &target)
-                .await
-                .expect("create a DockerTarget");
-        }
-        _ => {
-            let container: DockerContainer = serde_json::from_value(object).expect("a container");
-            Api::<DockerContainer>::namespaced(client.clone(), ns)
-                .create(&PostParams::default(), &container)
-                .await
-                .expect("create a DockerContainer");
-        }
-    }
+async fn create<K>(client: &Client, ns: &str, object: Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(object).expect("a valid object");
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &object)
+        .await
+        .expect("create an object");
+}
+
+/// A DockerContainer running the harness image with `placement`.
+fn app(name: &str, image: &str, placement: Value) -> Value {
+    json!({
+        "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
+        "metadata": {"name": name},
+        "spec": {"image": image, "stopTimeoutSeconds": 1, "placement": placement},
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +95,7 @@ async fn three_replicas_split_the_fleet_and_a_killed_ones_shards_move_without_a_
     let image = env.get("IMAGE_V1");
 
     for t in 0..TARGETS {
-        create(
+        create::<DockerTarget>(
             &client,
             &ns,
             json!({
@@ -121,30 +105,12 @@ async fn three_replicas_split_the_fleet_and_a_killed_ones_shards_move_without_a_
             }),
         )
         .await;
-        create(
-            &client,
-            &ns,
-            json!({
-                "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
-                "metadata": {"name": format!("app-{t:02}")},
-                "spec": {"image": image, "stopTimeoutSeconds": 1,
-                         "placement": {"target": format!("t{t:02}")}},
-            }),
-        )
-        .await;
+        let pinned = json!({"target": format!("t{t:02}")});
+        create::<DockerContainer>(&client, &ns, app(&format!("app-{t:02}"), &image, pinned)).await;
     }
-    create(
-        &client,
-        &ns,
-        json!({
-            "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
-            "metadata": {"name": "spread"},
-            "spec": {"image": image, "stopTimeoutSeconds": 1,
-                     "placement": {"targetSelector": {"matchLabels": {"pool": "fleet"}},
-                                   "replicas": SPREAD}},
-        }),
-    )
-    .await;
+    let everywhere =
+        json!({"targetSelector": {"matchLabels": {"pool": "fleet"}}, "replicas": SPREAD});
+    create::<DockerContainer>(&client, &ns, app("spread", &image, everywhere)).await;
 
     let shards = SHARDS.to_string();
     let mut replicas: BTreeMap<String, ControllerProcess> = ["r0", "r1", "r2"]
@@ -193,7 +159,7 @@ async fn three_replicas_split_the_fleet_and_a_killed_ones_shards_move_without_a_
 
     // Every shard has one holder, and each replica holds its quota.
     let leases: Api<Lease> = Api::namespaced(client.clone(), &home);
-    let held = holders(&leases).await;
+    let held = shard_holders(&leases, LEASE_PREFIX).await;
     let mut per_replica: BTreeMap<String, usize> = BTreeMap::new();
     for holder in held.values() {
         let holder = holder.clone().expect("every shard is held");
@@ -259,7 +225,7 @@ async fn three_replicas_split_the_fleet_and_a_killed_ones_shards_move_without_a_
         "r1's shards taken over",
         Duration::from_secs(60),
         async || {
-            let now = holders(&leases).await;
+            let now = shard_holders(&leases, LEASE_PREFIX).await;
             now.values()
                 .all(|h| matches!(h.as_deref(), Some("r0" | "r2")))
                 .then_some(now)

@@ -257,24 +257,7 @@ impl ShardLeases {
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(name),
-                        labels: Some(self.labels("member")),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(self.config.identity.clone()),
-                        lease_duration_seconds: Some(duration_seconds()),
-                        acquire_time: Some(now.clone()),
-                        renew_time: Some(now),
-                        ..LeaseSpec::default()
-                    }),
-                };
-                self.api
-                    .create(&PostParams::default(), &lease)
-                    .await
-                    .map(|_| ())
+                self.create(name, "member", now).await
             }
             Err(error) => Err(error),
         };
@@ -282,6 +265,29 @@ impl ShardLeases {
             Ok(()) => self.renewed = Some(started),
             Err(error) => tracing::warn!(%error, "could not renew the member Lease"),
         }
+    }
+
+    /// Creates a Lease of `role` held by this replica (a name taken already fails).
+    async fn create(&self, name: String, role: &str, now: MicroTime) -> Result<(), kube::Error> {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name),
+                labels: Some(self.labels(role)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(self.config.identity.clone()),
+                lease_duration_seconds: Some(duration_seconds()),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            }),
+        };
+        self.api
+            .create(&PostParams::default(), &lease)
+            .await
+            .map(|_| ())
     }
 
     /// Takes `shard`: its Lease, if any, only at the resourceVersion read.
@@ -299,36 +305,9 @@ impl ShardLeases {
                         "leaseTransitions": lease.transitions.saturating_add(1),
                     },
                 });
-                self.api
-                    .patch(
-                        &self.shard_name(shard),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                    .map(|_| ())
+                self.patch(&self.shard_name(shard), &patch).await
             }
-            None => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(self.shard_name(shard)),
-                        labels: Some(self.labels("shard")),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(LeaseSpec {
-                        holder_identity: Some(self.config.identity.clone()),
-                        lease_duration_seconds: Some(duration_seconds()),
-                        acquire_time: Some(now.clone()),
-                        renew_time: Some(now),
-                        lease_transitions: Some(0),
-                        ..LeaseSpec::default()
-                    }),
-                };
-                self.api
-                    .create(&PostParams::default(), &lease)
-                    .await
-                    .map(|_| ())
-            }
+            None => self.create(self.shard_name(shard), "shard", now).await,
         }
     }
 
@@ -337,16 +316,14 @@ impl ShardLeases {
         let Some(lease) = read else {
             return Ok(());
         };
-        let patch = json!({
-            "metadata": {"resourceVersion": lease.resource_version},
-            "spec": {"holderIdentity": null},
-        });
+        let patch = released(lease.resource_version.as_deref());
+        self.patch(&self.shard_name(shard), &patch).await
+    }
+
+    /// A merge patch of the Lease `name` (conditional when it names a resourceVersion).
+    async fn patch(&self, name: &str, patch: &serde_json::Value) -> Result<(), kube::Error> {
         self.api
-            .patch(
-                &self.shard_name(shard),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .map(|_| ())
     }
@@ -378,18 +355,8 @@ impl ShardLeases {
                 .and_then(|s| s.holder_identity.as_deref());
             let is_shard = lease.labels().get(ROLE_LABEL).map(String::as_str) == Some("shard");
             if is_shard && holder == Some(self.config.identity.as_str()) {
-                let patch = json!({
-                    "metadata": {"resourceVersion": lease.resource_version()},
-                    "spec": {"holderIdentity": null},
-                });
-                let _ = self
-                    .api
-                    .patch(
-                        &lease.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await;
+                let patch = released(lease.resource_version().as_deref());
+                let _ = self.patch(&lease.name_any(), &patch).await;
             }
         }
         match self
@@ -401,6 +368,14 @@ impl ShardLeases {
             Err(error) => tracing::warn!(%error, "could not delete the member Lease"),
         }
     }
+}
+
+/// The patch that frees a shard Lease read at `resource_version`.
+fn released(resource_version: Option<&str>) -> serde_json::Value {
+    json!({
+        "metadata": {"resourceVersion": resource_version},
+        "spec": {"holderIdentity": null},
+    })
 }
 
 fn duration_seconds() -> i32 {

@@ -77,3 +77,31 @@ pub async fn delete_namespace(client: &Client, name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let _ = namespaces.delete(name, &DeleteParams::default()).await;
 }
+
+/// Each shard Lease's holder (`None`: free) among the Leases of `leases` named
+/// `<prefix>-shard-<k>`: what a sharded controller's replicas hold.
+pub async fn shard_holders(
+    leases: &Api<k8s_openapi::api::coordination::v1::Lease>,
+    prefix: &str,
+) -> std::collections::BTreeMap<u32, Option<String>> {
+    let listed = leases
+        .list(&kube::api::ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let shard_prefix = format!("{prefix}-shard-");
+    listed
+        .into_iter()
+        .filter_map(|lease| {
+            let shard = lease
+                .metadata
+                .name
+                .as_deref()?
+                .strip_prefix(&shard_prefix)?
+                .parse()
+                .ok()?;
+            let holder = lease.spec.and_then(|s| s.holder_identity);
+            Some((shard, holder.filter(|h| !h.is_empty())))
+        })
+        .collect()
+}
