@@ -2,21 +2,25 @@
 //! run (their labels; while one cannot be listed, its last list and what the mode
 //! recorded), and every DockerContainer of the namespace as a workload.
 
-use super::Snapshot;
 use super::connections::TargetSeen;
+use super::{Snapshot, TargetEntry};
 use crate::converge::model::host_ports;
 use crate::labels::{LABEL_REPLICA, LABEL_UID};
 use crate::placement::{Existing, Placements, TargetInfo, Workload, place};
 
 /// Places every replica of every DockerContainer of the snapshot, or with `placing`, only
 /// that DockerContainer's (the others count where they run). `seen` is in the snapshot's
-/// target order; a target it does not reach counts as not answering since `now`.
+/// target order; a target it does not reach counts as not answering since `now`. On the
+/// targets `acted_on_elsewhere` names (another replica's shard, see
+/// `controller::shards`), what the mode recorded counts as running even while the target
+/// answers: that replica may not have carried the recorded placement out yet, and placing
+/// the replica again elsewhere would start it twice.
 pub fn place_snapshot<'s>(
     snapshot: &Snapshot,
     seen: impl IntoIterator<Item = &'s TargetSeen>,
     placing: Option<&str>,
-    now: u64,
-    grace_secs: u64,
+    (now, grace_secs): (u64, u64),
+    acted_on_elsewhere: &dyn Fn(&TargetEntry) -> bool,
 ) -> Placements {
     let mut seen = seen.into_iter();
     let targets: Vec<_> = snapshot.targets.iter().map(|t| (t, seen.next())).collect();
@@ -56,7 +60,7 @@ pub fn place_snapshot<'s>(
                 target: target.name.clone(),
             })
         }));
-        if seen.is_some_and(TargetSeen::answers) {
+        if seen.is_some_and(TargetSeen::answers) && !acted_on_elsewhere(target) {
             continue;
         }
         // A silent target's last list may predate what was done there since (it was

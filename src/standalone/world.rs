@@ -364,7 +364,13 @@ fn place_namespace(inputs: &RoundInputs<'_>, seen: &Seen, round: &mut Round) {
     } = *inputs;
     let snapshot = &seen.snapshot;
     let key_of = |kind: &str, name: &str| ObjectKey::new(kind, &snapshot.namespace, name);
-    let placements = place_snapshot(snapshot, &seen.observed, None, now, options.grace_secs);
+    let placements = place_snapshot(
+        snapshot,
+        &seen.observed,
+        None,
+        (now, options.grace_secs),
+        &|_| false,
+    );
     for unplaced in &placements.unplaced {
         if let Some(container) = snapshot.container(&unplaced.owner_uid) {
             round

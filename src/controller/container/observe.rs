@@ -74,8 +74,8 @@ pub(super) fn placements_for(
         snapshot,
         views.iter().map(|v| &v.seen),
         Some(uid),
-        unix_now(),
-        ctx.settings.grace.as_secs(),
+        (unix_now(), ctx.settings.grace.as_secs()),
+        &|target| !ctx.shards.owns(&target.object.metadata),
     );
     let unplaced = placements
         .unplaced
