@@ -195,6 +195,10 @@ impl ShardLeases {
             &holders,
         );
         let mut held: BTreeSet<u32> = decided.keep.clone();
+        for shard in &held {
+            // A handover an earlier round began and this one no longer wants: act again.
+            self.shards.stay(*shard);
+        }
         for shard in &decided.release {
             if !self.shards.leave(*shard) {
                 // Actions under way: it stays held (no new one starts) until a later round.
