@@ -329,6 +329,11 @@ pub struct Context {
     pub deletions: Mutex<HashMap<String, Instant>>,
     /// The shards this replica acts on (all of them without sharding).
     pub shards: Arc<Shards>,
+    /// Sharded: the placement (target, replica) this replica, as their home, last wrote
+    /// into each DockerContainer's status, by UID. Its cache may not show that write yet,
+    /// and a helper may already act on it: placing from the older status would start a
+    /// replica twice.
+    pub placed: Mutex<HashMap<String, Vec<(String, u32)>>>,
 }
 
 impl Context {
@@ -357,6 +362,25 @@ impl Context {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(object_uid);
+    }
+
+    /// What this replica last wrote of `uid`'s placement as its home, if anything.
+    pub fn placed(&self, uid: &str) -> Option<Vec<(String, u32)>> {
+        self.placed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    /// Remembers `uid`'s placement as written into its status, or forgets it (`None`:
+    /// this replica is not, or no longer, its home).
+    pub fn remember_placed(&self, uid: &str, replicas: Option<Vec<(String, u32)>>) {
+        let mut placed = self.placed.lock().unwrap_or_else(|e| e.into_inner());
+        match replicas {
+            Some(replicas) => placed.insert(uid.to_string(), replicas),
+            None => placed.remove(uid),
+        };
     }
 
     /// Forgets an object's failures after a success.

@@ -726,6 +726,7 @@ async fn run_controllers(
         fetcher: Default::default(),
         deletions: Default::default(),
         shards,
+        placed: Default::default(),
     });
 
     // A target's change reaches the DockerContainers placed on it, a Registry's those

@@ -189,6 +189,7 @@ pub(super) async fn remove_all(
 
 pub(super) fn forget(ctx: &Context, uid: &str) {
     ctx.hosts.forget_owner(uid);
+    ctx.remember_placed(uid, None);
     ctx.metrics.set_container_states(uid, std::iter::empty());
     ctx.succeeded(uid);
 }

@@ -28,7 +28,7 @@ use kube::{Resource, ResourceExt};
 
 use self::cleanup::cleanup;
 use self::observe::{TargetView, observe_targets, owner_of, placements_for, views};
-use self::part::{Part, follow_home, part_of};
+use self::part::{Part, follow_home, follow_own_writes, part_of};
 use self::status::{hold, statuses, write_status};
 use super::context::Context;
 use super::error::{Error, Result};
@@ -45,6 +45,7 @@ use crate::converge::executor::Executor;
 use crate::converge::model::DesiredInstance;
 use crate::converge::status::is_ready;
 use crate::docker::HostContainer;
+use crate::fleet::Recorded;
 use crate::fleet::connections::{Attempt, known_containers};
 use crate::fleet::desired::{ImageFound, wanted};
 use crate::fleet::pins::{pin_before, pin_image};
@@ -109,6 +110,9 @@ async fn apply(container: &DockerContainer, ctx: &Context, part: Part) -> Result
         .uid()
         .ok_or_else(|| Error::InvalidObject("DockerContainer has no metadata.uid".into()))?;
     let (mut snapshot, entry) = ctx.stores.snapshot_for(container);
+    if ctx.shards.is_sharded() {
+        follow_own_writes(ctx, &mut snapshot, &uid, part);
+    }
     let observed = observe_targets(ctx, &mut snapshot, Attempt::Reuse).await;
     let views = views(&snapshot, observed);
     let registry = snapshot.registry_for(&container.spec);
@@ -195,7 +199,11 @@ async fn apply(container: &DockerContainer, ctx: &Context, part: Part) -> Result
         conditions,
     };
     if part.writes_object() {
+        let placed = Recorded::from_status(&status).replicas;
         write_status(ctx, container, &previous, status).await?;
+        if ctx.shards.is_sharded() {
+            ctx.remember_placed(&uid, Some(placed));
+        }
     }
     ctx.succeeded(&uid);
 

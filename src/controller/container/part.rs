@@ -3,6 +3,7 @@
 
 use crate::api::DockerContainer;
 use crate::controller::context::Context;
+use crate::fleet::Snapshot;
 use crate::placement::{Assignment, Placements};
 
 /// What this replica does for one DockerContainer.
@@ -63,4 +64,21 @@ pub(super) fn follow_home(placements: &mut Placements, uid: &str, recorded: &[(S
             replica: *replica,
             target: target.clone(),
         }));
+}
+
+/// Sharded, the home replica places from the placement it wrote last, not from its cached
+/// status, which may not show that write yet while a helper already acts on it; any other
+/// replica forgets what it wrote as the home it no longer is.
+pub(super) fn follow_own_writes(ctx: &Context, snapshot: &mut Snapshot, uid: &str, part: Part) {
+    if part != Part::Home {
+        ctx.remember_placed(uid, None);
+        return;
+    }
+    let (Some(placed), Some(entry)) = (
+        ctx.placed(uid),
+        snapshot.containers.iter_mut().find(|c| c.uid == uid),
+    ) else {
+        return;
+    };
+    entry.recorded.replicas = placed;
 }

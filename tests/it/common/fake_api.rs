@@ -627,6 +627,7 @@ pub fn context_with(
         fetcher: Default::default(),
         deletions: Default::default(),
         shards: stevedore::controller::shards::Shards::single(),
+        placed: Default::default(),
     };
     (Arc::new(ctx), receiver)
 }
