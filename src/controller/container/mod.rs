@@ -12,9 +12,12 @@
 //! whole namespace. A no-op reconcile costs one list call per such target, shared with the
 //! other DockerContainers of the target reconciled at the same moment, and no write.
 //!
+//! Sharded (`--shards`), a replica converges only the targets of its own shards; the
+//! object's home replica alone places it and writes its status and finalizer (`part`).
+//!
 //! Files by job: `observe` (the targets and the placement input, from the fleet's
 //! snapshot), `status` (instance statuses and writing them), `cleanup` (the finalizer's
-//! removals).
+//! removals), `part` (what falls to this replica when the fleet is sharded).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
