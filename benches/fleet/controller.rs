@@ -300,19 +300,23 @@ where
         .await;
 }
 
+/// Creates the namespace `name`.
+pub(super) async fn create_namespace(api: &Api<Namespace>, name: &str) {
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns"),
+    )
+    .await
+    .expect("create a namespace");
+}
+
 /// Runs the controller against `sim` (whose daemons are empty) and measures it.
 pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path) -> Row {
     let (client, _) = cluster::connect("the controller fleet benchmark").await;
     cluster::install_crds(&client).await;
     let namespace = format!("bench-fleet-{}-{}", sim.len(), std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("ns"),
-        )
-        .await
-        .expect("create the namespace");
+    create_namespace(&namespaces, &namespace).await;
     let n = sim.len();
     let log = work.join(format!("controller-{n}.log"));
 

@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use serde_json::json;
+use kube::api::{Api, DeleteParams, ListParams};
 use stevedore::api::DockerTarget;
 use stevedore::controller::shards::shard_of;
 
 use super::common::cluster::{self, shard_holders};
 use super::common::sim::Simulator;
-use super::controller::{SpawnLogging, create_all, release, running, stop, until};
+use super::controller::{
+    SpawnLogging, create_all, create_namespace, release, running, stop, until,
+};
 use super::{PER_TARGET, stevedore};
 
 /// Replicas started.
@@ -56,15 +57,6 @@ fn start(kubeconfig: &str, namespace: &str, home: &str, identity: &str, log: &Pa
         ])
         .env("KUBECONFIG", kubeconfig)
         .spawn_logging_to(log)
-}
-
-async fn create_namespace(api: &Api<Namespace>, name: &str) {
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": name}})).expect("ns"),
-    )
-    .await
-    .expect("create a namespace");
 }
 
 /// Runs three sharded replicas against `sim` (whose daemons are empty) and measures them.

@@ -21,6 +21,7 @@ use crate::controller::events::{EventKind, publish, publish_outcome};
 use crate::converge::executor::Executor;
 use crate::converge::plan::{Action as PlanAction, ContainerRef, Plan};
 use crate::docker::{DockerHost, HostContainer};
+use crate::fleet::Snapshot;
 use crate::fleet::connections::Attempt;
 
 /// Removes the object's containers from every target (gracefully), unless its
@@ -33,6 +34,7 @@ pub(super) async fn cleanup(
     container: &DockerContainer,
     ctx: &Context,
     part: Part,
+    mut snapshot: Snapshot,
 ) -> Result<Action> {
     let uid = container.uid().unwrap_or_default();
     let reference = container.object_ref(&());
@@ -52,7 +54,6 @@ pub(super) async fn cleanup(
         forget(ctx, &uid);
         return Ok(Action::await_change());
     }
-    let (mut snapshot, _) = ctx.stores.snapshot_for(container);
     let observed = observe_targets(ctx, &mut snapshot, Attempt::Cleanup).await;
     let views = views(&snapshot, observed);
     let recorded: HashSet<&str> = container

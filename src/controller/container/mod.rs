@@ -47,11 +47,11 @@ use crate::converge::engine::{
 use crate::converge::executor::Executor;
 use crate::converge::model::DesiredInstance;
 use crate::converge::status::is_ready;
-use crate::docker::HostContainer;
-use crate::fleet::Recorded;
+use crate::docker::{DockerHost, HostContainer};
 use crate::fleet::connections::{Attempt, known_containers};
 use crate::fleet::desired::{ImageFound, wanted};
 use crate::fleet::pins::{pin_before, pin_image};
+use crate::fleet::{ContainerEntry, Recorded, Snapshot};
 use crate::registry::pinning::Resolved;
 use crate::registry::refresh::refresh_interval;
 
@@ -72,20 +72,24 @@ pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Re
     let namespace = container
         .namespace()
         .ok_or_else(|| Error::InvalidObject("DockerContainer has no namespace".into()))?;
-    let result = match part_of(&ctx, &container) {
+    // One snapshot of its targets serves the part this replica plays and the work itself.
+    let seen = ctx.stores.snapshot_for(&container);
+    let result = match part_of(&ctx, &container, &seen.0) {
         // Another replica's: the gain of a shard, or a change, wakes it here.
         Part::Nothing => return Ok(Action::await_change()),
         // The home replica owns the finalizer; a helper only converges its own targets.
         Part::Helper if container.metadata.deletion_timestamp.is_some() => {
-            cleanup(&container, &ctx, Part::Helper).await
+            cleanup(&container, &ctx, Part::Helper, seen.0).await
         }
-        Part::Helper => apply(&container, &ctx, Part::Helper).await,
+        Part::Helper => apply(&container, &ctx, Part::Helper, seen).await,
         Part::Home => {
             let api: Api<DockerContainer> = Api::namespaced(ctx.client.clone(), &namespace);
             finalizer(&api, FINALIZER, container, |event| async {
                 match event {
-                    Event::Apply(container) => apply(&container, &ctx, Part::Home).await,
-                    Event::Cleanup(container) => cleanup(&container, &ctx, Part::Home).await,
+                    Event::Apply(container) => apply(&container, &ctx, Part::Home, seen).await,
+                    Event::Cleanup(container) => {
+                        cleanup(&container, &ctx, Part::Home, seen.0).await
+                    }
                 }
             })
             .await
@@ -108,11 +112,17 @@ pub(super) struct TargetOutcome {
     changed: bool,
 }
 
-async fn apply(container: &DockerContainer, ctx: &Context, part: Part) -> Result<Action> {
+/// Places the object on the snapshot's targets, converges those this replica acts on and,
+/// as its home, writes its status.
+async fn apply(
+    container: &DockerContainer,
+    ctx: &Context,
+    part: Part,
+    (mut snapshot, entry): (Snapshot, ContainerEntry),
+) -> Result<Action> {
     let uid = container
         .uid()
         .ok_or_else(|| Error::InvalidObject("DockerContainer has no metadata.uid".into()))?;
-    let (mut snapshot, entry) = ctx.stores.snapshot_for(container);
     if ctx.shards.is_sharded() {
         follow_own_writes(ctx, &mut snapshot, &uid, part);
     }
@@ -202,10 +212,13 @@ async fn apply(container: &DockerContainer, ctx: &Context, part: Part) -> Result
         conditions,
     };
     if part.writes_object() {
-        let placed = Recorded::from_status(&status).replicas;
+        let placed = ctx
+            .shards
+            .is_sharded()
+            .then(|| Recorded::from_status(&status).replicas);
         write_status(ctx, container, &previous, status).await?;
-        if ctx.shards.is_sharded() {
-            ctx.remember_placed(&uid, Some(placed));
+        if placed.is_some() {
+            ctx.remember_placed(&uid, placed);
         }
     }
     ctx.succeeded(&uid);
@@ -305,17 +318,11 @@ async fn converge_target(
         if !converging.part.writes_object() {
             return TargetOutcome::default();
         }
-        let observed: Vec<HostContainer> = listed
-            .iter()
-            .filter(|c| owner_of(c) == Some(uid))
-            .cloned()
-            .collect();
-        let updated = instances
-            .iter()
-            .filter(|d| d.current_in(&observed).is_some())
-            .count();
+        let observed = owned_by(listed, uid);
+        let (instances, updated) =
+            report_instances(host, view, &instances, &observed, previous).await;
         return TargetOutcome {
-            instances: statuses(host, &view.target.name, &instances, &observed, previous).await,
+            instances,
             updated,
             ..Default::default()
         };
@@ -361,34 +368,46 @@ async fn converge_target(
         report.observed
     } else {
         match ctx.hosts.connections().list(&view.target.uid, host).await {
-            Ok(now) => now
-                .iter()
-                .filter(|c| owner_of(c) == Some(uid))
-                .cloned()
-                .collect(),
+            Ok(now) => owned_by(&now, uid),
             Err(_) => report.observed,
         }
     };
-    let updated = desired
-        .instances
-        .iter()
-        .filter(|d| d.current_in(&observed).is_some())
-        .count();
+    let (instances, updated) =
+        report_instances(host, view, &desired.instances, &observed, previous).await;
     TargetOutcome {
-        instances: statuses(
-            host,
-            &view.target.name,
-            &desired.instances,
-            &observed,
-            previous,
-        )
-        .await,
+        instances,
         updated,
         problems,
         retry_at: report.plan.retry_at,
         unreachable: false,
         changed: report.outcomes.iter().any(|o| o.result.is_ok()),
     }
+}
+
+/// The containers of `listed` that the object `uid` owns.
+fn owned_by(listed: &[HostContainer], uid: &str) -> Vec<HostContainer> {
+    listed
+        .iter()
+        .filter(|c| owner_of(c) == Some(uid))
+        .cloned()
+        .collect()
+}
+
+/// The statuses of the object's `desired` instances on one target as `observed` shows
+/// them, and how many of them run the current spec.
+async fn report_instances(
+    host: &DockerHost,
+    view: &TargetView<'_>,
+    desired: &[DesiredInstance],
+    observed: &[HostContainer],
+    previous: &[InstanceStatus],
+) -> (Vec<InstanceStatus>, usize) {
+    let updated = desired
+        .iter()
+        .filter(|d| d.current_in(observed).is_some())
+        .count();
+    let instances = statuses(host, &view.target.name, desired, observed, previous).await;
+    (instances, updated)
 }
 
 #[cfg(test)]

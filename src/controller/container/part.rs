@@ -27,13 +27,13 @@ impl Part {
     }
 }
 
-/// This replica's part in `container` (always [`Part::Home`] without sharding).
-pub(super) fn part_of(ctx: &Context, container: &DockerContainer) -> Part {
+/// This replica's part in `container`, whose targets `snapshot` holds (always
+/// [`Part::Home`] without sharding).
+pub(super) fn part_of(ctx: &Context, container: &DockerContainer, snapshot: &Snapshot) -> Part {
     let shards = &ctx.shards;
     if !shards.is_sharded() {
         return Part::Home;
     }
-    let (snapshot, _) = ctx.stores.snapshot_for(container);
     let home = snapshot.targets.first().map_or_else(
         || shards.of(&container.metadata),
         |target| shards.of(&target.object.metadata),

@@ -65,6 +65,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// The shards this replica holds, and the Docker actions under way on their targets.
 pub struct Shards {
     count: u32,
+    /// Whether the shards are held through Leases (else one is held for good).
+    sharded: bool,
     state: Mutex<State>,
 }
 
@@ -86,6 +88,7 @@ impl Shards {
     pub fn single() -> Arc<Self> {
         Arc::new(Self {
             count: 1,
+            sharded: false,
             state: Mutex::new(State {
                 held: BTreeSet::from([0]),
                 ..State::default()
@@ -97,6 +100,7 @@ impl Shards {
     pub fn sharded(count: u32) -> Arc<Self> {
         Arc::new(Self {
             count: count.max(1),
+            sharded: true,
             state: Mutex::new(State {
                 valid_until: Some(Instant::now()),
                 ..State::default()
@@ -111,7 +115,7 @@ impl Shards {
 
     /// Whether this replica shares the fleet with others.
     pub fn is_sharded(&self) -> bool {
-        self.lock().valid_until.is_some()
+        self.sharded
     }
 
     /// The shard of an object (see [`shard_of`]).

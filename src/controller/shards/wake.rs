@@ -1,14 +1,15 @@
 //! What to reconcile at once when this replica takes a shard over: the shard's targets
 //! and Registries, and the DockerContainers placed on those targets or at home in it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
 use super::Shards;
 use crate::api::{DockerContainer, DockerTarget, Registry};
-use crate::controller::context::Stores;
+use crate::controller::context::{Stores, is_placed_on};
 use crate::placement::Reach;
 
 /// The objects a replica that just took `shard` reconciles now.
@@ -26,15 +27,15 @@ pub struct Woken {
 /// The objects of `shard` in `stores` (one pass over each cache).
 pub fn woken_by(stores: &Stores, shards: &Shards, shard: u32) -> Woken {
     let mut woken = Woken::default();
-    // (namespace, name) → labels of the shard's targets.
-    let mut targets: BTreeMap<(String, String), Option<BTreeMap<String, String>>> = BTreeMap::new();
+    // The shard's targets by namespace.
+    let mut targets: BTreeMap<String, Vec<Arc<DockerTarget>>> = BTreeMap::new();
     for target in stores.targets.state() {
         if shards.of(&target.metadata) == shard {
             woken.targets.push(ObjectRef::from_obj(target.as_ref()));
-            targets.insert(
-                (target.namespace().unwrap_or_default(), target.name_any()),
-                target.metadata.labels.clone(),
-            );
+            targets
+                .entry(target.namespace().unwrap_or_default())
+                .or_default()
+                .push(target);
         }
     }
     woken.registries = stores
@@ -44,26 +45,22 @@ pub fn woken_by(stores: &Stores, shards: &Shards, shard: u32) -> Woken {
         .filter(|r| shards.of(&r.metadata) == shard)
         .map(|r| ObjectRef::from_obj(r.as_ref()))
         .collect();
-    let namespaces: HashSet<&str> = targets.keys().map(|(ns, _)| ns.as_str()).collect();
     for container in stores.containers.state() {
-        let namespace = container.namespace().unwrap_or_default();
         let reach = Reach::of(&container.spec.placement);
-        let on_shard = namespaces.contains(namespace.as_str())
-            && match &reach {
-                Reach::Named(name) => targets.contains_key(&(namespace.clone(), name.clone())),
-                Reach::Selected(_) => targets
-                    .iter()
-                    .filter(|((ns, _), _)| *ns == namespace)
-                    .any(|((_, name), labels)| reach.includes(name, labels.as_ref())),
-                Reach::Nothing => false,
-            };
-        let recorded = container
-            .status
-            .iter()
-            .flat_map(|s| &s.instances)
-            .any(|i| targets.contains_key(&(namespace.clone(), i.target.clone())));
+        let on_shard = targets
+            .get(&container.namespace().unwrap_or_default())
+            .into_iter()
+            .flatten()
+            .any(|t| {
+                is_placed_on(
+                    &container,
+                    &reach,
+                    &t.name_any(),
+                    t.metadata.labels.as_ref(),
+                )
+            });
         let at_home = !matches!(reach, Reach::Named(_)) && shards.of(&container.metadata) == shard;
-        if on_shard || recorded || at_home {
+        if on_shard || at_home {
             woken
                 .containers
                 .push(ObjectRef::from_obj(container.as_ref()));
