@@ -118,17 +118,53 @@ async fn floor(hosts: &[DockerHost], image: &str) -> f64 {
     elapsed
 }
 
-/// The floor of every daemon of `sim` (see [`floor`]), through connections made for it.
-async fn fleet_floor(sim: &Simulator, image: &str) -> f64 {
-    let hosts: Vec<DockerHost> =
-        join_all((0..sim.len()).map(|i| {
+/// The floor at a concurrency fixed for the whole fleet: `PER_TARGET` containers on every
+/// daemon created and started, `at_once` of them at a time over all daemons (what the
+/// controller's reconciles at once allow it, one container each); then removed.
+async fn floor_fleet_wide(hosts: &[DockerHost], image: &str, at_once: usize) -> f64 {
+    let body = || bollard::models::ContainerCreateBody {
+        image: Some(image.to_string()),
+        ..Default::default()
+    };
+    let each = || (0..hosts.len()).flat_map(|t| (0..PER_TARGET).map(move |i| (t, i)));
+    let started = Instant::now();
+    stream::iter(each())
+        .map(|(t, i)| async move {
+            let name = format!("floor-{t}-{i}");
+            let id = hosts[t].create(&name, body()).await.expect("floor create");
+            hosts[t].start(&id, &name).await.expect("floor start");
+        })
+        .buffer_unordered(at_once)
+        .collect::<Vec<_>>()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    stream::iter(each())
+        .map(|(t, i)| async move {
+            let name = format!("floor-{t}-{i}");
+            hosts[t].remove(&name, &name).await.expect("floor remove");
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    elapsed
+}
+
+/// The connections to every daemon of `sim`, made for a floor.
+async fn connect_all(sim: &Simulator) -> Vec<DockerHost> {
+    join_all(
+        (0..sim.len()).map(|i| {
             let address = sim.address(i);
             async move {
                 common::wait::connected((common::hosts::spec(&address), Default::default())).await
             }
-        }))
-        .await;
-    floor(&hosts, image).await
+        }),
+    )
+    .await
+}
+
+/// The floor of every daemon of `sim` (see [`floor`]), through connections made for it.
+async fn fleet_floor(sim: &Simulator, image: &str) -> f64 {
+    floor(&connect_all(sim).await, image).await
 }
 
 fn write_manifests(dir: &Path, sim: &Simulator, image: &str, with_containers: bool) {
@@ -299,8 +335,10 @@ async fn main() {
         for n in sizes("BENCH_FLEET_CONTROLLER_SIZES", "10,100,1000") {
             let sim = simulate(format!("sim-controller-{n}"), n);
             let floor = fleet_floor(&sim, &image).await;
+            let at_once = usize::from(controller::reconciles());
+            let floor_at_once = floor_fleet_wide(&connect_all(&sim).await, &image, at_once).await;
             let row = controller::measure(&kubeconfig, &sim, &image, &work).await;
-            controller::row(&mut report, n, floor, &row);
+            controller::row(&mut report, n, (floor, floor_at_once), &row);
         }
         shards::header(&mut report);
         for n in sizes("BENCH_FLEET_SHARDED_SIZES", "1000") {

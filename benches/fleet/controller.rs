@@ -15,6 +15,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use stevedore::api::{DockerContainer, DockerTarget};
+use stevedore::converge::executor::DEFAULT_CONCURRENCY;
 
 use super::common::cluster;
 use super::common::sim::Simulator;
@@ -30,11 +31,13 @@ const LISTEN: &str = "127.0.0.1:18089";
 /// One row of the controller table.
 pub struct Row {
     pub cold: f64,
+    pub cold_running: f64,
     pub converged: bool,
     pub steady_docker_writes: u64,
     pub steady_lists_per_target: f64,
     pub steady_api_writes: BTreeMap<String, u64>,
     pub watches: u64,
+    pub rss_empty: u64,
     pub rss_idle: u64,
     pub rss_managing: u64,
     pub edit_p50: f64,
@@ -113,7 +116,7 @@ async fn api_counters(client: &Client) -> ApiCounters {
 
 /// Objects reconciled at once (`--max-concurrent-reconciles`): `BENCH_FLEET_RECONCILES`,
 /// or the controller's default.
-fn reconciles() -> u16 {
+pub(super) fn reconciles() -> u16 {
     std::env::var("BENCH_FLEET_RECONCILES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -194,6 +197,12 @@ pub(super) fn running(sim: &Simulator) -> usize {
 }
 
 pub(super) async fn create_all(client: &Client, namespace: &str, sim: &Simulator, image: &str) {
+    create_targets(client, namespace, sim).await;
+    create_containers(client, namespace, sim, image).await;
+}
+
+/// One DockerTarget per simulated daemon: `t<i>`, labelled `pool: fleet`.
+async fn create_targets(client: &Client, namespace: &str, sim: &Simulator) {
     let targets = (0..sim.len()).map(|t| {
         json!({
             "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
@@ -202,6 +211,10 @@ pub(super) async fn create_all(client: &Client, namespace: &str, sim: &Simulator
         })
     });
     create_each::<DockerTarget>(Api::namespaced(client.clone(), namespace), targets).await;
+}
+
+/// [`PER_TARGET`] DockerContainers pinned to each target: `t<i>-app<j>`.
+async fn create_containers(client: &Client, namespace: &str, sim: &Simulator, image: &str) {
     let containers = (0..sim.len())
         .flat_map(|t| (0..PER_TARGET).map(move |i| (t, i)))
         .map(|(t, i)| {
@@ -213,6 +226,19 @@ pub(super) async fn create_all(client: &Client, namespace: &str, sim: &Simulator
             })
         });
     create_each::<DockerContainer>(Api::namespaced(client.clone(), namespace), containers).await;
+}
+
+/// Whether every DockerTarget of `targets` reports Ready.
+async fn all_ready(targets: &Api<DockerTarget>) -> bool {
+    let Ok(list) = targets.list(&Default::default()).await else {
+        return false;
+    };
+    list.items.iter().all(|t| {
+        t.status
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
 }
 
 /// Creates every object, 16 at a time.
@@ -233,6 +259,22 @@ where
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
+}
+
+/// Waits until `done` resolves true (checked every second) or `limit` passes; the time
+/// it took.
+async fn until_async<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut done: impl FnMut() -> F,
+) -> Option<f64> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done().await {
+            return Some(started.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    None
 }
 
 /// Waits until `done` holds (checked every 250 ms) or `limit` passes; the time it took.
@@ -323,25 +365,40 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
     // Watches of stevedore.dev kinds that are not the controller's (the API server's own
     // controllers, kube-controller-manager's garbage collector and quota).
     let others_watches = api_counters(&client).await.watches;
-    // Idle: the controller watching an empty namespace.
-    let idle = start_controller(kubeconfig, &namespace, &log);
+    // Empty: the controller watching an empty namespace.
+    let empty = start_controller(kubeconfig, &namespace, &log);
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_empty = rss_kb(empty.id());
+    stop(empty);
+
+    // Idle: the controller with its fleet of targets, connected, and no container to
+    // manage (what the standalone table calls idle too).
+    create_targets(&client, &namespace, sim).await;
+    let idle = start_controller(kubeconfig, &namespace, &log);
+    let targets: Api<DockerTarget> = Api::namespaced(client.clone(), &namespace);
+    let connected = until_async(Duration::from_secs(600), || all_ready(&targets)).await;
+    if connected.is_none() {
+        eprintln!("controller {n}: not every target was Ready within 600 s");
+    }
+    // The heartbeats that follow the first ones settle the caches and streams.
+    tokio::time::sleep(Duration::from_secs(20)).await;
     let rss_idle = rss_kb(idle.id());
     stop(idle);
 
-    create_all(&client, &namespace, sim, image).await;
+    create_containers(&client, &namespace, sim, image).await;
 
     // Cold: every container running and every DockerContainer's status written.
     let api_before = api_counters(&client).await;
     let mut controller = start_controller(kubeconfig, &namespace, &log);
     let started = Instant::now();
     let wanted = n * PER_TARGET;
-    let mut converged = until(Duration::from_secs(1800), || {
+    let running_at = until(Duration::from_secs(1800), || {
         exited(&mut controller, &log);
         running(sim) >= wanted
     })
-    .await
-    .is_some();
+    .await;
+    let mut converged = running_at.is_some();
+    let cold_running = running_at.unwrap_or(f64::NAN);
     let status_key = "APPLY dockercontainers/status".to_string();
     while converged {
         let now = api_counters(&client).await;
@@ -360,11 +417,12 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
     let cold = started.elapsed().as_secs_f64();
     let cold_api_writes = since(&api_counters(&client).await.writes, &api_before.writes);
     eprintln!(
-        "controller {n}: cold {cold:.1} s (converged: {converged}), api writes {cold_api_writes:?}"
+        "controller {n}: cold {cold:.1} s (running after {cold_running:.1} s; converged: {converged}), api writes {cold_api_writes:?}"
     );
 
-    // Steady: a minute of nothing to do, after the requeues of the converge settled.
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    // Steady: a minute of nothing to do, after the requeues of the converge settled and
+    // the targets' container counts were written (once two heartbeats agree on one).
+    tokio::time::sleep(Duration::from_secs(40)).await;
     let (docker_before, lists_before) = calls(sim);
     let api_steady = api_counters(&client).await;
     tokio::time::sleep(STEADY).await;
@@ -441,11 +499,13 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
         .await;
     Row {
         cold,
+        cold_running,
         converged,
         steady_docker_writes: writes(&docker),
         steady_lists_per_target: lists as f64 / n as f64,
         steady_api_writes,
         watches: api_after.watches.saturating_sub(others_watches),
+        rss_empty,
         rss_idle,
         rss_managing,
         edit_p50: percentile(&latencies, 50.0),
@@ -465,7 +525,8 @@ pub fn header(report: &mut String) {
          `stevedore controller` (one replica, leader election off) against a real \
          kube-apiserver on this machine and the same simulated daemons: `n` DockerTargets and \
          {PER_TARGET} DockerContainers pinned to each, created before the controller starts. \
-         Cold: until every container runs and every DockerContainer's status was written. \
+         Cold: until every container runs (running) and until, besides, every \
+         DockerContainer's status was written (statuses). \
          Steady: {} s after the converge's requeues settled, with `--resync 60s` so that it \
          holds one resync of every object besides the heartbeats (every 15 s); watches are the \
          controller's own (the API server's other watchers subtracted). API writes are the \
@@ -474,15 +535,21 @@ pub fn header(report: &mut String) {
          kube-controller-manager's own renewals. Edits: {EDITS} one after the \
          other, each until its replacement starts. Restart: the controller stopped, one object \
          edited, started again: its first action, and the Docker writes in its first 30 s \
-         on every other daemon.\n\n\
-         | targets | DockerContainers | reconciles at once | cold | / floor | cold API writes | steady Docker writes | steady list calls per target | steady API writes | stevedore.dev watches | RSS idle | RSS managing | KB per container | edit p50 | edit p99 | restart: other Docker writes | restart: first action |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+         on every other daemon. Floors: the table above's (every daemon at once, \
+         {DEFAULT_CONCURRENCY} at a time on each), and the floor at the controller's own \
+         concurrency (that many containers created and started at a time over the whole \
+         fleet, since each reconcile converges one DockerContainer). Memory: RSS of the controller with an empty namespace \
+         (empty), with its targets connected and no DockerContainer (idle, as in the \
+         standalone table), and managing the fleet; KB per container is managing over \
+         idle.\n\n\
+         | targets | DockerContainers | reconciles at once | floor at that concurrency | cold: running | / floor | / floor at that concurrency | cold: statuses | / floor | cold API writes | steady Docker writes | steady list calls per target | steady API writes | stevedore.dev watches | RSS empty | RSS idle | RSS managing | KB per container | edit p50 | edit p99 | restart: other Docker writes | restart: first action |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         STEADY.as_secs()
     );
 }
 
 /// One row of the table.
-pub fn row(report: &mut String, n: usize, floor: f64, row: &Row) {
+pub fn row(report: &mut String, n: usize, (floor, floor_at_once): (f64, f64), row: &Row) {
     let listing = |writes: &BTreeMap<String, u64>| {
         if writes.is_empty() {
             return "0".to_string();
@@ -498,9 +565,12 @@ pub fn row(report: &mut String, n: usize, floor: f64, row: &Row) {
         row.rss_managing.saturating_sub(row.rss_idle) as f64 / (n * PER_TARGET) as f64;
     let _ = writeln!(
         report,
-        "| {n} | {} | {} | {:.1} s{} | {:.2}× | {} | {} | {:.2} | {api} | {} | {} KB | {} KB | {per_container:.1} | {:.2} s | {:.2} s | {} | {} |",
+        "| {n} | {} | {} | {floor_at_once:.1} s | {:.1} s | {:.2}× | {:.2}× | {:.1} s{} | {:.2}× | {} | {} | {:.2} | {api} | {} | {} KB | {} KB | {} KB | {per_container:.1} | {:.2} s | {:.2} s | {} | {} |",
         n * PER_TARGET,
         row.reconciles,
+        row.cold_running,
+        row.cold_running / floor,
+        row.cold_running / floor_at_once,
         row.cold,
         if row.converged {
             ""
@@ -512,6 +582,7 @@ pub fn row(report: &mut String, n: usize, floor: f64, row: &Row) {
         row.steady_docker_writes,
         row.steady_lists_per_target,
         row.watches,
+        row.rss_empty,
         row.rss_idle,
         row.rss_managing,
         row.edit_p50,

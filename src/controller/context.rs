@@ -303,6 +303,49 @@ impl Default for Settings {
     }
 }
 
+/// For how long after a start changed DockerContainers are reconciled before the others
+/// (see [`Context::wait_at_start`]).
+pub const CHANGED_FIRST: Duration = Duration::from_secs(5);
+
+/// Over how long the unchanged ones are spread after that.
+const UNCHANGED_SPREAD: Duration = Duration::from_secs(3);
+
+/// How long a DockerContainer reconciled `since_start` after the controllers started waits,
+/// when its status shows it converged to its current spec: those changed while no
+/// controller ran go first (a fleet's start reconciles every object, and one edited in the
+/// meantime would otherwise wait for its turn among ten thousand). `None`: now. Objects of
+/// one target wait until one instant, so that they share one list call.
+pub fn wait_at_start(since_start: Duration, container: &DockerContainer) -> Option<Duration> {
+    if since_start >= CHANGED_FIRST || !converged_as_recorded(container) {
+        return None;
+    }
+    let phase_of = match &container.spec.placement.target {
+        Some(target) => target.as_str(),
+        None => container.metadata.uid.as_deref().unwrap_or_default(),
+    };
+    let spread = u64::try_from(UNCHANGED_SPREAD.as_millis())
+        .unwrap_or(1)
+        .max(1);
+    let phase = Duration::from_millis(super::shards::fnv1a(phase_of.as_bytes()) % spread);
+    Some(CHANGED_FIRST - since_start + phase)
+}
+
+/// Whether the object's status says it runs its current spec everywhere, ready, with no
+/// restart requested (a restart request is an annotation, which status does not record).
+fn converged_as_recorded(container: &DockerContainer) -> bool {
+    let Some(status) = &container.status else {
+        return false;
+    };
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| crate::conditions::ConditionType::Ready.is(c) && c.status == "True");
+    ready
+        && status.observed_generation == container.metadata.generation
+        && container.restarted_at().is_none()
+        && container.metadata.deletion_timestamp.is_none()
+}
+
 /// Objects of one kind reconciled at once, unless configured otherwise: enough to keep a
 /// fleet's slow daemons from holding up the rest, few enough to bound memory and API load.
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
@@ -334,6 +377,10 @@ pub struct Context {
     /// and a helper may already act on it: placing from the older status would start a
     /// replica twice.
     pub placed: Mutex<HashMap<String, Vec<(String, u32)>>>,
+    /// The managed-container count each target's last heartbeat found, by UID.
+    pub counts: Mutex<HashMap<String, i32>>,
+    /// When this replica's controllers started.
+    pub started: Instant,
 }
 
 impl Context {
@@ -383,6 +430,26 @@ impl Context {
         };
     }
 
+    /// Whether the previous heartbeat of the target `uid` found `count` managed containers
+    /// too; records `count` for the next one.
+    pub fn count_settled(&self, target_uid: &str, count: i32) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.insert(target_uid.to_string(), count) == Some(count)
+    }
+
+    /// Forgets a deleted target's count.
+    pub fn forget_count(&self, target_uid: &str) {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target_uid);
+    }
+
+    /// How long a DockerContainer reconciled now waits (see [`wait_at_start`]).
+    pub fn wait_at_start(&self, container: &DockerContainer) -> Option<Duration> {
+        wait_at_start(self.started.elapsed(), container)
+    }
+
     /// Forgets an object's failures after a success.
     pub fn succeeded(&self, object_uid: &str) {
         self.failures
@@ -394,8 +461,65 @@ impl Context {
 
 #[cfg(test)]
 mod tests {
-    use super::CachesListed;
+    use super::{CHANGED_FIRST, CachesListed, wait_at_start};
+    use crate::api::DockerContainer;
     use std::time::Duration;
+
+    fn container(generation: i64, status: serde_json::Value) -> DockerContainer {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "stevedore.dev/v1alpha1",
+            "kind": "DockerContainer",
+            "metadata": {"name": "web", "namespace": "ns", "uid": "u1", "generation": generation},
+            "spec": {"image": "busybox", "placement": {"target": "t1"}},
+            "status": status,
+        }))
+        .expect("a DockerContainer")
+    }
+
+    fn converged(observed: i64, ready: &str) -> serde_json::Value {
+        serde_json::json!({
+            "observedGeneration": observed,
+            "conditions": [{"type": "Ready", "status": ready, "reason": "R", "message": "",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        })
+    }
+
+    #[test]
+    fn at_start_what_changed_goes_first_and_the_rest_waits_for_one_instant_per_target() {
+        let early = Duration::from_secs(1);
+        // Edited while no controller ran, never reconciled, or not ready: now.
+        assert_eq!(
+            wait_at_start(early, &container(2, converged(1, "True"))),
+            None
+        );
+        assert_eq!(
+            wait_at_start(early, &container(1, serde_json::Value::Null)),
+            None
+        );
+        assert_eq!(
+            wait_at_start(early, &container(1, converged(1, "False"))),
+            None
+        );
+        let mut restarted = container(1, converged(1, "True"));
+        restarted.metadata.annotations =
+            Some([("stevedore.dev/restartedAt".to_string(), "now".to_string())].into());
+        assert_eq!(wait_at_start(early, &restarted), None);
+        // Converged as recorded: after the changed ones, at its target's instant.
+        let unchanged = container(1, converged(1, "True"));
+        let wait = wait_at_start(early, &unchanged).expect("waits");
+        assert!(wait >= CHANGED_FIRST - early, "{wait:?}");
+        let mut neighbour = container(3, converged(3, "True"));
+        neighbour.metadata.uid = Some("u2".into());
+        let later = Duration::from_secs(2);
+        let neighbour_wait = wait_at_start(later, &neighbour).expect("waits");
+        assert_eq!(
+            early + wait,
+            later + neighbour_wait,
+            "one instant per target"
+        );
+        // Once the start is over, nothing waits.
+        assert_eq!(wait_at_start(CHANGED_FIRST, &unchanged), None);
+    }
 
     #[tokio::test]
     async fn every_waiting_reconcile_wakes_once_every_cache_has_listed() {

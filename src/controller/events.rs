@@ -5,17 +5,26 @@
 //! rotation, the only `Replaced` Event would still name the edited field. Here the note is
 //! part of what makes an Event the same: a repeat of the same note bumps its series count;
 //! a new note is a new Event, so every replacement's own reason stays readable.
+//!
+//! Reconciles never wait for an Event to be written: they queue it, and a task publishes
+//! the queue a few at a time, as client-go's broadcaster does. A fleet's cold start makes
+//! one Event per container; written in line, each held a reconcile slot for one more API
+//! round trip before the next container could start. When the API server falls this far
+//! behind that the queue is full, Events are dropped (and the log says so), never the work.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc, watch};
 
 use super::context::Context;
 use crate::converge::executor::Outcome;
@@ -27,6 +36,12 @@ const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 
 /// The longest note the API server accepts.
 pub const NOTE_LIMIT: usize = 1024;
+
+/// Events queued and not yet published, at most (about 1 KB each).
+const QUEUE: usize = 4096;
+
+/// Events written to the API server at once.
+const PUBLISHING_AT_ONCE: usize = 4;
 
 /// Whether an Event reports normal work or a problem.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,46 +80,148 @@ struct Written {
     last: SystemTime,
 }
 
-/// Publishes Events as one reporting controller and instance.
+/// An Event queued for publishing.
+struct Queued {
+    regarding: ObjectReference,
+    kind: EventKind,
+    reason: String,
+    action: String,
+    note: String,
+}
+
+/// Queues Events for one reporting controller and instance; a task publishes them.
 pub struct EventRecorder {
-    client: Client,
-    controller: String,
-    instance: String,
-    series: Mutex<HashMap<SeriesKey, Written>>,
+    queue: mpsc::Sender<Queued>,
+    /// How many queued Events are not published (or given up on) yet.
+    unpublished: Arc<watch::Sender<usize>>,
+    /// Whether the last Event found the queue full.
+    dropping: AtomicBool,
 }
 
 impl EventRecorder {
-    /// A recorder reporting as `controller` (and `instance`, the replica, when known).
+    /// A recorder reporting as `controller` (and `instance`, the replica, when known); its
+    /// publishing task runs on the current Tokio runtime.
     pub fn new(client: Client, controller: &str, instance: Option<String>) -> Self {
-        Self {
+        let publisher = Publisher {
             client,
             controller: controller.to_string(),
             instance: instance.unwrap_or_else(|| controller.to_string()),
             series: Mutex::default(),
+        };
+        let (queue, queued) = mpsc::channel(QUEUE);
+        let unpublished = Arc::new(watch::Sender::new(0));
+        tokio::spawn(publish_queued(publisher, queued, unpublished.clone()));
+        Self {
+            queue,
+            unpublished,
+            dropping: AtomicBool::new(false),
         }
     }
 
-    /// Publishes one Event about `regarding`; the note is cut to what the API server takes.
-    pub async fn publish(
+    /// Queues one Event about `regarding`; the note is cut to what the API server takes.
+    pub fn record(
         &self,
         regarding: &ObjectReference,
         kind: EventKind,
         reason: &str,
         action: &str,
         note: &str,
-    ) -> Result<(), kube::Error> {
-        let note = cut(note, NOTE_LIMIT);
+    ) {
+        let queued = Queued {
+            regarding: regarding.clone(),
+            kind,
+            reason: reason.to_string(),
+            action: action.to_string(),
+            note: cut(note, NOTE_LIMIT),
+        };
+        self.unpublished.send_modify(|n| *n += 1);
+        match self.queue.try_send(queued) {
+            Ok(()) => {
+                if self.dropping.swap(false, Ordering::Relaxed) {
+                    tracing::info!("Events are queued again");
+                }
+            }
+            Err(error) => {
+                self.unpublished.send_modify(|n| *n -= 1);
+                let full = matches!(error, mpsc::error::TrySendError::Full(_));
+                if full && !self.dropping.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        queued = QUEUE,
+                        "the API server is not keeping up with Events; dropping them until \
+                         the queue has room"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits until every Event queued so far is published (or failed to be).
+    pub async fn flush(&self) {
+        let mut unpublished = self.unpublished.subscribe();
+        // The sender lives as long as `self`, so the wait cannot fail.
+        let _ = unpublished.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Publishes the queue, [`PUBLISHING_AT_ONCE`] at a time, until the recorder goes.
+async fn publish_queued(
+    publisher: Publisher,
+    mut queued: mpsc::Receiver<Queued>,
+    unpublished: Arc<watch::Sender<usize>>,
+) {
+    let publisher = &publisher;
+    let unpublished = &unpublished;
+    futures::stream::poll_fn(|cx| queued.poll_recv(cx))
+        .for_each_concurrent(PUBLISHING_AT_ONCE, |event| async move {
+            match publisher.publish(&event).await {
+                Ok(()) => {}
+                // A namespace being deleted takes no new objects; the work goes on without them.
+                Err(kube::Error::Api(status))
+                    if status.code == 403 && status.message.contains("being terminated") =>
+                {
+                    tracing::debug!(
+                        reason = event.reason,
+                        "no Event in a namespace being deleted"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(%error, reason = event.reason, "failed to publish an Event");
+                }
+            }
+            unpublished.send_modify(|n| *n = n.saturating_sub(1));
+        })
+        .await;
+}
+
+/// Writes Events as one reporting controller and instance, counting repeats.
+struct Publisher {
+    client: Client,
+    controller: String,
+    instance: String,
+    series: Mutex<HashMap<SeriesKey, Written>>,
+}
+
+impl Publisher {
+    /// Writes one Event, or counts a repeat on the one written before.
+    async fn publish(&self, queued: &Queued) -> Result<(), kube::Error> {
+        let Queued {
+            regarding,
+            kind,
+            reason,
+            action,
+            note,
+        } = queued;
         let key = SeriesKey {
             uid: regarding.uid.clone().unwrap_or_default(),
             namespace: regarding.namespace.clone().unwrap_or_default(),
             name: regarding.name.clone().unwrap_or_default(),
-            kind,
-            reason: reason.to_string(),
-            action: action.to_string(),
+            kind: *kind,
+            reason: reason.clone(),
+            action: action.clone(),
             note: note.clone(),
         };
         let now = SystemTime::now();
-        // The lock is not held across the API call: concurrent reconciles publish at once.
+        // The lock is not held across the API call: several Events are written at once.
         let repeat = {
             let mut series = self.series.lock().await;
             series.retain(|_, w| now.duration_since(w.last).unwrap_or_default() < SERIES_WINDOW);
@@ -126,7 +243,7 @@ impl EventRecorder {
                 }
             }
             None => {
-                let event = self.event(regarding, kind, reason, action, note);
+                let event = self.event(regarding, *kind, reason, action, note.clone());
                 let name = event.metadata.name.clone().unwrap_or_default();
                 events.create(&PostParams::default(), &event).await?;
                 Written {
@@ -169,9 +286,8 @@ impl EventRecorder {
     }
 }
 
-/// Publishes one Event through the context's recorder; a failure to publish is logged and
-/// never fails the reconcile.
-pub async fn publish(
+/// Queues one Event through the context's recorder (see [`EventRecorder::record`]).
+pub fn publish(
     ctx: &Context,
     regarding: &ObjectReference,
     kind: EventKind,
@@ -179,20 +295,7 @@ pub async fn publish(
     action: &str,
     note: String,
 ) {
-    match ctx
-        .recorder
-        .publish(regarding, kind, reason, action, &note)
-        .await
-    {
-        Ok(()) => {}
-        // A namespace being deleted takes no new objects; the work goes on without them.
-        Err(kube::Error::Api(status))
-            if status.code == 403 && status.message.contains("being terminated") =>
-        {
-            tracing::debug!(reason, "no Event in a namespace being deleted");
-        }
-        Err(error) => tracing::warn!(%error, reason, "failed to publish an Event"),
-    }
+    ctx.recorder.record(regarding, kind, reason, action, &note);
 }
 
 /// `text` cut to at most `limit` bytes on a character boundary, marked with `...` when cut.
@@ -208,7 +311,7 @@ fn cut(text: &str, limit: usize) -> String {
 }
 
 /// An Event for one action the executor took on a target.
-pub async fn publish_outcome(
+pub fn publish_outcome(
     ctx: &Context,
     reference: &ObjectReference,
     target: &str,
@@ -250,7 +353,7 @@ pub async fn publish_outcome(
             format!("{} on {target}: {}: {e}", outcome.subject, outcome.reason),
         ),
     };
-    publish(ctx, reference, type_, &reason, outcome.verb.as_str(), note).await;
+    publish(ctx, reference, type_, &reason, outcome.verb.as_str(), note);
 }
 
 #[cfg(test)]

@@ -56,6 +56,9 @@ use crate::docker::ConnectOptions;
 use crate::placement::Reach;
 use crate::shutdown::Shutdown;
 
+/// How long a stopping controller waits for its queued Events to be published.
+const EVENTS_AT_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Leader election settings.
 #[derive(Clone, Debug)]
 pub struct LeaderElection {
@@ -224,6 +227,49 @@ fn what_placement_sees(target: &DockerTarget) -> Option<u64> {
         target.metadata.deletion_timestamp.is_some(),
         &target.metadata.finalizers,
     )))
+}
+
+/// What of an object its own reconcile acts on: its spec, labels (a shard pin) and
+/// annotations (restart and refresh requests), whether it is being deleted. Not its status:
+/// the controller writes it, and without this filter every status write would queue the
+/// object once more.
+fn what_its_reconcile_sees<K: Resource>(object: &K) -> u64 {
+    let meta = object.meta();
+    hash_of(&(
+        &meta.generation,
+        &meta.labels,
+        &meta.annotations,
+        meta.deletion_timestamp.is_some(),
+    ))
+}
+
+/// [`what_its_reconcile_sees`] for a DockerTarget, and its finalizers: its reconcile adds
+/// them through kube-runtime's finalizer helper, which waits for the change to come back
+/// before it goes on.
+fn what_a_finalized_reconcile_sees<K: Resource>(object: &K) -> Option<u64> {
+    Some(hash_of(&(
+        what_its_reconcile_sees(object),
+        &object.meta().finalizers,
+    )))
+}
+
+/// [`what_its_reconcile_sees`] for a DockerContainer (whose reconcile adds its finalizer and
+/// goes on in the same pass) and, sharded, the placement and the image its home replica
+/// recorded in status, which the helper replicas follow.
+fn what_a_container_reconcile_sees(sharded: bool) -> impl Fn(&DockerContainer) -> Option<u64> {
+    move |container| {
+        let recorded = sharded.then(|| {
+            container.status.as_ref().map(|status| {
+                let placed: Vec<(&str, &str)> = status
+                    .instances
+                    .iter()
+                    .map(|i| (i.target.as_str(), i.container_name.as_str()))
+                    .collect();
+                (placed, &status.resolved_image, &status.resolved_from)
+            })
+        });
+        Some(hash_of(&(what_its_reconcile_sees(container), recorded)))
+    }
 }
 
 /// What of a Registry the DockerContainers pulling from it depend on: its spec and
@@ -587,15 +633,30 @@ async fn run_controllers(
     let (containers, container_events) = cache(api::<DockerContainer>(&client, namespace), &listed);
     let (targets, target_events) = cache(api::<DockerTarget>(&client, namespace), &listed);
     let (registries, registry_events) = cache(api::<Registry>(&client, namespace), &listed);
-    let container_controller =
-        Controller::for_stream(container_events.applied_objects(), containers.clone())
-            .with_config(bounded.clone());
-    let target_controller =
-        Controller::for_stream(target_events.applied_objects(), targets.clone())
-            .with_config(bounded.clone());
-    let registry_controller =
-        Controller::for_stream(registry_events.applied_objects(), registries.clone())
-            .with_config(bounded);
+    let container_controller = Controller::for_stream(
+        container_events.applied_objects().predicate_filter(
+            what_a_container_reconcile_sees(shards.is_sharded()),
+            PredicateConfig::default(),
+        ),
+        containers.clone(),
+    )
+    .with_config(bounded.clone());
+    let target_controller = Controller::for_stream(
+        target_events.applied_objects().predicate_filter(
+            what_a_finalized_reconcile_sees::<DockerTarget>,
+            PredicateConfig::default(),
+        ),
+        targets.clone(),
+    )
+    .with_config(bounded.clone());
+    let registry_controller = Controller::for_stream(
+        registry_events.applied_objects().predicate_filter(
+            |registry: &Registry| Some(what_its_reconcile_sees(registry)),
+            PredicateConfig::default(),
+        ),
+        registries.clone(),
+    )
+    .with_config(bounded);
 
     let (container_tx, container_rx) = mpsc::unbounded_channel::<ObjectRef<DockerContainer>>();
     let (target_tx, target_rx) = mpsc::unbounded_channel::<ObjectRef<DockerTarget>>();
@@ -727,6 +788,8 @@ async fn run_controllers(
         deletions: Default::default(),
         shards,
         placed: Default::default(),
+        counts: Default::default(),
+        started: std::time::Instant::now(),
     });
 
     // A target's change reaches the DockerContainers placed on it, a Registry's those
@@ -785,6 +848,13 @@ async fn run_controllers(
         "controllers running"
     );
     tokio::join!(containers_done, targets_done, registries_done);
+    // What the last reconciles queued is published before the process goes.
+    if tokio::time::timeout(EVENTS_AT_EXIT, ctx.recorder.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some Events were not published before exiting");
+    }
     tracing::info!("controllers stopped");
 }
 

@@ -75,8 +75,7 @@ pub async fn reconcile(registry: Arc<Registry>, ctx: Arc<Context>) -> Result<Act
                 &ready.reason,
                 "Refresh",
                 ready.message.clone(),
-            )
-            .await;
+            );
         }
         apply_status(ctx.as_ref(), registry.as_ref(), &status).await?;
     }

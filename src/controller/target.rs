@@ -96,6 +96,7 @@ async fn release(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         ));
     }
     ctx.forget_deletion(&uid);
+    ctx.forget_count(&uid);
     // Its connection goes, and its event stream with it (with any other target's that is
     // gone from the cache): swept here, once per deletion, not on every heartbeat.
     let mut live = uids(&ctx.stores.targets);
@@ -180,6 +181,13 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         &now,
     );
     keep_transition_times(&mut status.conditions, &previous.conditions);
+    // While a fleet converges, every heartbeat finds another count: written each time, that
+    // was seven writes per target of a thousand-target cold start. A count is written once
+    // two heartbeats in a row found it.
+    let settled = ctx.count_settled(&uid, status.managed_containers);
+    if !settled && target.status.is_some() {
+        status.managed_containers = previous.managed_containers;
+    }
     let ready_changed = status.conditions.first().map(|c| &c.status)
         != previous.conditions.first().map(|c| &c.status);
     // Never rewritten on a timer: with a thousand targets that would be a write per target
@@ -199,7 +207,7 @@ async fn heartbeat(target: &DockerTarget, ctx: &Context) -> Result<Action> {
                 ),
                 Err(e) => (EventKind::Warning, e.kind.reason(), e.message.clone()),
             };
-            publish(ctx, &target.object_ref(&()), type_, reason, "Connect", note).await;
+            publish(ctx, &target.object_ref(&()), type_, reason, "Connect", note);
         }
         apply_status(ctx, target, &status).await?;
     }

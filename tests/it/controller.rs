@@ -749,14 +749,16 @@ async fn a_container_removed_by_hand_signals_its_owner_and_is_recreated() {
     .await
     .expect("the daemon's event names the owner within 2 s");
     assert_eq!(signal, (ns.clone(), "web".to_string()));
+    ctx.recorder.flush().await;
     recorded.clear();
-    container::reconcile(Arc::new(web), ctx)
+    container::reconcile(Arc::new(web), ctx.clone())
         .await
         .expect("repair");
     let again = owned_by(&host, &uid).await;
     assert_eq!(again.len(), 1, "repaired, no duplicate");
     assert_ne!(again[0].id, first[0].id);
     // The same note as the first creation's: the recorder counts it on that Event.
+    ctx.recorder.flush().await;
     let events = recorded.events();
     assert!(
         events
@@ -822,6 +824,7 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
         .collect();
     assert_eq!(previous.len(), 1, "{all:#?}");
     assert_eq!(previous[0].id, first[0].id, "{all:#?}");
+    ctx.recorder.flush().await;
     let replaced: Vec<Value> = recorded
         .events()
         .into_iter()
@@ -837,6 +840,7 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
     // Rotate the Secret: replaced again, and an Event of its own names the Secret, not
     // its value (a recorder that counted it as a repeat of the edit's would keep the
     // edit's note).
+    ctx.recorder.flush().await;
     recorded.clear();
     secrets_writer
         .apply_watcher_event(&kube::runtime::watcher::Event::Apply(token(&rotated_value)));
@@ -846,6 +850,7 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
     let rotated = owned_by(&host, &uid).await;
     assert_eq!(rotated.len(), 1);
     assert_ne!(rotated[0].id, edited[0].id, "replaced after the rotation");
+    ctx.recorder.flush().await;
     let notes: Vec<String> = recorded
         .events()
         .iter()
@@ -856,6 +861,7 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
 
     // `stevedore restart`'s annotation: replaced once more, the Event saying why; the same
     // value again changes nothing.
+    ctx.recorder.flush().await;
     recorded.clear();
     web.metadata.annotations = Some(
         [(
@@ -873,6 +879,7 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
         restarted[0].id, rotated[0].id,
         "replaced on the restart request"
     );
+    ctx.recorder.flush().await;
     assert!(
         recorded.events().iter().any(|e| e["reason"] == "Replaced"
             && e["note"]
@@ -959,6 +966,7 @@ async fn drain_during_a_replacement(
     });
     web.spec.env[0].value = Some("two".into());
     web.metadata.generation = Some(2);
+    ctx.recorder.flush().await;
     recorded.clear();
     let _ = container::reconcile(Arc::new(web.clone()), ctx.clone()).await;
     assert!(
@@ -968,9 +976,11 @@ async fn drain_during_a_replacement(
     let left = owned_by(&host, &uid).await;
 
     // Drained: a later reconcile starts nothing, and says nothing about it.
+    ctx.recorder.flush().await;
     let events = recorded.events();
+    ctx.recorder.flush().await;
     recorded.clear();
-    let _ = container::reconcile(Arc::new(web.clone()), ctx).await;
+    let _ = container::reconcile(Arc::new(web.clone()), ctx.clone()).await;
     let ids = |list: &[stevedore::docker::HostContainer]| -> Vec<(String, String)> {
         list.iter()
             .map(|c| (c.id.clone(), c.name.clone()))
@@ -981,6 +991,7 @@ async fn drain_during_a_replacement(
         ids(&left),
         "an action ran after the drain"
     );
+    ctx.recorder.flush().await;
     assert!(
         recorded
             .events()

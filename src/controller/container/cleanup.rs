@@ -49,8 +49,7 @@ pub(super) async fn cleanup(
             "Orphaned",
             "Delete",
             "deletionPolicy is Orphan: its containers are left running".into(),
-        )
-        .await;
+        );
         forget(ctx, &uid);
         return Ok(Action::await_change());
     }
@@ -132,8 +131,7 @@ pub(super) async fn cleanup(
             Reason::DeletionBlocked.as_str(),
             "Delete",
             why.clone(),
-        )
-        .await;
+        );
     }
     write_status(ctx, container, &previous, status).await?;
     Err(Error::CleanupBlocked(blocked.join(", ")))
@@ -172,7 +170,7 @@ pub(super) async fn remove_all(
     ctx.hosts.connections().changes().record(&view.target.uid);
     let mut failed = Vec::new();
     for outcome in &outcomes {
-        publish_outcome(ctx, reference, &view.target.name, outcome).await;
+        publish_outcome(ctx, reference, &view.target.name, outcome);
         if let Err(e) = &outcome.result {
             failed.push(format!("{}: {e}", outcome.subject));
         }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
@@ -34,7 +34,7 @@ use self::observe::{TargetView, observe_targets, owner_of, placements_for, views
 use self::part::{Part, follow_home, follow_own_writes, part_of};
 use self::status::{hold, statuses, write_status};
 use super::context::Context;
-use super::error::{Error, Result};
+use super::error::{Error, Result, kube_failed};
 use super::events::publish_outcome;
 use super::shards::Acting;
 use crate::api::DockerContainer;
@@ -68,6 +68,9 @@ const RETRY_UNREACHABLE: Duration = Duration::from_secs(15);
 /// Reconciles one DockerContainer: the finalizer first, then `apply` or `cleanup`.
 pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Result<Action> {
     ctx.stores.wait_until_ready().await;
+    if let Some(wait) = ctx.wait_at_start(&container) {
+        return Ok(Action::requeue(wait));
+    }
     let started = Instant::now();
     let namespace = container
         .namespace()
@@ -84,6 +87,7 @@ pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Re
         Part::Helper => apply(&container, &ctx, Part::Helper, seen).await,
         Part::Home => {
             let api: Api<DockerContainer> = Api::namespaced(ctx.client.clone(), &namespace);
+            let container = with_finalizer(&api, container).await?;
             finalizer(&api, FINALIZER, container, |event| async {
                 match event {
                     Event::Apply(container) => apply(&container, &ctx, Part::Home, seen).await,
@@ -98,6 +102,43 @@ pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Re
     };
     ctx.metrics.reconciled("DockerContainer", started.elapsed());
     result
+}
+
+/// The object with [`FINALIZER`] added, unless it has it or is being deleted.
+///
+/// kube-runtime's finalizer helper adds it too, but then ends the reconcile and waits for
+/// the change to come back through the watch: a second pass, queued behind every other
+/// object, before a new object's first container is created. Added here, the same pass
+/// goes on to converge. The patch is conditional on the resourceVersion read, so a
+/// concurrent change makes it fail and the object is reconciled again.
+async fn with_finalizer(
+    api: &Api<DockerContainer>,
+    container: Arc<DockerContainer>,
+) -> Result<Arc<DockerContainer>> {
+    let has_it = container.finalizers().iter().any(|f| f == FINALIZER);
+    if has_it || container.metadata.deletion_timestamp.is_some() {
+        return Ok(container);
+    }
+    let mut finalizers = container.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": container.resource_version(),
+        }
+    });
+    let patched = api
+        .patch(
+            &container.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(kube_failed(format!(
+            "add the cleanup finalizer to DockerContainer {}",
+            container.name_any()
+        )))?;
+    Ok(Arc::new(patched))
 }
 
 /// What converging one target found.
@@ -356,7 +397,7 @@ async fn converge_target(
     }
 
     for outcome in &report.outcomes {
-        publish_outcome(ctx, reference, &view.target.name, outcome).await;
+        publish_outcome(ctx, reference, &view.target.name, outcome);
     }
     let problems = report
         .unfinished()

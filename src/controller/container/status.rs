@@ -115,8 +115,7 @@ pub(super) async fn hold(
             reason.as_str(),
             "Validate",
             why,
-        )
-        .await;
+        );
     }
     write_status(ctx, container, &previous, status).await?;
     Ok(then)

@@ -56,7 +56,7 @@ pub fn shard_of(meta: &ObjectMeta, count: u32) -> u32 {
 
 /// FNV-1a, 64 bits: stable across processes and releases, unlike the standard library's
 /// hasher, so that every replica puts an object in the same shard.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
     })

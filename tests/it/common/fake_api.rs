@@ -628,6 +628,11 @@ pub fn context_with(
         deletions: Default::default(),
         shards: stevedore::controller::shards::Shards::single(),
         placed: Default::default(),
+        counts: Default::default(),
+        // Long started: the tests' reconciles act at once, changed or not.
+        started: std::time::Instant::now()
+            .checked_sub(std::time::Duration::from_secs(600))
+            .unwrap_or_else(std::time::Instant::now),
     };
     (Arc::new(ctx), receiver)
 }
