@@ -50,6 +50,8 @@ pub struct Stores {
 pub struct CachesListed {
     listed: Arc<watch::Sender<BTreeSet<&'static str>>>,
     expected: Arc<BTreeSet<&'static str>>,
+    /// When the last expected cache listed.
+    complete_at: Arc<std::sync::OnceLock<Instant>>,
 }
 
 impl CachesListed {
@@ -58,6 +60,7 @@ impl CachesListed {
         Self {
             listed: Arc::new(watch::Sender::new(BTreeSet::new())),
             expected: Arc::new(kinds.iter().copied().collect()),
+            complete_at: Arc::default(),
         }
     }
 
@@ -68,7 +71,18 @@ impl CachesListed {
 
     /// Records that the cache of `kind` has listed.
     pub fn listed(&self, kind: &'static str) {
-        self.listed.send_if_modified(|listed| listed.insert(kind));
+        self.listed.send_if_modified(|listed| {
+            let added = listed.insert(kind);
+            if self.expected.is_subset(listed) {
+                let _ = self.complete_at.set(Instant::now());
+            }
+            added
+        });
+    }
+
+    /// How long ago every expected cache had listed; `None` while one has not.
+    pub fn complete_for(&self) -> Option<Duration> {
+        self.complete_at.get().map(Instant::elapsed)
     }
 
     /// Waits until every expected cache has listed.
@@ -445,9 +459,15 @@ impl Context {
             .remove(target_uid);
     }
 
-    /// How long a DockerContainer reconciled now waits (see [`wait_at_start`]).
+    /// How long a DockerContainer reconciled now waits (see [`wait_at_start`]); the start is
+    /// counted from when the caches had listed, which takes a while on a fleet.
     pub fn wait_at_start(&self, container: &DockerContainer) -> Option<Duration> {
-        wait_at_start(self.started.elapsed(), container)
+        let since_start = self
+            .stores
+            .listed
+            .complete_for()
+            .unwrap_or_else(|| self.started.elapsed());
+        wait_at_start(since_start, container)
     }
 
     /// Forgets an object's failures after a success.

@@ -35,8 +35,10 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// Managed containers by state, per owner UID (each reconcile replaces its own entry).
+/// An owner's counts are a short list, not a map: a fleet has tens of thousands of owners,
+/// most with one state, and a map's smallest node is several hundred bytes.
 #[derive(Debug, Default)]
-struct ContainerStates(Mutex<HashMap<String, BTreeMap<String, i64>>>);
+struct ContainerStates(Mutex<HashMap<String, Box<[(String, i64)]>>>);
 
 /// Docker calls per target, read from the live connections at scrape time.
 struct DockerCalls(Arc<Hosts>);
@@ -104,15 +106,18 @@ impl Metrics {
         owner_uid: &str,
         states: impl IntoIterator<Item = &'a str>,
     ) {
-        let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+        let mut counts: Vec<(String, i64)> = Vec::new();
         for state in states {
-            *counts.entry(state.to_string()).or_default() += 1;
+            match counts.iter_mut().find(|(s, _)| s == state) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((state.to_string(), 1)),
+            }
         }
         if let Ok(mut all) = self.states.0.lock() {
             if counts.is_empty() {
                 all.remove(owner_uid);
             } else {
-                all.insert(owner_uid.to_string(), counts);
+                all.insert(owner_uid.to_string(), counts.into_boxed_slice());
             }
         }
     }
@@ -132,7 +137,7 @@ impl Collector for ContainerStates {
         let mut totals: BTreeMap<String, i64> = BTreeMap::new();
         if let Ok(all) = self.0.lock() {
             for counts in all.values() {
-                for (state, n) in counts {
+                for (state, n) in counts.iter() {
                     *totals.entry(state.clone()).or_default() += n;
                 }
             }
