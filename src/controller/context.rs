@@ -324,13 +324,17 @@ pub const CHANGED_FIRST: Duration = Duration::from_secs(5);
 /// Over how long the unchanged ones are spread after that.
 const UNCHANGED_SPREAD: Duration = Duration::from_secs(3);
 
-/// How long a DockerContainer reconciled `since_start` after the controllers started waits,
-/// when its status shows it converged to its current spec: those changed while no
-/// controller ran go first (a fleet's start reconciles every object, and one edited in the
-/// meantime would otherwise wait for its turn among ten thousand). `None`: now. Objects of
-/// one target wait until one instant, so that they share one list call.
-pub fn wait_at_start(since_start: Duration, container: &DockerContainer) -> Option<Duration> {
-    if since_start >= CHANGED_FIRST || !converged_as_recorded(container) {
+/// How long a DockerContainer reconciled `since_start` after the controllers started (at
+/// `started_unix`, in seconds) waits, when its status shows it converged to its current
+/// spec before that start: those changed while no controller ran go first (a fleet's start
+/// reconciles every object, and one edited in the meantime would otherwise wait for its
+/// turn among ten thousand). `None`: now. Objects of one target wait until one instant, so
+/// that they share one list call.
+pub fn wait_at_start(
+    (since_start, started_unix): (Duration, i64),
+    container: &DockerContainer,
+) -> Option<Duration> {
+    if since_start >= CHANGED_FIRST || !converged_before(container, started_unix) {
         return None;
     }
     let phase_of = match &container.spec.placement.target {
@@ -344,16 +348,18 @@ pub fn wait_at_start(since_start: Duration, container: &DockerContainer) -> Opti
     Some(CHANGED_FIRST - since_start + phase)
 }
 
-/// Whether the object's status says it runs its current spec everywhere, ready, with no
-/// restart requested (a restart request is an annotation, which status does not record).
-fn converged_as_recorded(container: &DockerContainer) -> bool {
+/// Whether the object's status says it has run its current spec everywhere, ready, since
+/// before `started_unix` (so an earlier process, not this one, saw it so), with no restart
+/// requested (a restart request is an annotation, which status does not record).
+fn converged_before(container: &DockerContainer, started_unix: i64) -> bool {
     let Some(status) = &container.status else {
         return false;
     };
-    let ready = status
-        .conditions
-        .iter()
-        .any(|c| crate::conditions::ConditionType::Ready.is(c) && c.status == "True");
+    let ready = status.conditions.iter().any(|c| {
+        crate::conditions::ConditionType::Ready.is(c)
+            && c.status == "True"
+            && c.last_transition_time.0.as_second() < started_unix
+    });
     ready
         && status.observed_generation == container.metadata.generation
         && container.restarted_at().is_none()
@@ -467,7 +473,12 @@ impl Context {
             .listed
             .complete_for()
             .unwrap_or_else(|| self.started.elapsed());
-        wait_at_start(since_start, container)
+        let running_for = i64::try_from(self.started.elapsed().as_secs()).unwrap_or(i64::MAX);
+        let started_unix = crate::conditions::now_time()
+            .0
+            .as_second()
+            .saturating_sub(running_for);
+        wait_at_start((since_start, started_unix), container)
     }
 
     /// Forgets an object's failures after a success.
@@ -496,6 +507,10 @@ mod tests {
         .expect("a DockerContainer")
     }
 
+    /// When the test's Ready conditions turned True, and a start after that.
+    const READY_AT: i64 = 1_767_225_600;
+    const START: i64 = READY_AT + 60;
+
     fn converged(observed: i64, ready: &str) -> serde_json::Value {
         serde_json::json!({
             "observedGeneration": observed,
@@ -509,36 +524,42 @@ mod tests {
         let early = Duration::from_secs(1);
         // Edited while no controller ran, never reconciled, or not ready: now.
         assert_eq!(
-            wait_at_start(early, &container(2, converged(1, "True"))),
+            wait_at_start((early, START), &container(2, converged(1, "True"))),
             None
         );
         assert_eq!(
-            wait_at_start(early, &container(1, serde_json::Value::Null)),
+            wait_at_start((early, START), &container(1, serde_json::Value::Null)),
             None
         );
         assert_eq!(
-            wait_at_start(early, &container(1, converged(1, "False"))),
+            wait_at_start((early, START), &container(1, converged(1, "False"))),
             None
         );
         let mut restarted = container(1, converged(1, "True"));
         restarted.metadata.annotations =
             Some([("stevedore.dev/restartedAt".to_string(), "now".to_string())].into());
-        assert_eq!(wait_at_start(early, &restarted), None);
+        assert_eq!(wait_at_start((early, START), &restarted), None);
         // Converged as recorded: after the changed ones, at its target's instant.
         let unchanged = container(1, converged(1, "True"));
-        let wait = wait_at_start(early, &unchanged).expect("waits");
+        let wait = wait_at_start((early, START), &unchanged).expect("waits");
         assert!(wait >= CHANGED_FIRST - early, "{wait:?}");
         let mut neighbour = container(3, converged(3, "True"));
         neighbour.metadata.uid = Some("u2".into());
         let later = Duration::from_secs(2);
-        let neighbour_wait = wait_at_start(later, &neighbour).expect("waits");
+        let neighbour_wait = wait_at_start((later, START), &neighbour).expect("waits");
         assert_eq!(
             early + wait,
             later + neighbour_wait,
             "one instant per target"
         );
+        // Ready since this process started: this process has seen it, nothing waits.
+        assert_eq!(
+            wait_at_start((early, READY_AT), &unchanged),
+            None,
+            "became ready after the start"
+        );
         // Once the start is over, nothing waits.
-        assert_eq!(wait_at_start(CHANGED_FIRST, &unchanged), None);
+        assert_eq!(wait_at_start((CHANGED_FIRST, START), &unchanged), None);
     }
 
     #[tokio::test]
