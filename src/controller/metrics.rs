@@ -38,7 +38,10 @@ impl std::fmt::Debug for Metrics {
 /// An owner's counts are a short list, not a map: a fleet has tens of thousands of owners,
 /// most with one state, and a map's smallest node is several hundred bytes.
 #[derive(Debug, Default)]
-struct ContainerStates(Mutex<HashMap<String, Box<[(String, i64)]>>>);
+struct ContainerStates(Mutex<HashMap<String, StateCounts>>);
+
+/// How many of one owner's containers are in each state.
+type StateCounts = Box<[(String, i64)]>;
 
 /// Docker calls per target, read from the live connections at scrape time.
 struct DockerCalls(Arc<Hosts>);
