@@ -85,29 +85,19 @@ fn calls_line(calls: &BTreeMap<&'static str, u64>) -> String {
         .join(", ")
 }
 
-/// The simulated daemons' own floor: on every daemon at once, create and start
-/// `PER_TARGET` containers, `DEFAULT_CONCURRENCY` at a time (what Stevedore's executor
-/// runs on one target), through the same client; then remove them.
-async fn floor(hosts: &[DockerHost], image: &str) -> f64 {
-    let body = || bollard::models::ContainerCreateBody {
+/// Creates and starts the floor's container `i` on the daemon `t` of `hosts`.
+async fn create_and_start(hosts: &[DockerHost], (t, i): (usize, usize), image: &str) {
+    let body = bollard::models::ContainerCreateBody {
         image: Some(image.to_string()),
         ..Default::default()
     };
-    let started = Instant::now();
-    join_all(hosts.iter().enumerate().map(|(t, host)| async move {
-        stream::iter(0..PER_TARGET)
-            .map(|i| async move {
-                let name = format!("floor-{t}-{i}");
-                let id = host.create(&name, body()).await.expect("floor create");
-                host.start(&id, &name).await.expect("floor start");
-                id
-            })
-            .buffer_unordered(DEFAULT_CONCURRENCY)
-            .collect::<Vec<_>>()
-            .await
-    }))
-    .await;
-    let elapsed = started.elapsed().as_secs_f64();
+    let name = format!("floor-{t}-{i}");
+    let id = hosts[t].create(&name, body).await.expect("floor create");
+    hosts[t].start(&id, &name).await.expect("floor start");
+}
+
+/// Removes every container a floor made on `hosts`, every daemon at once.
+async fn remove_floor_containers(hosts: &[DockerHost]) {
     join_all(hosts.iter().enumerate().map(|(t, host)| async move {
         for i in 0..PER_TARGET {
             let name = format!("floor-{t}-{i}");
@@ -115,6 +105,22 @@ async fn floor(hosts: &[DockerHost], image: &str) -> f64 {
         }
     }))
     .await;
+}
+
+/// The simulated daemons' own floor: on every daemon at once, create and start
+/// `PER_TARGET` containers, `DEFAULT_CONCURRENCY` at a time (what Stevedore's executor
+/// runs on one target), through the same client; then remove them.
+async fn floor(hosts: &[DockerHost], image: &str) -> f64 {
+    let started = Instant::now();
+    join_all((0..hosts.len()).map(|t| {
+        stream::iter(0..PER_TARGET)
+            .map(move |i| create_and_start(hosts, (t, i), image))
+            .buffer_unordered(DEFAULT_CONCURRENCY)
+            .collect::<Vec<_>>()
+    }))
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    remove_floor_containers(hosts).await;
     elapsed
 }
 
@@ -122,30 +128,14 @@ async fn floor(hosts: &[DockerHost], image: &str) -> f64 {
 /// daemon created and started, `at_once` of them at a time over all daemons (what the
 /// controller's reconciles at once allow it, one container each); then removed.
 async fn floor_fleet_wide(hosts: &[DockerHost], image: &str, at_once: usize) -> f64 {
-    let body = || bollard::models::ContainerCreateBody {
-        image: Some(image.to_string()),
-        ..Default::default()
-    };
-    let each = || (0..hosts.len()).flat_map(|t| (0..PER_TARGET).map(move |i| (t, i)));
     let started = Instant::now();
-    stream::iter(each())
-        .map(|(t, i)| async move {
-            let name = format!("floor-{t}-{i}");
-            let id = hosts[t].create(&name, body()).await.expect("floor create");
-            hosts[t].start(&id, &name).await.expect("floor start");
-        })
+    stream::iter((0..hosts.len()).flat_map(|t| (0..PER_TARGET).map(move |i| (t, i))))
+        .map(|container| create_and_start(hosts, container, image))
         .buffer_unordered(at_once)
         .collect::<Vec<_>>()
         .await;
     let elapsed = started.elapsed().as_secs_f64();
-    stream::iter(each())
-        .map(|(t, i)| async move {
-            let name = format!("floor-{t}-{i}");
-            hosts[t].remove(&name, &name).await.expect("floor remove");
-        })
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await;
+    remove_floor_containers(hosts).await;
     elapsed
 }
 
@@ -334,11 +324,14 @@ async fn main() {
         controller::header(&mut report);
         for n in sizes("BENCH_FLEET_CONTROLLER_SIZES", "10,100,1000") {
             let sim = simulate(format!("sim-controller-{n}"), n);
-            let floor = fleet_floor(&sim, &image).await;
+            // One set of connections serves both floors.
+            let hosts = connect_all(&sim).await;
+            let fleet_wide = floor(&hosts, &image).await;
             let at_once = usize::from(controller::reconciles());
-            let floor_at_once = floor_fleet_wide(&connect_all(&sim).await, &image, at_once).await;
+            let floor_at_once = floor_fleet_wide(&hosts, &image, at_once).await;
+            drop(hosts);
             let row = controller::measure(&kubeconfig, &sim, &image, &work).await;
-            controller::row(&mut report, n, (floor, floor_at_once), &row);
+            controller::row(&mut report, n, (fleet_wide, floor_at_once), &row);
         }
         shards::header(&mut report);
         for n in sizes("BENCH_FLEET_SHARDED_SIZES", "1000") {

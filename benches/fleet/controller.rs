@@ -261,10 +261,11 @@ where
         .await;
 }
 
-/// Waits until `done` resolves true (checked every second) or `limit` passes; the time
-/// it took.
-async fn until_async<F: std::future::Future<Output = bool>>(
+/// Waits until `done` resolves true (checked every `every`) or `limit` passes; the time it
+/// took.
+async fn until_every<F: std::future::Future<Output = bool>>(
     limit: Duration,
+    every: Duration,
     mut done: impl FnMut() -> F,
 ) -> Option<f64> {
     let started = Instant::now();
@@ -272,21 +273,17 @@ async fn until_async<F: std::future::Future<Output = bool>>(
         if done().await {
             return Some(started.elapsed().as_secs_f64());
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(every).await;
     }
     None
 }
 
 /// Waits until `done` holds (checked every 250 ms) or `limit` passes; the time it took.
 pub(super) async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<f64> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if done() {
-            return Some(started.elapsed().as_secs_f64());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    None
+    until_every(limit, Duration::from_millis(250), || {
+        std::future::ready(done())
+    })
+    .await
 }
 
 async fn edit(client: &Client, namespace: &str, name: &str, value: &str) {
@@ -376,7 +373,10 @@ pub async fn measure(kubeconfig: &str, sim: &Simulator, image: &str, work: &Path
     create_targets(&client, &namespace, sim).await;
     let idle = start_controller(kubeconfig, &namespace, &log);
     let targets: Api<DockerTarget> = Api::namespaced(client.clone(), &namespace);
-    let connected = until_async(Duration::from_secs(600), || all_ready(&targets)).await;
+    let connected = until_every(Duration::from_secs(600), Duration::from_secs(1), || {
+        all_ready(&targets)
+    })
+    .await;
     if connected.is_none() {
         eprintln!("controller {n}: not every target was Ready within 600 s");
     }
