@@ -190,10 +190,15 @@ impl DockerHost {
                 engine::summaries_with_foreign_states,
                 format!("list containers on {}", self.endpoint),
             )?;
-            summaries
+            let mut containers: Vec<HostContainer> = summaries
                 .into_iter()
                 .filter_map(HostContainer::from_summary)
-                .collect::<Vec<_>>()
+                .collect();
+            // The collect reuses the summaries' buffer, sized for bollard's much larger
+            // type; a target's last list is kept for as long as the target, so hold only
+            // what it needs.
+            containers.shrink_to_fit();
+            containers
         };
         if !self.engine.lists_health() {
             self.health_from_inspect(&filter, &mut containers).await?;
