@@ -97,6 +97,20 @@ impl ControllerProcess {
 
     /// How many reconciles of `kind` it has run, from its `/metrics`.
     pub(crate) async fn reconciles(&self, kind: &str) -> u64 {
+        self.sum_of(&format!("stevedore_reconciles_total{{kind=\"{kind}\"}}"))
+            .await
+    }
+
+    /// How many reconciles of `kind` failed, for any reason, from its `/metrics`.
+    async fn reconcile_errors(&self, kind: &str) -> u64 {
+        self.sum_of(&format!(
+            "stevedore_reconcile_errors_total{{kind=\"{kind}\","
+        ))
+        .await
+    }
+
+    /// The sum of the `/metrics` series whose name and labels begin with `series`.
+    async fn sum_of(&self, series: &str) -> u64 {
         let address = format!("127.0.0.1:{}", self.metrics_port);
         let mut stream = tokio::net::TcpStream::connect(&address)
             .await
@@ -111,11 +125,10 @@ impl ControllerProcess {
             .read_to_string(&mut text)
             .await
             .expect("read /metrics");
-        let series = format!("stevedore_reconciles_total{{kind=\"{kind}\"}} ");
         text.lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or(0)
+            .filter(|line| line.starts_with(series))
+            .filter_map(|line| line.rsplit(' ').next()?.trim().parse::<u64>().ok())
+            .sum()
     }
 }
 
@@ -534,6 +547,61 @@ async fn a_restart_touches_no_container_and_rewrites_no_status() {
         after.status.map(|s| s.conditions)
     );
     delete_namespace_while_the_controller_runs(&client, &ns).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
+async fn objects_applied_at_once_each_get_the_finalizer_once_and_converge_without_errors() {
+    let (client, kubeconfig) =
+        cluster("objects_applied_at_once_each_get_the_finalizer_once_and_converge_without_errors")
+            .await;
+    let env = TestEnv::load();
+    install_crds(&client).await;
+    let ns = fresh_namespace(&client).await;
+    let controller = ControllerProcess::start(&kubeconfig, &ns, &["--leader-elect=false"]);
+    let host = main_daemon(&env).await;
+    apply(&client, &ns, local_target(&env)).await;
+
+    // The controller adds finalizers ahead of the reconciles while they run: both race
+    // for the same objects, and neither may fail a reconcile or add the finalizer twice.
+    let names: Vec<String> = (0..12).map(|i| format!("burst-{i}")).collect();
+    futures::future::join_all(names.iter().map(|name| {
+        apply(
+            &client,
+            &ns,
+            json!({"apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerContainer",
+                   "metadata": {"name": name},
+                   "spec": {"image": env.get("IMAGE_V1"), "placement": {"target": "local"},
+                            "stopTimeoutSeconds": 1}}),
+        )
+    }))
+    .await;
+    let containers: Api<DockerContainer> = Api::namespaced(client.clone(), &ns);
+    for name in &names {
+        let ready = wait_for(
+            &format!("{name} Ready"),
+            Duration::from_secs(90),
+            async || containers.get(name).await.ok().filter(is_ready),
+        )
+        .await;
+        assert_eq!(
+            ready.metadata.finalizers.as_deref(),
+            Some(&["stevedore.dev/cleanup".to_string()][..]),
+            "{name} carries the cleanup finalizer, once"
+        );
+    }
+    assert_eq!(
+        in_namespace(&host, &ns).await,
+        names.len(),
+        "one container per object"
+    );
+    assert_eq!(
+        controller.reconcile_errors("DockerContainer").await,
+        0,
+        "no reconcile failed"
+    );
+    delete_namespace_while_the_controller_runs(&client, &ns).await;
+    assert_eq!(in_namespace(&host, &ns).await, 0, "every container removed");
 }
 
 #[tokio::test]

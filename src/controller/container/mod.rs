@@ -16,25 +16,29 @@
 //! object's home replica alone places it and writes its status and finalizer (`part`).
 //!
 //! Files by job: `observe` (the targets and the placement input, from the fleet's
-//! snapshot), `status` (instance statuses and writing them), `cleanup` (the finalizer's
-//! removals), `part` (what falls to this replica when the fleet is sharded).
+//! snapshot), `status` (instance statuses and writing them), `finalizing` (the finalizer,
+//! added before the first container), `cleanup` (the finalizer's removals), `part` (what
+//! falls to this replica when the fleet is sharded).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 
 use self::cleanup::cleanup;
+pub use self::finalizing::FINALIZER;
+use self::finalizing::with_finalizer;
+pub(crate) use self::finalizing::{Unfinalized, spawn_finalizers_ahead};
 use self::observe::{TargetView, observe_targets, owner_of, placements_for, views};
 use self::part::{Part, follow_home, follow_own_writes, part_of};
 use self::status::{hold, statuses, write_status};
 use super::context::Context;
-use super::error::{Error, Result, kube_failed};
+use super::error::{Error, Result};
 use super::events::publish_outcome;
 use super::shards::Acting;
 use crate::api::DockerContainer;
@@ -56,14 +60,16 @@ use crate::registry::pinning::Resolved;
 use crate::registry::refresh::refresh_interval;
 
 mod cleanup;
+mod finalizing;
 mod observe;
 mod part;
 mod status;
 
-/// The finalizer that removes an object's containers before it goes.
-pub const FINALIZER: &str = "stevedore.dev/cleanup";
 /// How soon an object with an unreachable target is looked at again.
 const RETRY_UNREACHABLE: Duration = Duration::from_secs(15);
+/// How soon a home replica looks again while helpers still converge its object's
+/// instances on their targets.
+const AWAITING_HELPERS: Duration = Duration::from_secs(3);
 
 /// Reconciles one DockerContainer: the finalizer first, then `apply` or `cleanup`.
 pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Result<Action> {
@@ -104,43 +110,6 @@ pub async fn reconcile(container: Arc<DockerContainer>, ctx: Arc<Context>) -> Re
     result
 }
 
-/// The object with [`FINALIZER`] added, unless it has it or is being deleted.
-///
-/// kube-runtime's finalizer helper adds it too, but then ends the reconcile and waits for
-/// the change to come back through the watch: a second pass, queued behind every other
-/// object, before a new object's first container is created. Added here, the same pass
-/// goes on to converge. The patch is conditional on the resourceVersion read, so a
-/// concurrent change makes it fail and the object is reconciled again.
-async fn with_finalizer(
-    api: &Api<DockerContainer>,
-    container: Arc<DockerContainer>,
-) -> Result<Arc<DockerContainer>> {
-    let has_it = container.finalizers().iter().any(|f| f == FINALIZER);
-    if has_it || container.metadata.deletion_timestamp.is_some() {
-        return Ok(container);
-    }
-    let mut finalizers = container.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    let patch = serde_json::json!({
-        "metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": container.resource_version(),
-        }
-    });
-    let patched = api
-        .patch(
-            &container.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(kube_failed(format!(
-            "add the cleanup finalizer to DockerContainer {}",
-            container.name_any()
-        )))?;
-    Ok(Arc::new(patched))
-}
-
 /// What converging one target found.
 #[derive(Default)]
 pub(super) struct TargetOutcome {
@@ -151,6 +120,9 @@ pub(super) struct TargetOutcome {
     unreachable: bool,
     /// Whether an action succeeded (failed ones wait for their back-off instead).
     changed: bool,
+    /// Whether, on a target of another replica's shard, an instance does not run the
+    /// current spec yet: that replica converges it, and its work wakes nothing here.
+    awaiting_helper: bool,
 }
 
 /// Places the object on the snapshot's targets, converges those this replica acts on and,
@@ -218,6 +190,7 @@ async fn apply(
     let mut retry_at: Option<u64> = None;
     let mut unreachable = false;
     let mut changed = false;
+    let mut awaiting_helper = false;
     for outcome in outcomes {
         instances.extend(outcome.instances);
         updated += outcome.updated;
@@ -228,6 +201,7 @@ async fn apply(
         };
         unreachable |= outcome.unreachable;
         changed |= outcome.changed;
+        awaiting_helper |= outcome.awaiting_helper;
     }
     instances.sort_by(|a, b| a.container_name.cmp(&b.container_name));
     ctx.metrics
@@ -285,6 +259,11 @@ async fn apply(
     }
     if changed {
         wait = wait.min(LOOK_AGAIN_AFTER_CHANGES);
+    }
+    if awaiting_helper {
+        // A helper's creates and starts are not disruptions, so no daemon event wakes
+        // the home for them: it looks until its status can show them.
+        wait = wait.min(AWAITING_HELPERS);
     }
     Ok(Action::requeue(wait))
 }
@@ -360,11 +339,13 @@ async fn converge_target(
             return TargetOutcome::default();
         }
         let observed = owned_by(listed, uid);
+        let wanted = instances.len();
         let (instances, updated) =
             report_instances(host, view, &instances, &observed, previous).await;
         return TargetOutcome {
             instances,
             updated,
+            awaiting_helper: updated < wanted,
             ..Default::default()
         };
     }
@@ -422,6 +403,7 @@ async fn converge_target(
         retry_at: report.plan.retry_at,
         unreachable: false,
         changed: report.outcomes.iter().any(|o| o.result.is_ok()),
+        awaiting_helper: false,
     }
 }
 
