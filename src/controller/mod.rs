@@ -33,7 +33,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
@@ -44,7 +44,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
-use self::container::Unfinalized;
 use self::context::{CachesListed, Context, Settings, Stores, is_placed_on, registry_serving};
 use self::events::EventRecorder;
 use self::hosts::{HostSignal, Hosts};
@@ -634,22 +633,11 @@ async fn run_controllers(
     let (containers, container_events) = cache(api::<DockerContainer>(&client, namespace), &listed);
     let (targets, target_events) = cache(api::<DockerTarget>(&client, namespace), &listed);
     let (registries, registry_events) = cache(api::<Registry>(&client, namespace), &listed);
-    // Unsharded, new objects get their finalizer ahead of their reconcile; sharded, it
-    // is their home replica's to add, which only a reconcile knows.
-    let finalizers_ahead =
-        (!shards.is_sharded()).then(|| container::spawn_finalizers_ahead(client.clone()));
     let container_controller = Controller::for_stream(
-        container_events
-            .applied_objects()
-            .inspect_ok(move |object| {
-                if let (Some(ahead), Some(new)) = (&finalizers_ahead, Unfinalized::of(object)) {
-                    let _ = ahead.send(new);
-                }
-            })
-            .predicate_filter(
-                what_a_container_reconcile_sees(shards.is_sharded()),
-                PredicateConfig::default(),
-            ),
+        container_events.applied_objects().predicate_filter(
+            what_a_container_reconcile_sees(shards.is_sharded()),
+            PredicateConfig::default(),
+        ),
         containers.clone(),
     )
     .with_config(bounded.clone());

@@ -562,8 +562,8 @@ async fn objects_applied_at_once_each_get_the_finalizer_once_and_converge_withou
     let host = main_daemon(&env).await;
     apply(&client, &ns, local_target(&env)).await;
 
-    // The controller adds finalizers ahead of the reconciles while they run: both race
-    // for the same objects, and neither may fail a reconcile or add the finalizer twice.
+    // Objects applied in a burst are reconciled side by side, each adding its finalizer
+    // in the pass that converges it: none twice, and no reconcile fails.
     let names: Vec<String> = (0..12).map(|i| format!("burst-{i}")).collect();
     futures::future::join_all(names.iter().map(|name| {
         apply(

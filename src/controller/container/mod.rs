@@ -33,7 +33,6 @@ use kube::{Resource, ResourceExt};
 use self::cleanup::cleanup;
 pub use self::finalizing::FINALIZER;
 use self::finalizing::with_finalizer;
-pub(crate) use self::finalizing::{Unfinalized, spawn_finalizers_ahead};
 use self::observe::{TargetView, observe_targets, owner_of, placements_for, views};
 use self::part::{Part, follow_home, follow_own_writes, part_of};
 use self::status::{hold, statuses, write_status};
