@@ -492,17 +492,36 @@ async fn deleting_the_namespace_removes_every_container_before_the_objects_go() 
     );
 }
 
-#[tokio::test]
-#[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
-async fn a_restart_touches_no_container_and_rewrites_no_status() {
-    let (client, kubeconfig) =
-        cluster("a_restart_touches_no_container_and_rewrites_no_status").await;
+/// A fresh namespace watched by one controller (no leader election), holding the harness's
+/// local target: the client, its kubeconfig, the harness, the namespace, the controller and
+/// the local target's daemon.
+async fn one_controller_and_the_local_target(
+    test: &str,
+) -> (
+    Client,
+    String,
+    TestEnv,
+    String,
+    ControllerProcess,
+    DockerHost,
+) {
+    let (client, kubeconfig) = cluster(test).await;
     let env = TestEnv::load();
     install_crds(&client).await;
     let ns = fresh_namespace(&client).await;
     let controller = ControllerProcess::start(&kubeconfig, &ns, &["--leader-elect=false"]);
     let host = main_daemon(&env).await;
     apply(&client, &ns, local_target(&env)).await;
+    (client, kubeconfig, env, ns, controller, host)
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
+async fn a_restart_touches_no_container_and_rewrites_no_status() {
+    let (client, kubeconfig, env, ns, controller, host) = one_controller_and_the_local_target(
+        "a_restart_touches_no_container_and_rewrites_no_status",
+    )
+    .await;
     apply(
         &client,
         &ns,
@@ -552,15 +571,10 @@ async fn a_restart_touches_no_container_and_rewrites_no_status() {
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
 async fn objects_applied_at_once_each_get_the_finalizer_once_and_converge_without_errors() {
-    let (client, kubeconfig) =
-        cluster("objects_applied_at_once_each_get_the_finalizer_once_and_converge_without_errors")
-            .await;
-    let env = TestEnv::load();
-    install_crds(&client).await;
-    let ns = fresh_namespace(&client).await;
-    let controller = ControllerProcess::start(&kubeconfig, &ns, &["--leader-elect=false"]);
-    let host = main_daemon(&env).await;
-    apply(&client, &ns, local_target(&env)).await;
+    let (client, _, env, ns, controller, host) = one_controller_and_the_local_target(
+        "objects_applied_at_once_each_get_the_finalizer_once_and_converge_without_errors",
+    )
+    .await;
 
     // Objects applied in a burst are reconciled side by side, each adding its finalizer
     // in the pass that converges it: none twice, and no reconcile fails.
