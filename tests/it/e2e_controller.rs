@@ -669,14 +669,10 @@ async fn a_targets_status_alone_wakes_no_container_but_its_labels_do() {
 #[ignore = "needs a Kubernetes API server: set STEVEDORE_E2E_KUBECONFIG and pass --ignored"]
 async fn a_target_deleted_before_its_containers_waits_for_their_cleanup() {
     // `kubectl delete -f dir/` or a GitOps prune may delete the target first.
-    let (client, kubeconfig) =
-        cluster("a_target_deleted_before_its_containers_waits_for_their_cleanup").await;
-    let env = TestEnv::load();
-    install_crds(&client).await;
-    let ns = fresh_namespace(&client).await;
-    let _controller = ControllerProcess::start(&kubeconfig, &ns, &["--leader-elect=false"]);
-    let host = main_daemon(&env).await;
-    apply(&client, &ns, local_target(&env)).await;
+    let (client, _, env, ns, _controller, host) = one_controller_and_the_local_target(
+        "a_target_deleted_before_its_containers_waits_for_their_cleanup",
+    )
+    .await;
     let containers = web_ready(&client, &ns, &env, json!({})).await;
     assert_eq!(in_namespace(&host, &ns).await, 1);
 
