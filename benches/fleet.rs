@@ -289,7 +289,9 @@ async fn main() {
         let idle = watching_rss(&dir, &sim);
 
         write_manifests(&dir, &sim, &image, true);
+        let (fresh, _) = calls(&sim);
         let (cold, cold_ok) = run_once(&dir);
+        let cold_calls = since(&calls(&sim).0, &fresh);
         let made: usize = (0..n).map(|i| sim.daemon(i).container_count()).sum();
         let (before, lists_before) = calls(&sim);
         let (noop, noop_ok) = run_once(&dir);
@@ -316,7 +318,8 @@ async fn main() {
             writes(&noop_calls),
         );
         eprintln!(
-            "fleet {n}: floor {floor:.2} s, cold {cold:.2} s ({cold_ok}), no-op {noop:.2} s ({noop_ok}), calls {}, rss {idle}/{managing} KB",
+            "fleet {n}: floor {floor:.2} s, cold {cold:.2} s ({cold_ok}), cold calls {}, no-op {noop:.2} s ({noop_ok}), calls {}, rss {idle}/{managing} KB",
+            calls_line(&cold_calls),
             calls_line(&noop_calls)
         );
     }

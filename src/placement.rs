@@ -8,7 +8,8 @@
 //! - Placements are sticky: a replica stays where it runs (even on a cordoned target) and
 //!   moves only when its target is gone, or unreachable for longer than the grace period.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use kube::core::{Selector, SelectorExt};
 
@@ -93,13 +94,17 @@ pub struct Placements {
 }
 
 impl Placements {
-    /// The replicas of `owner_uid` on `target`.
-    pub fn replicas_on(&self, owner_uid: &str, target: &str) -> Vec<u32> {
-        self.assignments
-            .iter()
-            .filter(|a| a.owner_uid == owner_uid && a.target == target)
-            .map(|a| a.replica)
-            .collect()
+    /// The replicas of `owner_uid`, by target name (one pass over every assignment, so
+    /// that finding them on each of a fleet's targets is not one pass per target).
+    pub fn replicas_of(&self, owner_uid: &str) -> HashMap<&str, Vec<u32>> {
+        let mut by_target: HashMap<&str, Vec<u32>> = HashMap::new();
+        for a in self.assignments.iter().filter(|a| a.owner_uid == owner_uid) {
+            by_target
+                .entry(a.target.as_str())
+                .or_default()
+                .push(a.replica);
+        }
+        by_target
     }
 }
 
@@ -157,7 +162,11 @@ pub fn place(
         }
     }
 
-    // Then place the rest, fewest containers first.
+    // Then place the rest, fewest containers first. `pending` holds each workload's
+    // replicas one after another: its selector is read once, and its replicas are taken
+    // from a heap of the targets that can take one, not by asking every target for
+    // every replica (a fleet's cold start is thousands of replicas over as many targets).
+    let mut choosing: Option<Choosing<'_>> = None;
     for (workload, replica) in pending {
         let unplaced = |reason: String| Unplaced {
             owner_uid: workload.owner_uid.clone(),
@@ -178,52 +187,125 @@ pub fn place(
             }
             continue;
         }
-        let mut candidates: Vec<&TargetInfo> = Vec::new();
-        let mut why_not: Vec<String> = Vec::new();
-        for target in targets {
-            match selects(&workload.placement, target) {
-                Err(e) => {
-                    why_not.push(e);
-                    break;
-                }
-                Ok(false) => continue,
-                Ok(true) => {}
+        let current = choosing
+            .take()
+            .filter(|c| std::ptr::eq(c.workload, workload));
+        let mut candidates = current.unwrap_or_else(|| Choosing::new(workload, targets, &load));
+        match candidates.pick() {
+            Some(target) => {
+                assign(&mut load, &mut result, workload, replica, target);
+                candidates.taken(target, &load);
             }
-            let current = load.get(target.name.as_str());
-            let count = current.map_or(0, |l| l.containers);
-            if !target.ready {
-                why_not.push(format!("{} is not ready", target.name));
-            } else if target.unschedulable {
-                why_not.push(format!("{} is cordoned", target.name));
-            } else if target.max_containers > 0 && count >= target.max_containers as usize {
-                why_not.push(format!("{} is full", target.name));
-            } else if let Some(port) = workload
-                .host_ports
-                .iter()
-                .find(|p| current.is_some_and(|l| l.ports.iter().any(|used| used.clashes_with(p))))
-            {
-                why_not.push(format!("{} already publishes {port}", target.name));
-            } else {
-                candidates.push(target);
+            None => {
+                let why_not = candidates.why_not(&load);
+                result.unplaced.push(unplaced(if why_not.is_empty() {
+                    "no DockerTarget matches targetSelector".into()
+                } else {
+                    format!("no DockerTarget can take it: {}", why_not.join("; "))
+                }));
             }
         }
-        let chosen = candidates.into_iter().min_by(|a, b| {
-            let count = |t: &TargetInfo| load.get(t.name.as_str()).map_or(0, |l| l.containers);
-            count(a).cmp(&count(b)).then_with(|| a.name.cmp(&b.name))
-        });
-        match chosen {
-            Some(target) => assign(&mut load, &mut result, workload, replica, target),
-            None if why_not.is_empty() => result
-                .unplaced
-                .push(unplaced("no DockerTarget matches targetSelector".into())),
-            None => result.unplaced.push(unplaced(format!(
-                "no DockerTarget can take it: {}",
-                why_not.join("; ")
-            ))),
-        }
+        choosing = Some(candidates);
     }
     result.assignments.sort();
     result
+}
+
+/// The targets one selector workload's replicas may go to, fewest containers first.
+struct Choosing<'a> {
+    workload: &'a Workload,
+    /// The targets its selector matches, or why the selector cannot be used.
+    selected: Result<Vec<&'a TargetInfo>, String>,
+    /// Those that can take a replica now, by load and then name.
+    open: BinaryHeap<Reverse<(usize, &'a str)>>,
+    by_name: HashMap<&'a str, &'a TargetInfo>,
+}
+
+impl<'a> Choosing<'a> {
+    fn new(
+        workload: &'a Workload,
+        targets: &'a [TargetInfo],
+        load: &HashMap<&str, Load<'_>>,
+    ) -> Self {
+        let selected = match &workload.placement.target_selector {
+            None => Ok(Vec::new()),
+            // As when every target was asked: no target, no selector to find unusable.
+            Some(_) if targets.is_empty() => Ok(Vec::new()),
+            Some(selector) => Selector::try_from(selector.clone())
+                .map(|selector| {
+                    targets
+                        .iter()
+                        .filter(|t| selector.matches(&t.labels))
+                        .collect()
+                })
+                .map_err(|e| format!("targetSelector is not usable: {e}")),
+        };
+        let matching = selected.as_deref().unwrap_or_default();
+        let open = matching
+            .iter()
+            .filter(|t| why_not(workload, t, load).is_none())
+            .map(|t| Reverse((containers_on(load, t), t.name.as_str())))
+            .collect();
+        let by_name = matching.iter().map(|t| (t.name.as_str(), *t)).collect();
+        Self {
+            workload,
+            selected,
+            open,
+            by_name,
+        }
+    }
+
+    /// The target with the fewest containers (ties by name) that can take a replica.
+    fn pick(&mut self) -> Option<&'a TargetInfo> {
+        let Reverse((_, name)) = self.open.pop()?;
+        self.by_name.get(name).copied()
+    }
+
+    /// `target` took a replica: it stays open with its new load, if it can take another.
+    fn taken(&mut self, target: &'a TargetInfo, load: &HashMap<&str, Load<'_>>) {
+        if why_not(self.workload, target, load).is_none() {
+            self.open
+                .push(Reverse((containers_on(load, target), target.name.as_str())));
+        }
+    }
+
+    /// Why no target can take a replica: an unusable selector, or each target's reason.
+    fn why_not(&self, load: &HashMap<&str, Load<'_>>) -> Vec<String> {
+        match &self.selected {
+            Err(e) => vec![e.clone()],
+            Ok(selected) => selected
+                .iter()
+                .filter_map(|t| why_not(self.workload, t, load))
+                .collect(),
+        }
+    }
+}
+
+fn containers_on(load: &HashMap<&str, Load<'_>>, target: &TargetInfo) -> usize {
+    load.get(target.name.as_str()).map_or(0, |l| l.containers)
+}
+
+/// Why `target` cannot take one more replica of `workload`, if it cannot.
+fn why_not(
+    workload: &Workload,
+    target: &TargetInfo,
+    load: &HashMap<&str, Load<'_>>,
+) -> Option<String> {
+    let current = load.get(target.name.as_str());
+    let count = current.map_or(0, |l| l.containers);
+    if !target.ready {
+        Some(format!("{} is not ready", target.name))
+    } else if target.unschedulable {
+        Some(format!("{} is cordoned", target.name))
+    } else if target.max_containers > 0 && count >= target.max_containers as usize {
+        Some(format!("{} is full", target.name))
+    } else {
+        workload
+            .host_ports
+            .iter()
+            .find(|p| current.is_some_and(|l| l.ports.iter().any(|used| used.clashes_with(p))))
+            .map(|port| format!("{} already publishes {port}", target.name))
+    }
 }
 
 /// Puts `replica` of `workload` on `target`, counting it towards the target's load.
@@ -280,16 +362,6 @@ impl Reach {
     }
 }
 
-/// Whether a selector placement selects `target`; an unusable selector is an error.
-fn selects(placement: &PlacementSpec, target: &TargetInfo) -> Result<bool, String> {
-    let Some(selector) = &placement.target_selector else {
-        return Ok(false);
-    };
-    let selector = Selector::try_from(selector.clone())
-        .map_err(|e| format!("targetSelector is not usable: {e}"))?;
-    Ok(selector.matches(&target.labels))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +406,88 @@ mod tests {
             .filter(|a| a.owner_uid == owner)
             .map(|a| a.target.clone())
             .collect()
+    }
+
+    /// Placed one replica at a time, by asking every target: what the heap must match.
+    fn placed_by_asking_every_target(
+        targets: &[TargetInfo],
+        workloads: &[Workload],
+    ) -> BTreeMap<(String, u32), String> {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut ports: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+        let mut placed = BTreeMap::new();
+        let mut ordered: Vec<&Workload> = workloads.iter().collect();
+        ordered.sort_by(|a, b| a.owner_uid.cmp(&b.owner_uid));
+        for w in ordered {
+            for replica in 0..wanted_replicas(&w.placement) {
+                let chosen = targets
+                    .iter()
+                    .filter(|t| t.labels.get("site").map(String::as_str) == Some("edge"))
+                    .filter(|t| t.ready && !t.unschedulable)
+                    .filter(|t| {
+                        t.max_containers == 0
+                            || counts.get(t.name.as_str()).copied().unwrap_or(0)
+                                < t.max_containers as usize
+                    })
+                    .filter(|t| {
+                        let used = ports.get(t.name.as_str());
+                        !w.host_ports
+                            .iter()
+                            .any(|p| used.is_some_and(|u| u.contains(&p.port)))
+                    })
+                    .min_by_key(|t| (counts.get(t.name.as_str()).copied().unwrap_or(0), &t.name));
+                if let Some(t) = chosen {
+                    *counts.entry(&t.name).or_default() += 1;
+                    ports
+                        .entry(&t.name)
+                        .or_default()
+                        .extend(w.host_ports.iter().map(|p| p.port));
+                    placed.insert((w.owner_uid.clone(), replica), t.name.clone());
+                }
+            }
+        }
+        placed
+    }
+
+    #[test]
+    fn many_replicas_go_where_asking_every_target_would_put_them() {
+        let mut targets: Vec<TargetInfo> = (0..12)
+            .map(|i| target(&format!("edge-{i:02}"), "edge"))
+            .collect();
+        targets.push(target("lab", "lab"));
+        targets[3].max_containers = 4;
+        targets[5].unschedulable = true;
+        targets[7].ready = false;
+        targets[7].unreachable_since = Some(0);
+        let workloads = [
+            spread("a", 25, &[]),
+            spread("b", 9, &[8080]),
+            spread("c", 11, &[8080]),
+            spread("d", 4, &[9090]),
+        ];
+        let p = place(&targets, &workloads, &[], 0, DEFAULT_GRACE_SECS);
+        let placed: BTreeMap<(String, u32), String> = p
+            .assignments
+            .iter()
+            .map(|a| ((a.owner_uid.clone(), a.replica), a.target.clone()))
+            .collect();
+        let reference = placed_by_asking_every_target(&targets, &workloads);
+        assert_eq!(placed, reference);
+        // 8080 is taken by b on nine targets, edge-03 is full: c finds one target left.
+        let waiting: Vec<(&str, u32)> = p
+            .unplaced
+            .iter()
+            .map(|u| (u.owner_uid.as_str(), u.replica))
+            .collect();
+        assert_eq!(waiting, (1..11).map(|r| ("c", r)).collect::<Vec<_>>());
+        assert_eq!(reference.get(&("c".into(), 0)).map(String::as_str), Some("edge-04"));
+        assert!(
+            p.unplaced[0].reason.contains("edge-05 is cordoned")
+                && p.unplaced[0].reason.contains("edge-07 is not ready")
+                && p.unplaced[0].reason.contains("edge-00 already publishes 8080/tcp"),
+            "{}",
+            p.unplaced[0].reason
+        );
     }
 
     #[test]
@@ -481,7 +635,8 @@ mod tests {
             })
             .collect();
         let p = place(&targets, &[spread("a", 2, &[])], &existing, 0, 300);
-        assert_eq!(p.replicas_on("a", "edge-1"), vec![0]);
-        assert_eq!(p.replicas_on("a", "edge-2"), vec![1]);
+        let of_a = p.replicas_of("a");
+        assert_eq!(of_a.get("edge-1"), Some(&vec![0]));
+        assert_eq!(of_a.get("edge-2"), Some(&vec![1]));
     }
 }

@@ -121,11 +121,12 @@ fn on_targets(
         name: container.name.clone(),
         uid: container.uid.clone(),
     };
+    let mut placed = placements.replicas_of(&container.uid);
     snapshot
         .targets
         .iter()
         .map(|target| {
-            let replicas = placements.replicas_on(&container.uid, &target.name);
+            let replicas = placed.remove(target.name.as_str()).unwrap_or_default();
             if replicas.is_empty() {
                 return Ok(Vec::new());
             }
