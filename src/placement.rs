@@ -480,11 +480,16 @@ mod tests {
             .map(|u| (u.owner_uid.as_str(), u.replica))
             .collect();
         assert_eq!(waiting, (1..11).map(|r| ("c", r)).collect::<Vec<_>>());
-        assert_eq!(reference.get(&("c".into(), 0)).map(String::as_str), Some("edge-04"));
+        assert_eq!(
+            reference.get(&("c".into(), 0)).map(String::as_str),
+            Some("edge-04")
+        );
         assert!(
             p.unplaced[0].reason.contains("edge-05 is cordoned")
                 && p.unplaced[0].reason.contains("edge-07 is not ready")
-                && p.unplaced[0].reason.contains("edge-00 already publishes 8080/tcp"),
+                && p.unplaced[0]
+                    .reason
+                    .contains("edge-00 already publishes 8080/tcp"),
             "{}",
             p.unplaced[0].reason
         );

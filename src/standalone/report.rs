@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use futures::future::join_all;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
 
 use super::manifests::{Manifests, ObjectKey};
-use super::world::{Round, sources_for, uid_of};
+use super::world::{Round, TargetRound, sources_for, uid_of};
 use crate::api::API_VERSION;
 use crate::api::container::{DockerContainerStatus, InstanceStatus};
 use crate::api::registry::RegistryStatus;
@@ -75,55 +77,70 @@ pub enum Detail {
     Summary,
 }
 
+/// One target's status: what the round found, and what `detail` asks its daemon.
+async fn target_status(
+    key: &ObjectKey,
+    target: &TargetRound,
+    detail: Detail,
+    now: &Time,
+) -> ObjectStatus<DockerTargetStatus> {
+    let mut status = DockerTargetStatus {
+        managed_containers: i32::try_from(target.observed.len()).unwrap_or(i32::MAX),
+        ..Default::default()
+    };
+    let mut ready = match (&target.host, &target.error) {
+        (Some(_), None) => Ok(()),
+        (_, Some(e)) => Err((e.kind.reason(), e.message.clone())),
+        (None, None) => Err((ErrorKind::Unreachable.reason(), "not connected".to_string())),
+    };
+    match (&target.host, &ready, detail) {
+        (Some(host), Ok(()), Detail::Full) => {
+            match host.server_info().await {
+                Ok(info) => status.server = Some(info),
+                Err(e) => ready = Err((e.kind.reason(), e.message)),
+            }
+            if let Ok(images) = host.list_images().await {
+                status.record_images(images);
+            }
+            status.last_seen_time = Some(now.clone());
+        }
+        // The table's VERSION column: one call per target.
+        (Some(host), Ok(()), Detail::Summary) => {
+            if let Ok(version) = host.engine_version().await {
+                status.server = Some(ServerInfo {
+                    engine: host.engine().as_str().to_string(),
+                    version,
+                    ..Default::default()
+                });
+            }
+        }
+        _ => {}
+    }
+    let problem = ready.as_ref().err();
+    status.conditions = target_conditions(
+        problem.map(|(kind, message)| (*kind, message.as_str())),
+        now,
+    );
+    ObjectStatus {
+        api_version: API_VERSION,
+        kind: "DockerTarget",
+        metadata: metadata(key),
+        status,
+    }
+}
+
 /// Computes every object's status from the round.
 pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail) -> StatusReport {
     let now = now_time();
-    let mut targets = Vec::new();
-    for (key, target) in &round.targets {
-        let mut status = DockerTargetStatus {
-            managed_containers: i32::try_from(target.observed.len()).unwrap_or(i32::MAX),
-            ..Default::default()
-        };
-        let mut ready = match (&target.host, &target.error) {
-            (Some(_), None) => Ok(()),
-            (_, Some(e)) => Err((e.kind.reason(), e.message.clone())),
-            (None, None) => Err((ErrorKind::Unreachable.reason(), "not connected".to_string())),
-        };
-        match (&target.host, &ready, detail) {
-            (Some(host), Ok(()), Detail::Full) => {
-                match host.server_info().await {
-                    Ok(info) => status.server = Some(info),
-                    Err(e) => ready = Err((e.kind.reason(), e.message)),
-                }
-                if let Ok(images) = host.list_images().await {
-                    status.record_images(images);
-                }
-                status.last_seen_time = Some(now.clone());
-            }
-            // The table's VERSION column: one call per target.
-            (Some(host), Ok(()), Detail::Summary) => {
-                if let Ok(version) = host.engine_version().await {
-                    status.server = Some(ServerInfo {
-                        engine: host.engine().as_str().to_string(),
-                        version,
-                        ..Default::default()
-                    });
-                }
-            }
-            _ => {}
-        }
-        let problem = ready.as_ref().err();
-        status.conditions = target_conditions(
-            problem.map(|(kind, message)| (*kind, message.as_str())),
-            &now,
-        );
-        targets.push(ObjectStatus {
-            api_version: API_VERSION,
-            kind: "DockerTarget",
-            metadata: metadata(key),
-            status,
-        });
-    }
+    // Every target at once: one by one, a fleet's thousand version calls made the table
+    // wait seconds after the work was done.
+    let targets = join_all(
+        round
+            .targets
+            .iter()
+            .map(|(key, target)| target_status(key, target, detail, &now)),
+    )
+    .await;
 
     let registries = match detail {
         Detail::Full => registry_statuses(manifests, &now).await,
@@ -137,6 +154,8 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
         let mut instances: Vec<InstanceStatus> = Vec::new();
         let mut updated = 0;
         let mut problems: Vec<String> = Vec::new();
+        // Inspected on every target at once, as the targets' statuses are.
+        let mut inspecting = Vec::new();
         for (target_key, target) in &round.targets {
             let desired: Vec<_> = target
                 .desired
@@ -160,9 +179,9 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
                 .filter(|d| d.current_in(&target.observed).is_some())
                 .count();
             match &target.host {
-                Some(host) if detail == Detail::Full => instances.extend(
-                    instance_statuses(host, &target_key.name, &desired, &target.observed).await,
-                ),
+                Some(host) if detail == Detail::Full => inspecting.push(async move {
+                    instance_statuses(host, &target_key.name, &desired, &target.observed).await
+                }),
                 Some(_) => instances.extend(listed_statuses(
                     &target_key.name,
                     &desired,
@@ -184,6 +203,7 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
                 }
             }
         }
+        instances.extend(join_all(inspecting).await.into_iter().flatten());
         instances.sort_by(|a, b| a.container_name.cmp(&b.container_name));
         if let Some(error) = round.container_errors.get(key) {
             problems.push(error.clone());
