@@ -9,7 +9,8 @@ mod daytwo;
 
 /// mimalloc rather than glibc's malloc: after a fleet's first converge, glibc kept most of
 /// the pages of that moment's peak for the life of the process (standalone, 1,000 targets:
-/// 21 KB resident per container against 8 KB live); mimalloc returns freed pages.
+/// 21 KB resident per container against 8 KB live); mimalloc returns freed pages, for a
+/// somewhat larger base (BENCHMARKS.md §7).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -13,7 +13,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget};
-use stevedore::controller::shards::shard_of;
+use stevedore::controller::shards::{SHARD_LABEL, shard_of};
 
 use crate::common::TestEnv;
 use crate::common::cluster::{
@@ -30,6 +30,9 @@ const SHARDS: u32 = 12;
 /// Replicas of the object placed across the whole fleet.
 const SPREAD: usize = 6;
 const LEASE_PREFIX: &str = "stevedore-controller";
+/// Targets pinned by hand to [`PINNED_SHARD`] with the shard label, as Flux shards by label.
+const PINNED: usize = 3;
+const PINNED_SHARD: u32 = 5;
 
 /// The processes that made each daemon's writes (before `until`, when given).
 fn writers(sim: &Simulator, after: Option<Instant>) -> Vec<BTreeSet<i32>> {
@@ -95,12 +98,16 @@ async fn three_replicas_split_the_fleet_and_a_killed_ones_shards_move_without_a_
     let image = env.get("IMAGE_V1");
 
     for t in 0..TARGETS {
+        let mut labels = json!({"pool": "fleet"});
+        if t < PINNED {
+            labels[SHARD_LABEL] = json!(PINNED_SHARD.to_string());
+        }
         create::<DockerTarget>(
             &client,
             &ns,
             json!({
                 "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
-                "metadata": {"name": format!("t{t:02}"), "labels": {"pool": "fleet"}},
+                "metadata": {"name": format!("t{t:02}"), "labels": labels},
                 "spec": {"endpoint": sim.address(t)},
             }),
         )
@@ -173,6 +180,7 @@ async fn three_replicas_split_the_fleet_and_a_killed_ones_shards_move_without_a_
 
     // Every write to a daemon came from the one replica holding its target's shard.
     let targets: Api<DockerTarget> = Api::namespaced(client.clone(), &ns);
+    let mut hashed_elsewhere = 0;
     let shard_of_daemon: Vec<u32> = {
         let mut by_name = BTreeMap::new();
         for target in targets
@@ -181,13 +189,23 @@ async fn three_replicas_split_the_fleet_and_a_killed_ones_shards_move_without_a_
             .expect("targets")
             .items
         {
-            by_name.insert(
-                target.metadata.name.clone().unwrap_or_default(),
-                shard_of(&target.metadata, SHARDS),
-            );
+            let name = target.metadata.name.clone().unwrap_or_default();
+            let mut unlabelled = target.metadata.clone();
+            unlabelled.labels = None;
+            if shard_of(&unlabelled, SHARDS) != shard_of(&target.metadata, SHARDS) {
+                hashed_elsewhere += 1;
+            }
+            by_name.insert(name, shard_of(&target.metadata, SHARDS));
         }
         (0..TARGETS).map(|t| by_name[&format!("t{t:02}")]).collect()
     };
+    // The pinned targets are in the shard their label names, which for some of them is
+    // not where the hash of their UID would have put them (so the label decided).
+    assert!(shard_of_daemon[..PINNED].iter().all(|s| *s == PINNED_SHARD));
+    assert!(
+        hashed_elsewhere > 0,
+        "every pinned target hashed to shard {PINNED_SHARD}"
+    );
     let before = writers(&sim, None);
     let mut targets_per_replica: BTreeMap<&str, usize> = BTreeMap::new();
     for (t, pids) in before.iter().enumerate() {
