@@ -7,13 +7,6 @@ use std::time::Duration;
 
 mod daytwo;
 
-/// mimalloc rather than glibc's malloc: after a fleet's first converge, glibc kept most of
-/// the pages of that moment's peak for the life of the process (standalone, 1,000 targets:
-/// 21 KB resident per container against 8 KB live); mimalloc returns freed pages, for a
-/// somewhat larger base (BENCHMARKS.md §7).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use stevedore::shutdown::Shutdown;
 use stevedore::standalone::commands::{self, Format, Source};
