@@ -191,7 +191,7 @@ pub fn place(
             .take()
             .filter(|c| std::ptr::eq(c.workload, workload));
         let mut candidates = current.unwrap_or_else(|| Choosing::new(workload, targets, &load));
-        match candidates.pick() {
+        match candidates.pick(&by_name) {
             Some(target) => {
                 assign(&mut load, &mut result, workload, replica, target);
                 candidates.taken(target, &load);
@@ -218,7 +218,6 @@ struct Choosing<'a> {
     selected: Result<Vec<&'a TargetInfo>, String>,
     /// Those that can take a replica now, by load and then name.
     open: BinaryHeap<Reverse<(usize, &'a str)>>,
-    by_name: HashMap<&'a str, &'a TargetInfo>,
 }
 
 impl<'a> Choosing<'a> {
@@ -246,19 +245,17 @@ impl<'a> Choosing<'a> {
             .filter(|t| why_not(workload, t, load).is_none())
             .map(|t| Reverse((containers_on(load, t), t.name.as_str())))
             .collect();
-        let by_name = matching.iter().map(|t| (t.name.as_str(), *t)).collect();
         Self {
             workload,
             selected,
             open,
-            by_name,
         }
     }
 
     /// The target with the fewest containers (ties by name) that can take a replica.
-    fn pick(&mut self) -> Option<&'a TargetInfo> {
+    fn pick(&mut self, by_name: &HashMap<&str, &'a TargetInfo>) -> Option<&'a TargetInfo> {
         let Reverse((_, name)) = self.open.pop()?;
-        self.by_name.get(name).copied()
+        by_name.get(name).copied()
     }
 
     /// `target` took a replica: it stays open with its new load, if it can take another.

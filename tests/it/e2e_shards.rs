@@ -190,12 +190,13 @@ async fn three_replicas_split_the_fleet_and_a_killed_ones_shards_move_without_a_
             .items
         {
             let name = target.metadata.name.clone().unwrap_or_default();
+            let shard = shard_of(&target.metadata, SHARDS);
             let mut unlabelled = target.metadata.clone();
             unlabelled.labels = None;
-            if shard_of(&unlabelled, SHARDS) != shard_of(&target.metadata, SHARDS) {
+            if shard_of(&unlabelled, SHARDS) != shard {
                 hashed_elsewhere += 1;
             }
-            by_name.insert(name, shard_of(&target.metadata, SHARDS));
+            by_name.insert(name, shard);
         }
         (0..TARGETS).map(|t| by_name[&format!("t{t:02}")]).collect()
     };
