@@ -113,7 +113,7 @@ async fn floor(host: &DockerHost, instances: &[DesiredInstance]) -> f64 {
     let started = Instant::now();
     stream::iter(instances)
         .map(|d| async move {
-            if let Ok(id) = host.create(&d.name, d.body.clone()).await {
+            if let Ok(id) = host.create(&d.name, d.create_body()).await {
                 let _ = host.start(&id, &d.name).await;
             }
         })

@@ -354,7 +354,7 @@ impl Executor {
         image_pulled(failed_pulls, desired, "not created")?;
         let id = self
             .host
-            .create(&desired.name, desired.body.clone())
+            .create(&desired.name, desired.create_body())
             .await
             .map_err(|e| name_taken(e, &desired.name))?;
         self.host.start(&id, &desired.name).await?;
@@ -604,7 +604,7 @@ impl Executor {
     ) -> Result<String, (Option<String>, DockerError)> {
         let id = self
             .host
-            .create(&desired.name, desired.body.clone())
+            .create(&desired.name, desired.create_body())
             .await
             .map_err(|e| (None, e))?;
         let started = match self.still_running() {

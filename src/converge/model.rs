@@ -6,6 +6,7 @@
 //! in the middle of a change, finds its work again from them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use bollard::models::ContainerCreateBody;
 use serde_json::{Value, json};
@@ -125,18 +126,32 @@ pub struct DesiredInstance {
     /// Hash of everything that shapes the container.
     pub spec_hash: String,
     /// Digest per field (the `stevedore.dev/spec-fields` label, parsed).
-    pub field_digests: BTreeMap<String, String>,
+    pub field_digests: Arc<BTreeMap<String, String>>,
     /// Where each environment variable comes from, to explain replacements.
-    pub env_origins: BTreeMap<String, EnvOrigin>,
+    pub env_origins: Arc<BTreeMap<String, EnvOrigin>>,
     /// Credentials to pull `image` with.
     pub pull_credentials: Option<PullCredentials>,
     /// Where `image` comes from instead of a pull: a fetched tarball to import or build.
     pub image_source: Option<crate::registry::source::LocalSource>,
-    /// The create body, labels included.
-    pub body: ContainerCreateBody,
+    /// The UID of the target it runs on (`stevedore.dev/target`).
+    pub target_uid: String,
+    /// The create body every replica of the owner shares: all but the replica's and the
+    /// target's labels, which [`DesiredInstance::create_body`] adds.
+    shared_body: Arc<ContainerCreateBody>,
 }
 
 impl DesiredInstance {
+    /// The body to create this instance with: the owner's shared body with this replica's
+    /// and this target's labels.
+    pub fn create_body(&self) -> ContainerCreateBody {
+        let mut body = ContainerCreateBody::clone(&self.shared_body);
+        body.labels.get_or_insert_with(HashMap::new).extend([
+            (LABEL_REPLICA.to_string(), self.replica.to_string()),
+            (LABEL_TARGET.to_string(), self.target_uid.clone()),
+        ]);
+        body
+    }
+
     /// The container among `observed` that is this instance with its current spec (its
     /// name and spec hash), if one is there.
     pub fn current_in<'a>(&self, observed: &'a [HostContainer]) -> Option<&'a HostContainer> {
@@ -170,11 +185,9 @@ impl HealthTiming {
     }
 }
 
-/// What is fixed for every instance built in one converge of one target.
+/// What is fixed for every instance of one owner, on whichever target.
 #[derive(Clone, Debug)]
 pub struct InstanceContext<'a> {
-    /// The target's UID (`stevedore.dev/target`).
-    pub target_uid: &'a str,
     /// The manager identity (`stevedore.dev/manager`).
     pub manager: &'a str,
     /// The reference to run (a digest-pinned one once the registry resolved it).
@@ -192,78 +205,109 @@ pub struct InstanceContext<'a> {
     pub restarted_at: Option<&'a str>,
 }
 
-/// The instances `spec` wants on one target: one per replica index in `replicas`.
+/// The instances `spec` wants on the target `target_uid`: one per replica index in
+/// `replicas` (see [`InstanceTemplate`]).
 pub fn desired_instances(
     owner: &Owner,
     spec: &DockerContainerSpec,
     env: &ResolvedEnv,
     replicas: &[u32],
+    target_uid: &str,
     ctx: &InstanceContext<'_>,
 ) -> Result<Vec<DesiredInstance>, ConfigError> {
-    let field_digests = field_digests(spec, env, ctx.image, ctx.image_identity, ctx.restarted_at);
-    let spec_hash = spec_hash(&field_digests);
-    let host_ports = host_ports(spec);
-    let health_check = spec.health_check.as_ref().map(|h| HealthTiming {
-        start_period_seconds: h.start_period_seconds,
-        interval_seconds: h.interval_seconds,
-        timeout_seconds: h.timeout_seconds,
-        retries: h.retries,
-    });
-    replicas
-        .iter()
-        .map(|&replica| {
-            let name = container_name(&owner.namespace, &owner.name, replica);
-            let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+    Ok(InstanceTemplate::new(owner, spec, env, ctx)?.on_target(target_uid, replicas))
+}
+
+/// What every instance of one owner shares, built once however many targets and replicas
+/// it has: its digests, its hash and its create body are shared by all of them, so a
+/// container placed on a thousand targets costs one body, not a thousand.
+#[derive(Clone, Debug)]
+pub struct InstanceTemplate {
+    /// An instance with no replica index, name or target yet.
+    unplaced: DesiredInstance,
+}
+
+impl InstanceTemplate {
+    /// The template of `owner`'s instances; an error when `spec` cannot become a container.
+    pub fn new(
+        owner: &Owner,
+        spec: &DockerContainerSpec,
+        env: &ResolvedEnv,
+        ctx: &InstanceContext<'_>,
+    ) -> Result<Self, ConfigError> {
+        let field_digests =
+            field_digests(spec, env, ctx.image, ctx.image_identity, ctx.restarted_at);
+        let spec_hash = spec_hash(&field_digests);
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.extend([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_NAMESPACE.to_string(), owner.namespace.clone()),
+            (LABEL_NAME.to_string(), owner.name.clone()),
+            (LABEL_UID.to_string(), owner.uid.clone()),
+            (LABEL_MANAGER.to_string(), ctx.manager.to_string()),
+            (LABEL_SPEC_HASH.to_string(), spec_hash.clone()),
+            (
+                LABEL_SPEC_FIELDS.to_string(),
+                format_field_digests(&field_digests),
+            ),
+        ]);
+        if let Some(resolved) = ctx.resolved {
             labels.extend([
-                (LABEL_MANAGED.to_string(), "true".to_string()),
-                (LABEL_NAMESPACE.to_string(), owner.namespace.clone()),
-                (LABEL_NAME.to_string(), owner.name.clone()),
-                (LABEL_UID.to_string(), owner.uid.clone()),
-                (LABEL_REPLICA.to_string(), replica.to_string()),
-                (LABEL_TARGET.to_string(), ctx.target_uid.to_string()),
-                (LABEL_MANAGER.to_string(), ctx.manager.to_string()),
-                (LABEL_SPEC_HASH.to_string(), spec_hash.clone()),
-                (
-                    LABEL_SPEC_FIELDS.to_string(),
-                    format_field_digests(&field_digests),
-                ),
+                (LABEL_RESOLVED_IMAGE.to_string(), resolved.image.clone()),
+                (LABEL_RESOLVED_FROM.to_string(), resolved.from.clone()),
+                (LABEL_RESOLVED_AT.to_string(), resolved.at.to_string()),
             ]);
-            if let Some(resolved) = ctx.resolved {
-                labels.extend([
-                    (LABEL_RESOLVED_IMAGE.to_string(), resolved.image.clone()),
-                    (LABEL_RESOLVED_FROM.to_string(), resolved.from.clone()),
-                    (LABEL_RESOLVED_AT.to_string(), resolved.at.to_string()),
-                ]);
-            }
-            Ok(DesiredInstance {
-                owner: owner.clone(),
-                replica,
-                name,
-                image: ctx.image.to_string(),
-                // A source image's tag names its content: present means up to date.
-                pull_policy: if ctx.image_source.is_some() {
-                    ImagePullPolicy::IfNotPresent
-                } else {
-                    spec.image_pull_policy
-                },
-                drift_policy: spec.drift_policy,
-                restart_policy: spec.restart_policy,
-                health_check,
-                host_ports: host_ports.clone(),
-                stop_timeout_seconds: spec.stop_timeout_seconds,
-                update_strategy: spec.update_strategy.clone(),
-                spec_hash: spec_hash.clone(),
-                field_digests: field_digests.clone(),
-                env_origins: env
-                    .iter()
+        }
+        let unplaced = DesiredInstance {
+            owner: owner.clone(),
+            replica: 0,
+            name: String::new(),
+            image: ctx.image.to_string(),
+            // A source image's tag names its content: present means up to date.
+            pull_policy: if ctx.image_source.is_some() {
+                ImagePullPolicy::IfNotPresent
+            } else {
+                spec.image_pull_policy
+            },
+            drift_policy: spec.drift_policy,
+            restart_policy: spec.restart_policy,
+            health_check: spec.health_check.as_ref().map(|h| HealthTiming {
+                start_period_seconds: h.start_period_seconds,
+                interval_seconds: h.interval_seconds,
+                timeout_seconds: h.timeout_seconds,
+                retries: h.retries,
+            }),
+            host_ports: host_ports(spec),
+            stop_timeout_seconds: spec.stop_timeout_seconds,
+            update_strategy: spec.update_strategy.clone(),
+            spec_hash,
+            field_digests: Arc::new(field_digests),
+            env_origins: Arc::new(
+                env.iter()
                     .map(|(k, v)| (k.clone(), v.origin.clone()))
                     .collect(),
-                pull_credentials: ctx.pull_credentials.cloned(),
-                image_source: ctx.image_source.cloned(),
-                body: create_body(spec, ctx.image, env, labels)?,
+            ),
+            pull_credentials: ctx.pull_credentials.cloned(),
+            image_source: ctx.image_source.cloned(),
+            target_uid: String::new(),
+            shared_body: Arc::new(create_body(spec, ctx.image, env, labels)?),
+        };
+        Ok(Self { unplaced })
+    }
+
+    /// The instances on the target `target_uid`: one per replica index in `replicas`.
+    pub fn on_target(&self, target_uid: &str, replicas: &[u32]) -> Vec<DesiredInstance> {
+        let owner = &self.unplaced.owner;
+        replicas
+            .iter()
+            .map(|&replica| DesiredInstance {
+                replica,
+                name: container_name(&owner.namespace, &owner.name, replica),
+                target_uid: target_uid.to_string(),
+                ..self.unplaced.clone()
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 /// A short digest of one field's value. One-way: labels carry digests, never values.
@@ -420,7 +464,6 @@ mod tests {
 
     fn ctx() -> InstanceContext<'static> {
         InstanceContext {
-            target_uid: "target-1",
             manager: "test",
             image: "app:1",
             image_identity: "sha256:aaa",
@@ -432,7 +475,7 @@ mod tests {
     }
 
     fn one(spec: &DockerContainerSpec, env: &ResolvedEnv) -> DesiredInstance {
-        desired_instances(&owner(), spec, env, &[0], &ctx())
+        desired_instances(&owner(), spec, env, &[0], "target-1", &ctx())
             .expect("instances")
             .remove(0)
     }
@@ -444,7 +487,7 @@ mod tests {
             &ResolvedEnv::new(),
         );
         assert_eq!(instance.name, "default_web_0");
-        let labels = instance.body.labels.expect("labels");
+        let labels = instance.create_body().labels.expect("labels");
         assert_eq!(labels[LABEL_MANAGED], "true");
         assert_eq!(labels[LABEL_NAMESPACE], "default");
         assert_eq!(labels[LABEL_NAME], "web");
@@ -495,7 +538,7 @@ mod tests {
             ]
         );
         let label = format_field_digests(&old.field_digests);
-        assert_eq!(parse_field_digests(&label), old.field_digests);
+        assert_eq!(parse_field_digests(&label), *old.field_digests);
         assert!(!label.contains("one"), "a value leaked into the label");
     }
 
@@ -504,9 +547,16 @@ mod tests {
         let a = one(&spec(json!({})), &ResolvedEnv::new());
         let mut c = ctx();
         c.image_identity = "sha256:bbb";
-        let b = desired_instances(&owner(), &spec(json!({})), &ResolvedEnv::new(), &[0], &c)
-            .expect("instances")
-            .remove(0);
+        let b = desired_instances(
+            &owner(),
+            &spec(json!({})),
+            &ResolvedEnv::new(),
+            &[0],
+            "target-1",
+            &c,
+        )
+        .expect("instances")
+        .remove(0);
         assert_eq!(
             describe_changes(&a.field_digests, &b),
             vec!["image".to_string()]
@@ -522,7 +572,7 @@ mod tests {
         let restart = |at| {
             let mut c = ctx();
             c.restarted_at = Some(at);
-            desired_instances(&owner(), &spec, &ResolvedEnv::new(), &[0], &c)
+            desired_instances(&owner(), &spec, &ResolvedEnv::new(), &[0], "target-1", &c)
                 .expect("instances")
                 .remove(0)
         };

@@ -7,7 +7,7 @@ use std::fmt;
 use super::{ContainerEntry, Snapshot};
 use crate::conditions::Reason;
 use crate::converge::env::{ResolvedEnv, resolve_env};
-use crate::converge::model::{DesiredInstance, InstanceContext, Owner, desired_instances};
+use crate::converge::model::{DesiredInstance, InstanceContext, InstanceTemplate, Owner};
 use crate::placement::Placements;
 use crate::registry::pinning::{Pin, Resolved, image_to_run};
 use crate::registry::source::LocalSource;
@@ -121,27 +121,28 @@ fn on_targets(
         name: container.name.clone(),
         uid: container.uid.clone(),
     };
+    let context = InstanceContext {
+        manager,
+        image: &run_image,
+        image_identity: &identity,
+        pull_credentials: credentials.as_ref(),
+        image_source: source,
+        resolved,
+        restarted_at: container.object.restarted_at(),
+    };
     let mut placed = placements.replicas_of(&container.uid);
+    if placed.is_empty() {
+        return Ok(snapshot.targets.iter().map(|_| Vec::new()).collect());
+    }
+    // One template for all of its targets: they share its body and digests.
+    let template = InstanceTemplate::new(&owner, spec, env, &context)
+        .map_err(|e| Problem::invalid(e.to_string()))?;
     snapshot
         .targets
         .iter()
         .map(|target| {
             let replicas = placed.remove(target.name.as_str()).unwrap_or_default();
-            if replicas.is_empty() {
-                return Ok(Vec::new());
-            }
-            let context = InstanceContext {
-                target_uid: &target.uid,
-                manager,
-                image: &run_image,
-                image_identity: &identity,
-                pull_credentials: credentials.as_ref(),
-                image_source: source,
-                resolved,
-                restarted_at: container.object.restarted_at(),
-            };
-            desired_instances(&owner, spec, env, &replicas, &context)
-                .map_err(|e| Problem::invalid(e.to_string()))
+            Ok(template.on_target(&target.uid, &replicas))
         })
         .collect()
 }

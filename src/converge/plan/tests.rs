@@ -33,7 +33,6 @@ fn owner(i: usize) -> Owner {
 /// Instances of `app:1` on the test target, pulled without credentials.
 fn plain_context() -> InstanceContext<'static> {
     InstanceContext {
-        target_uid: TARGET,
         manager: MANAGER,
         image: "app:1",
         image_identity: "app:1",
@@ -54,8 +53,15 @@ fn desired(owners: &[(usize, Vec<u32>, &str, &str)]) -> Vec<DesiredInstance> {
             if *i == 1 {
                 spec.update_strategy.kind = UpdateStrategyType::Recreate;
             }
-            desired_instances(&owner(*i), &spec, &ResolvedEnv::new(), replicas, &ctx)
-                .expect("instances")
+            desired_instances(
+                &owner(*i),
+                &spec,
+                &ResolvedEnv::new(),
+                replicas,
+                TARGET,
+                &ctx,
+            )
+            .expect("instances")
         })
         .collect()
 }
@@ -66,9 +72,8 @@ fn container_for(instance: &DesiredInstance, id: String, state: ContainerState) 
         id,
         name: instance.name.clone(),
         labels: instance
-            .body
+            .create_body()
             .labels
-            .clone()
             .unwrap_or_default()
             .into_iter()
             .collect(),
@@ -621,10 +626,25 @@ fn equal_host_ports_on_one_target_are_blocked_not_attempted() {
         "placement": {"target": "t"}
     }))
     .expect("spec");
-    let mut desired =
-        desired_instances(&owner(0), &with_port, &ResolvedEnv::new(), &[0], &ctx).expect("a");
+    let mut desired = desired_instances(
+        &owner(0),
+        &with_port,
+        &ResolvedEnv::new(),
+        &[0],
+        TARGET,
+        &ctx,
+    )
+    .expect("a");
     desired.extend(
-        desired_instances(&owner(1), &with_port, &ResolvedEnv::new(), &[0], &ctx).expect("b"),
+        desired_instances(
+            &owner(1),
+            &with_port,
+            &ResolvedEnv::new(),
+            &[0],
+            TARGET,
+            &ctx,
+        )
+        .expect("b"),
     );
     let world = world(&[], true);
     let plan = plan_for(&world, &desired, &HashSet::new());

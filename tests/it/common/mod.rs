@@ -331,7 +331,6 @@ pub mod fixture {
                 .flatten()
                 .unwrap_or_else(|| spec.image.clone());
             let ctx = InstanceContext {
-                target_uid: &self.identity.uid,
                 manager: &self.identity.manager,
                 image: &spec.image,
                 image_identity: &identity,
@@ -340,7 +339,15 @@ pub mod fixture {
                 resolved: None,
                 restarted_at: None,
             };
-            desired_instances(&self.owner(name), spec, env, replicas, &ctx).expect("instances")
+            desired_instances(
+                &self.owner(name),
+                spec,
+                env,
+                replicas,
+                &self.identity.uid,
+                &ctx,
+            )
+            .expect("instances")
         }
 
         /// Converges `instances` once.
