@@ -2,7 +2,7 @@
 //! from what runs (the plan, a pure function), and making it so (the executor).
 //!
 //! ```text
-//!   DockerContainer spec + resolved env ──> model::desired_instances ──┐
+//!   DockerContainer spec + resolved env ──> model::InstanceTemplate  ──┐
 //!   DockerHost::list_labelled (one call) ──────────────────────────────┼─> plan::plan ──> executor
 //!   daemon events ──> "converge again now" ────────────────────────────┘
 //! ```

@@ -53,6 +53,8 @@ pub struct DockerHost {
     endpoint: String,
     calls: Arc<calls::CallCounter>,
     engine: Engine,
+    /// The engine's version, as it answered when connected.
+    engine_version: String,
     health_checks: Arc<engine::HealthCheckMemory>,
 }
 
@@ -72,13 +74,16 @@ impl DockerHost {
             endpoint,
             calls: Arc::default(),
             engine: Engine::Docker,
+            engine_version: String::new(),
             health_checks: Arc::default(),
         }
     }
 
-    /// Asks the daemon which engine it is (one `/version` call).
+    /// Asks the daemon which engine it is and its version (one `/version` call).
     async fn identify_engine(mut self) -> Result<Self, DockerError> {
-        self.engine = Engine::from_version(&self.version().await?);
+        let version = self.version().await?;
+        self.engine = Engine::from_version(&version);
+        self.engine_version = version.version.unwrap_or_default();
         Ok(self)
     }
 
@@ -142,9 +147,9 @@ impl DockerHost {
             .map_err(self.fail(format!("failed to read the version of {}", self.endpoint)))
     }
 
-    /// The daemon's engine version (one call), for a table that needs no more.
-    pub async fn engine_version(&self) -> Result<String, DockerError> {
-        Ok(self.version().await?.version.unwrap_or_default())
+    /// The engine's version as it answered when connected: a table needs no call for it.
+    pub fn engine_version(&self) -> &str {
+        &self.engine_version
     }
 
     /// The daemon's version and machine, for `status.server`.

@@ -104,15 +104,13 @@ async fn target_status(
             }
             status.last_seen_time = Some(now.clone());
         }
-        // The table's VERSION column: one call per target.
+        // The table's VERSION column: what the daemon said when connected, no call.
         (Some(host), Ok(()), Detail::Summary) => {
-            if let Ok(version) = host.engine_version().await {
-                status.server = Some(ServerInfo {
-                    engine: host.engine().as_str().to_string(),
-                    version,
-                    ..Default::default()
-                });
-            }
+            status.server = Some(ServerInfo {
+                engine: host.engine().as_str().to_string(),
+                version: host.engine_version().to_string(),
+                ..Default::default()
+            });
         }
         _ => {}
     }

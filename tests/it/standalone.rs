@@ -70,9 +70,10 @@ async fn run_once_serves_http_then_plan_reports_no_changes(engine: Engine) {
     // The target's row names the daemon's engine version, as `status` does.
     let version = connected(engine.host(&env))
         .await
-        .engine_version()
+        .server_info()
         .await
-        .expect("version");
+        .expect("version")
+        .version;
     assert!(
         stdout
             .lines()
