@@ -1,6 +1,6 @@
 //! The standalone commands: `run` (once or watching), `plan` and `status`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -562,6 +562,9 @@ pub async fn run_watch(
     let mut file_tick = tokio::time::interval(Duration::from_millis(300));
     let mut placement_tick = tokio::time::interval(Duration::from_secs(10));
     let mut manifests = Manifests::default();
+    // The targets that have not converged since the last round was handed out: once none
+    // is left, the round's transient memory (at first, a whole fleet's converge) is freed.
+    let mut unsettled: BTreeSet<ObjectKey> = BTreeSet::new();
     loop {
         let mut reload = false;
         tokio::select! {
@@ -574,7 +577,12 @@ pub async fn run_watch(
                 );
                 break;
             }
-            Some((key, result)) = reports.recv() => announcer.converged(&key, &result),
+            Some((key, result)) = reports.recv() => {
+                announcer.converged(&key, &result);
+                if unsettled.remove(&key) && unsettled.is_empty() {
+                    crate::memory::return_freed_pages();
+                }
+            }
             _ = file_tick.tick() => {
                 let now = files_fingerprint(&source.paths);
                 if fingerprint != Some(now) {
@@ -661,6 +669,7 @@ pub async fn run_watch(
                 },
             );
         }
+        unsettled = tasks.keys().cloned().collect();
     }
     // Each target's loop ends after the converge under way; its report says what that
     // converge finished, rolled back or never started.
