@@ -15,6 +15,7 @@ const FLOORS: &[&[&str]] = &[
         "error_chain",
         "labels",
         "logging",
+        "memory",
         "reference",
         "shutdown",
         "sources",
