@@ -2,19 +2,21 @@
 //! client.
 //!
 //! ```text
-//!   unix:///path ─────────────────────> bollard unix socket
-//!   tcp:// | http:// (loopback, or allowInsecure) ──> bollard plain HTTP
-//!   https:// | tcp:// + tls ──> rustls with only the target's CA + client cert ──┐
-//!   ssh://user@host:port ──> `ssh … docker system dial-stdio` per connection ────┴> custom transport
+//!   unix:///path ──> the unix socket ──────────────────────────────────────────────┐
+//!   tcp:// | http:// (loopback, or allowInsecure) ──> plain HTTP ────────────────────┤
+//!   https:// | tcp:// + tls ──> rustls with only the target's CA + client cert ──────┤
+//!   ssh://user@host:port ──> `ssh … docker system dial-stdio` per connection ────────┴> pooled transport
 //! ```
 
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use bollard::Docker;
+use bollard::ClientVersion;
+use hyper_util::client::legacy::connect::HttpConnector;
 
 use super::error::{DockerError, ErrorKind};
+use super::transport::Transport;
 use super::{DockerHost, ssh, tls};
 use crate::api::DockerTargetSpec;
 
@@ -181,10 +183,12 @@ pub async fn connect(
 ) -> Result<DockerHost, DockerError> {
     let endpoint = Endpoint::parse(&spec.endpoint)?;
     let timeout = options.request_timeout.as_secs().max(1);
-    let version = bollard::API_DEFAULT_VERSION;
-    let docker = match &endpoint {
-        Endpoint::Unix { path } => Docker::connect_with_unix(path, timeout, version)
-            .map_err(|e| DockerError::from_bollard("failed to open the unix socket", e))?,
+    let transport = match &endpoint {
+        Endpoint::Unix { path } => Transport::new(
+            hyperlocal::UnixConnector,
+            &format!("unix://{}", hex::encode(path.as_bytes())),
+            timeout,
+        ),
         Endpoint::Tcp { host, port, https } => {
             match (&material.tls, spec.tls.is_some() || *https) {
                 (Some(tls_material), _) => tls::connect(host, *port, tls_material, timeout)?,
@@ -205,9 +209,11 @@ pub async fn connect(
                             ),
                         ));
                     }
-                    let address = format!("tcp://{}:{port}", bracket_v6(host));
-                    Docker::connect_with_http(&address, timeout, version)
-                        .map_err(|e| DockerError::from_bollard("failed to set up HTTP", e))?
+                    Transport::new(
+                        HttpConnector::new(),
+                        &format!("http://{}:{port}", bracket_v6(host)),
+                        timeout,
+                    )
                 }
             }
         }
@@ -226,7 +232,7 @@ pub async fn connect(
             ssh::connect(destination, ssh_material, options.request_timeout).await?
         }
     };
-    negotiate(docker, &spec.endpoint).await
+    negotiate(&transport, &spec.endpoint).await
 }
 
 fn bracket_v6(host: &str) -> String {
@@ -237,28 +243,51 @@ fn bracket_v6(host: &str) -> String {
     }
 }
 
-async fn negotiate(docker: Docker, endpoint: &str) -> Result<DockerHost, DockerError> {
-    let docker = docker
-        .negotiate_version()
-        .await
-        .map_err(|e| DockerError::from_bollard(&format!("failed to reach {endpoint}"), e))?;
-    let negotiated = docker.client_version();
-    let version = (
-        negotiated.major_version as u32,
-        negotiated.minor_version as u32,
-    );
-    if version < MIN_API_VERSION {
+/// Asks the daemon its version (one `/version` call, which also says which engine it is)
+/// and speaks the older of its API and bollard's from then on.
+async fn negotiate(transport: &Transport, endpoint: &str) -> Result<DockerHost, DockerError> {
+    let newest = bollard::API_DEFAULT_VERSION;
+    let host = DockerHost::new(transport.client(newest)?, endpoint.to_string());
+    let answer = host.version().await?;
+    let spoken = answer
+        .api_version
+        .as_deref()
+        .and_then(api_version)
+        .ok_or_else(|| {
+            DockerError::new(
+                ErrorKind::VersionUnsupported,
+                format!(
+                    "{endpoint} did not say which Engine API it speaks (ApiVersion {:?})",
+                    answer.api_version
+                ),
+            )
+        })?;
+    if spoken < MIN_API_VERSION {
         return Err(DockerError::new(
             ErrorKind::VersionUnsupported,
             format!(
                 "{endpoint} speaks Engine API {}.{}; Stevedore needs {}.{} (Docker 20.10) or newer",
-                version.0, version.1, MIN_API_VERSION.0, MIN_API_VERSION.1
+                spoken.0, spoken.1, MIN_API_VERSION.0, MIN_API_VERSION.1
             ),
         ));
     }
-    DockerHost::new(docker, endpoint.to_string())
-        .identify_engine()
-        .await
+    let newest_pair = (newest.major_version as u32, newest.minor_version as u32);
+    let host = if spoken < newest_pair {
+        let older = ClientVersion {
+            major_version: spoken.0 as usize,
+            minor_version: spoken.1 as usize,
+        };
+        host.speaking(transport.client(&older)?)
+    } else {
+        host
+    };
+    Ok(host.identified(&answer))
+}
+
+/// `1.41` as `(1, 41)`.
+fn api_version(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 #[cfg(test)]

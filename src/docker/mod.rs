@@ -79,12 +79,17 @@ impl DockerHost {
         }
     }
 
-    /// Asks the daemon which engine it is and its version (one `/version` call).
-    async fn identify_engine(mut self) -> Result<Self, DockerError> {
-        let version = self.version().await?;
-        self.engine = Engine::from_version(&version);
-        self.engine_version = version.version.unwrap_or_default();
-        Ok(self)
+    /// The same host, its calls made through `docker` (the client at the negotiated API
+    /// version; the counters stay).
+    fn speaking(self, docker: Docker) -> Self {
+        Self { docker, ..self }
+    }
+
+    /// The same host, knowing which engine it is and its version from its `/version` answer.
+    fn identified(mut self, answer: &bollard::models::SystemVersion) -> Self {
+        self.engine = Engine::from_version(answer);
+        self.engine_version = answer.version.clone().unwrap_or_default();
+        self
     }
 
     /// The engine behind the endpoint.

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bollard::Docker;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use tokio::io::Join;
@@ -22,6 +21,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::connect::SshMaterial;
 use super::error::{DockerError, ErrorKind};
+use super::transport::Transport;
 
 /// Where to ssh to.
 #[derive(Clone, Debug)]
@@ -239,12 +239,12 @@ impl tower_service::Service<http::Uri> for SshCommand {
     }
 }
 
-/// A bollard client whose connections are ssh dial-stdio processes to `destination`.
-pub async fn connect(
+/// Connections that are ssh dial-stdio processes to `destination`.
+pub(super) async fn connect(
     destination: Destination,
     material: &SshMaterial,
     timeout: Duration,
-) -> Result<Docker, DockerError> {
+) -> Result<Transport, DockerError> {
     let keys = KeyDir::create(material).map_err(|e| {
         DockerError::new(
             ErrorKind::InvalidConfig,
@@ -258,5 +258,9 @@ pub async fn connect(
     };
     command.preflight().await?;
     // The host part is only used to build request URIs; the connector ignores it.
-    super::transport::client_through(command, "http://docker.ssh", timeout.as_secs().max(1))
+    Ok(Transport::new(
+        command,
+        "http://docker.ssh",
+        timeout.as_secs().max(1),
+    ))
 }

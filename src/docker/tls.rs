@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
-use bollard::Docker;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::connect::TlsMaterial;
 use super::error::{DockerError, ErrorKind};
+use super::transport::Transport;
 
 fn invalid(what: &str, detail: impl std::fmt::Display) -> DockerError {
     DockerError::new(
@@ -46,13 +46,13 @@ pub fn client_config(material: &TlsMaterial) -> Result<rustls::ClientConfig, Doc
         .map_err(|e| invalid("tls.crt/tls.key pair", e))
 }
 
-/// A bollard client speaking HTTPS to `host:port` with the given material.
-pub fn connect(
+/// Connections speaking HTTPS to `host:port` with the given material.
+pub(super) fn connect(
     host: &str,
     port: u16,
     material: &TlsMaterial,
     timeout_secs: u64,
-) -> Result<Docker, DockerError> {
+) -> Result<Transport, DockerError> {
     let config = client_config(material)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
@@ -64,7 +64,11 @@ pub fn connect(
     } else {
         host.to_string()
     };
-    super::transport::client_through(connector, &format!("https://{host}:{port}"), timeout_secs)
+    Ok(Transport::new(
+        connector,
+        &format!("https://{host}:{port}"),
+        timeout_secs,
+    ))
 }
 
 /// Makes ring the process's default rustls provider (for clients, such as the registry's,
