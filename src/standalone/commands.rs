@@ -261,20 +261,23 @@ fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
                 continue;
             }
             // Every other line is a sentence that names its container (or image) itself.
-            let shape = without_digits(&progress.message);
-            let failed = progress.message.starts_with("failed to ");
-            if failed && last_failure.get(&progress.subject) == Some(&shape) {
+            // Only a failure needs its shape (to say it once): not every created or started.
+            let failure = progress
+                .message
+                .starts_with("failed to ")
+                .then(|| without_digits(&progress.message));
+            if failure.is_some() && last_failure.get(&progress.subject) == failure.as_ref() {
                 continue;
             }
             if live {
                 let _ = write!(err, "\r\x1b[2K");
             }
-            let _ = writeln!(err, "{}", progress.message);
-            if failed {
-                last_failure.insert(progress.subject, shape);
-            } else {
-                last_failure.remove(&progress.subject);
-            }
+            // One write per line (stderr is unbuffered: `writeln!` would make two).
+            let _ = err.write_all(format!("{}\n", progress.message).as_bytes());
+            match failure {
+                Some(shape) => last_failure.insert(progress.subject, shape),
+                None => last_failure.remove(&progress.subject),
+            };
         }
     });
     tx
@@ -393,8 +396,13 @@ pub async fn run_once(
     let mut findings: HashMap<ObjectKey, Vec<Finding>> = HashMap::new();
     let mut drained = Drained::default();
     let deadline = Instant::now() + timeout;
+    // When the last round's work was handed out: a target its converge listed again after
+    // that (once its work was done) is not listed again by the next round.
+    let mut handed_out = Instant::now();
     let settled_round = loop {
-        let round = world::round(&manifests, &mut memory, &source.options).await;
+        let round = world::round_since(&manifests, &mut memory, &source.options, handed_out).await;
+        handed_out = Instant::now();
+        let connections = &memory.connections;
         let runs = round.targets.iter().filter_map(|(key, target)| {
             let host = target.host.clone()?;
             let executor = Executor::new(host.clone(), concurrency)
@@ -430,6 +438,14 @@ pub async fn run_once(
                         .await
                     }
                 };
+                // Work done, all of it: list the target now, while others still work, for
+                // the next round to see what it runs without waiting for every target.
+                if let Ok(report) = &result
+                    && !report.plan.is_empty()
+                    && report.outcomes.iter().all(|o| o.result.is_ok())
+                {
+                    let _ = connections.list(&target.identity.uid, &host).await;
+                }
                 (key.clone(), memory, result)
             })
         });
