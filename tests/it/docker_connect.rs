@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{TestEnv, hosts};
+use common::{TestEnv, hosts, sim};
 use stevedore::docker::{ConnectOptions, ConnectionMaterial, ErrorKind, connect};
 
 #[tokio::test]
@@ -134,4 +134,44 @@ async fn an_unknown_ssh_host_key_is_an_auth_error() {
         .await
         .expect_err("an unknown host key was accepted");
     assert_eq!(error.kind, ErrorKind::AuthError, "{error}");
+}
+
+/// Bollard's own clients open a connection per call; Stevedore's keep one open while calls
+/// follow one another, and open more only for calls made at once.
+#[tokio::test]
+async fn calls_in_a_row_share_one_connection() {
+    let env = TestEnv::load();
+    let (images, registry) = sim::harness_world(&env);
+    let dir = std::env::temp_dir().join(format!("stevedore-pool-{}", std::process::id()));
+    let sim = sim::Simulator::start(&dir, 1, &images, registry, sim::Profile::instant());
+    let daemon = sim.daemon(0);
+    let host = connect(
+        &hosts::spec(&sim.address(0)),
+        &ConnectionMaterial::default(),
+        ConnectOptions::default(),
+    )
+    .await
+    .expect("connect to the simulated daemon");
+    let list = || host.list_labelled("stevedore.dev/target", "nobody");
+    for _ in 0..20 {
+        list().await.expect("list");
+    }
+    // The connect's /version call and the twenty lists: one connection.
+    assert_eq!(daemon.connections(), 1);
+    let at_once = futures::future::join_all((0..4).map(|_| list())).await;
+    assert!(at_once.iter().all(Result::is_ok), "{at_once:?}");
+    let after_burst = daemon.connections();
+    assert!(
+        (2..=4).contains(&after_burst),
+        "four calls at once, {after_burst} connections"
+    );
+    for _ in 0..20 {
+        list().await.expect("list");
+    }
+    assert_eq!(
+        daemon.connections(),
+        after_burst,
+        "the idle ones were reused"
+    );
+    assert_eq!(daemon.calls().get("list"), Some(&44));
 }

@@ -32,6 +32,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: std::os::unix::net::UnixListen
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        daemon.accepted();
         // Which process is calling: a sharded controller's replicas are processes of
         // their own, and a test checks that only one of them writes to this daemon.
         let client = stream.peer_cred().ok().and_then(|c| c.pid());

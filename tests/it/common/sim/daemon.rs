@@ -191,6 +191,8 @@ pub struct Daemon {
     runtime: tokio::runtime::Handle,
     serial: AtomicU64,
     calls: Mutex<BTreeMap<&'static str, u64>>,
+    /// Connections accepted so far.
+    connections: AtomicU64,
     writes: Mutex<Vec<Write>>,
     /// This daemon's number, for container IDs and addresses unique in the fleet.
     index: usize,
@@ -216,6 +218,7 @@ impl Daemon {
             runtime,
             serial: AtomicU64::new(0),
             calls: Mutex::default(),
+            connections: AtomicU64::new(0),
             writes: Mutex::default(),
             index,
         })
@@ -235,6 +238,16 @@ impl Daemon {
             .entry(call)
             .or_default() += 1;
         self.profile.latency(call)
+    }
+
+    /// Counts one accepted connection.
+    pub(super) fn accepted(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many connections clients opened to this daemon so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// How many calls of each kind this daemon answered so far.
