@@ -15,12 +15,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::DockerError;
 
-/// How long an unused connection to a daemon stays open. Shorter than a watching run's
-/// resync (10 s), so a settled fleet holds no idle connection (memory, file descriptors,
-/// ssh processes), and shorter than the idle limit of the daemons that have one (Podman's
-/// API service closes idle connections after 10 s by default), so Stevedore closes first
-/// and never sends a call down a connection the daemon is closing.
-const IDLE_CONNECTION: Duration = Duration::from_secs(5);
+/// How long an unused connection to a daemon stays open. The calls of a converge follow
+/// one another within milliseconds; past that, an open connection is tens of KB held per
+/// daemon for nothing (a controller's heartbeats come every 15 s), so a settled fleet holds
+/// none. Far below the idle limit of the daemons that have one (Podman's API service closes
+/// idle connections after 10 s by default): Stevedore closes first, and never sends a call
+/// down a connection the daemon is closing.
+const IDLE_CONNECTION: Duration = Duration::from_secs(1);
 
 /// Names the body type of bollard's requests, which bollard does not export by name; the
 /// hyper client needs it.
