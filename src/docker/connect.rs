@@ -271,13 +271,12 @@ async fn negotiate(transport: &Transport, endpoint: &str) -> Result<DockerHost, 
             ),
         ));
     }
-    let newest_pair = (newest.major_version as u32, newest.minor_version as u32);
-    let host = if spoken < newest_pair {
-        let older = ClientVersion {
-            major_version: spoken.0 as usize,
-            minor_version: spoken.1 as usize,
-        };
-        host.speaking(transport.client(&older)?)
+    let spoken = ClientVersion {
+        major_version: spoken.0 as usize,
+        minor_version: spoken.1 as usize,
+    };
+    let host = if spoken < *newest {
+        host.speaking(transport.client(&spoken)?)
     } else {
         host
     };

