@@ -23,10 +23,11 @@ use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PostParams};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use super::context::Context;
+use super::outcome::merge_patch_params;
 use crate::converge::executor::Outcome;
 use crate::docker::ErrorKind;
 
@@ -234,7 +235,7 @@ impl Publisher {
                     "series": EventSeries { count, last_observed_time: MicroTime(Timestamp::now()) }
                 });
                 events
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(&name, &merge_patch_params(), &Patch::Merge(&patch))
                     .await?;
                 Written {
                     name,

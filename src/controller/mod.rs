@@ -433,7 +433,9 @@ pub async fn run_with(client: Client, options: Options) -> Result<(), RunError> 
 
     let shutdown = options.settings.shutdown.clone();
     tokio::spawn(announce_drain(shutdown.clone()));
-    tokio::spawn(crate::memory::return_freed_pages_every(FREED_PAGES_RETURNED));
+    tokio::spawn(crate::memory::return_freed_pages_every(
+        FREED_PAGES_RETURNED,
+    ));
     let lease = match &options.leader_election {
         // A standby told to stop has nothing under way: it stops at once.
         Some(election) => tokio::select! {

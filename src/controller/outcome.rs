@@ -18,6 +18,15 @@ use super::error::{Error, Result, kube_failed};
 /// The field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "stevedore";
 
+/// The parameters of every merge patch the controller makes: named as its field manager,
+/// so an object's managedFields say which fields Stevedore wrote, not "unknown".
+pub fn merge_patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
 /// Writes `status` into `object`'s status subresource by server-side apply, owning exactly
 /// the fields it sets.
 pub async fn apply_status<K>(ctx: &Context, object: &K, status: &impl Serialize) -> Result<()>

@@ -603,6 +603,25 @@ async fn objects_applied_at_once_each_get_the_finalizer_once_and_converge_withou
             Some(&["stevedore.dev/cleanup".to_string()][..]),
             "{name} carries the cleanup finalizer, once"
         );
+        // The API server records who added it: Stevedore, by name.
+        let finalizer_writers: Vec<_> = ready
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .fields_v1
+                    .as_ref()
+                    .is_some_and(|fields| fields.0.to_string().contains("stevedore.dev/cleanup"))
+            })
+            .map(|entry| entry.manager.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            finalizer_writers,
+            ["stevedore"],
+            "{name}'s finalizer is in the managedFields of the stevedore field manager"
+        );
     }
     assert_eq!(
         in_namespace(&host, &ns).await,

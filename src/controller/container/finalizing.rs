@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 
 use crate::api::DockerContainer;
 use crate::controller::error::{Result, kube_failed};
+use crate::controller::outcome::merge_patch_params;
 
 /// The finalizer that removes an object's containers before it goes.
 pub const FINALIZER: &str = "stevedore.dev/cleanup";
@@ -44,7 +45,7 @@ pub(super) async fn with_finalizer(
         }
     });
     let added = api
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(&name, &merge_patch_params(), &Patch::Merge(&patch))
         .await;
     let failed = || {
         kube_failed(format!(

@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::Shards;
 use super::plan::{Member, plan};
+use crate::controller::outcome::merge_patch_params;
 
 /// How long a member Lease counts after its renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
@@ -256,7 +257,7 @@ impl ShardLeases {
         let patch = json!({"spec": {"renewTime": now, "holderIdentity": self.config.identity}});
         let renewed = match self
             .api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(&name, &merge_patch_params(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => Ok(()),
@@ -327,7 +328,7 @@ impl ShardLeases {
     /// A merge patch of the Lease `name` (conditional when it names a resourceVersion).
     async fn patch(&self, name: &str, patch: &serde_json::Value) -> Result<(), kube::Error> {
         self.api
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch(name, &merge_patch_params(), &Patch::Merge(patch))
             .await
             .map(|_| ())
     }
