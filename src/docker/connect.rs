@@ -21,10 +21,7 @@ use super::{DockerHost, ssh, tls};
 use crate::api::DockerTargetSpec;
 
 /// The oldest Engine API Stevedore speaks (Docker 20.10).
-pub const MIN_API_VERSION: ClientVersion = ClientVersion {
-    major_version: 1,
-    minor_version: 41,
-};
+pub const MIN_API_VERSION: (u32, u32) = (1, 41);
 
 /// Client certificate material from a target's `tls` Secret, as PEM bytes.
 #[derive(Clone)]
@@ -269,11 +266,15 @@ async fn negotiate(transport: &Transport, endpoint: &str) -> Result<DockerHost, 
         return Err(DockerError::new(
             ErrorKind::VersionUnsupported,
             format!(
-                "{endpoint} speaks Engine API {spoken}; Stevedore needs {MIN_API_VERSION} \
-                 (Docker 20.10) or newer"
+                "{endpoint} speaks Engine API {}.{}; Stevedore needs {}.{} (Docker 20.10) or newer",
+                spoken.0, spoken.1, MIN_API_VERSION.0, MIN_API_VERSION.1
             ),
         ));
     }
+    let spoken = ClientVersion {
+        major_version: spoken.0 as usize,
+        minor_version: spoken.1 as usize,
+    };
     let host = if spoken < *newest {
         host.speaking(transport.client(&spoken)?)
     } else {
@@ -282,13 +283,10 @@ async fn negotiate(transport: &Transport, endpoint: &str) -> Result<DockerHost, 
     Ok(host.identified(&answer))
 }
 
-/// `1.41` as the client version it names.
-fn api_version(text: &str) -> Option<ClientVersion> {
+/// `1.41` as `(1, 41)`.
+fn api_version(text: &str) -> Option<(u32, u32)> {
     let (major, minor) = text.split_once('.')?;
-    Some(ClientVersion {
-        major_version: major.parse().ok()?,
-        minor_version: minor.parse().ok()?,
-    })
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 #[cfg(test)]
