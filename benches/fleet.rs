@@ -126,7 +126,8 @@ async fn floor(hosts: &[DockerHost], image: &str) -> f64 {
 
 /// The floor at a concurrency fixed for the whole fleet: `PER_TARGET` containers on every
 /// daemon created and started, `at_once` of them at a time over all daemons (what the
-/// controller's reconciles at once allow it, one container each); then removed.
+/// controller's DockerContainers at work on their daemons at once allow it, one container
+/// each); then removed.
 async fn floor_fleet_wide(hosts: &[DockerHost], image: &str, at_once: usize) -> f64 {
     let started = Instant::now();
     stream::iter((0..hosts.len()).flat_map(|t| (0..PER_TARGET).map(move |i| (t, i))))

@@ -116,7 +116,8 @@ struct ControllerArgs {
     /// Actions run at once per target and object.
     #[arg(long, default_value_t = stevedore::converge::executor::DEFAULT_CONCURRENCY)]
     concurrency: usize,
-    /// Objects reconciled at once, per kind (0 = unbounded).
+    /// Objects reconciled at once, per kind (0 = unbounded); for DockerContainers, those at
+    /// work on their daemons at once, their finalizer and status writes overlapping.
     #[arg(long, default_value_t = stevedore::controller::context::DEFAULT_MAX_CONCURRENT_RECONCILES)]
     max_concurrent_reconciles: u16,
     /// On SIGTERM, how long reconciles under way may take to finish or roll back their

@@ -114,8 +114,8 @@ async fn api_counters(client: &Client) -> ApiCounters {
     ApiCounters { writes, watches }
 }
 
-/// Objects reconciled at once (`--max-concurrent-reconciles`): `BENCH_FLEET_RECONCILES`,
-/// or the controller's default.
+/// DockerContainers at work on their daemons at once (`--max-concurrent-reconciles`):
+/// `BENCH_FLEET_RECONCILES`, or the controller's default.
 pub(super) fn reconciles() -> u16 {
     std::env::var("BENCH_FLEET_RECONCILES")
         .ok()
@@ -542,7 +542,7 @@ pub fn header(report: &mut String) {
          (empty), with its targets connected and no DockerContainer (idle, as in the \
          standalone table), and managing the fleet; KB per container is managing over \
          idle.\n\n\
-         | targets | DockerContainers | reconciles at once | floor at that concurrency | cold: running | / floor | / floor at that concurrency | cold: statuses | / floor | cold API writes | steady Docker writes | steady list calls per target | steady API writes | stevedore.dev watches | RSS empty | RSS idle | RSS managing | KB per container | edit p50 | edit p99 | restart: other Docker writes | restart: first action |\n\
+         | targets | DockerContainers | converging at once | floor at that concurrency | cold: running | / floor | / floor at that concurrency | cold: statuses | / floor | cold API writes | steady Docker writes | steady list calls per target | steady API writes | stevedore.dev watches | RSS empty | RSS idle | RSS managing | KB per container | edit p50 | edit p99 | restart: other Docker writes | restart: first action |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         STEADY.as_secs()
     );

@@ -290,7 +290,8 @@ pub struct Settings {
     pub manager: String,
     /// Actions run at once per target and object.
     pub concurrency: usize,
-    /// Objects of one kind reconciled at once (0 = unbounded).
+    /// Objects of one kind reconciled at once (0 = unbounded); for DockerContainers, the
+    /// objects converging on their daemons at once (see [`ConvergeSlots`]).
     pub max_concurrent_reconciles: u16,
     /// Reconcile every object at least this often, events or not.
     pub resync: Duration,
@@ -370,6 +371,38 @@ fn converged_before(container: &DockerContainer, started_unix: i64) -> bool {
 /// fleet's slow daemons from holding up the rest, few enough to bound memory and API load.
 pub const DEFAULT_MAX_CONCURRENT_RECONCILES: u16 = 16;
 
+/// How many more DockerContainer reconciles run than converge at once: the others are
+/// adding their finalizer or writing their status. Each such write waits on the API
+/// server for about as long as the Docker work of a new container takes, and several
+/// times as long when the API server is busy, so without them the daemons would idle
+/// while reconciles wait on their writes.
+pub const API_WRITES_IN_FLIGHT_PER_SLOT: u16 = 7;
+
+/// Bounds the DockerContainers converging on their daemons at once: the part of a
+/// reconcile that lists, creates, starts and removes. Its API writes (the finalizer
+/// before, the status after) are made outside it, so that the slot goes to the next
+/// object's Docker work meanwhile.
+pub struct ConvergeSlots(Option<tokio::sync::Semaphore>);
+
+impl ConvergeSlots {
+    /// `slots` at once; 0 leaves them unbounded.
+    pub fn new(slots: u16) -> Self {
+        Self((slots > 0).then(|| tokio::sync::Semaphore::new(usize::from(slots))))
+    }
+
+    /// Waits for a slot (first come, first served); it is free again when the permit drops.
+    pub async fn enter(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // The semaphore is never closed, so acquiring fails never.
+        self.0.as_ref()?.acquire().await.ok()
+    }
+
+    /// The DockerContainer reconciles to run at once so that `slots` objects converge
+    /// while the others write to the API server (0: unbounded).
+    pub fn reconciles_for(slots: u16) -> u16 {
+        slots.saturating_mul(1 + API_WRITES_IN_FLIGHT_PER_SLOT)
+    }
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     /// The Kubernetes client.
@@ -401,6 +434,8 @@ pub struct Context {
     pub counts: Mutex<HashMap<String, i32>>,
     /// When this replica's controllers started.
     pub started: Instant,
+    /// The DockerContainers converging on their daemons at once.
+    pub converging: ConvergeSlots,
 }
 
 impl Context {

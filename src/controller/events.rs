@@ -35,6 +35,12 @@ use crate::docker::ErrorKind;
 /// API server keeps Events about an hour).
 const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 
+/// Series remembered at most. A fleet's cold start writes one Event per object; kept for
+/// the whole window, their series would cost every object about a kilobyte long after its
+/// Event mattered. Past this, the oldest half is forgotten, and a repeat of a forgotten one
+/// starts a new Event (client-go's event caches hold as many).
+const SERIES_KEPT: usize = 4096;
+
 /// The longest note the API server accepts.
 pub const NOTE_LIMIT: usize = 1024;
 
@@ -199,7 +205,43 @@ struct Publisher {
     client: Client,
     controller: String,
     instance: String,
-    series: Mutex<HashMap<SeriesKey, Written>>,
+    series: Mutex<Series>,
+}
+
+/// The Events written lately, by what makes them the same, for counting repeats.
+#[derive(Default)]
+struct Series(HashMap<SeriesKey, Written>);
+
+impl Series {
+    /// The name and next count of the Event `key` repeats, if it was written within
+    /// [`SERIES_WINDOW`] of `now`.
+    fn repeat(&self, key: &SeriesKey, now: SystemTime) -> Option<(String, i32)> {
+        self.0
+            .get(key)
+            .filter(|w| within_window(w, now))
+            .map(|w| (w.name.clone(), w.count + 1))
+    }
+
+    /// Remembers `written`; when [`SERIES_KEPT`] are remembered, forgets those out of the
+    /// window and, if that is not enough, the older half.
+    fn remember(&mut self, key: SeriesKey, written: Written) {
+        if self.0.len() >= SERIES_KEPT && !self.0.contains_key(&key) {
+            let now = written.last;
+            self.0.retain(|_, w| within_window(w, now));
+            if self.0.len() >= SERIES_KEPT {
+                let mut times: Vec<SystemTime> = self.0.values().map(|w| w.last).collect();
+                let middle = times.len() / 2;
+                let (_, median, _) = times.select_nth_unstable(middle);
+                let median = *median;
+                self.0.retain(|_, w| w.last > median);
+            }
+        }
+        self.0.insert(key, written);
+    }
+}
+
+fn within_window(written: &Written, now: SystemTime) -> bool {
+    now.duration_since(written.last).unwrap_or_default() < SERIES_WINDOW
 }
 
 impl Publisher {
@@ -223,11 +265,7 @@ impl Publisher {
         };
         let now = SystemTime::now();
         // The lock is not held across the API call: several Events are written at once.
-        let repeat = {
-            let mut series = self.series.lock().await;
-            series.retain(|_, w| now.duration_since(w.last).unwrap_or_default() < SERIES_WINDOW);
-            series.get(&key).map(|w| (w.name.clone(), w.count + 1))
-        };
+        let repeat = self.series.lock().await.repeat(&key, now);
         let events: Api<Event> = Api::namespaced(self.client.clone(), &key.namespace);
         let written = match repeat {
             Some((name, count)) => {
@@ -254,7 +292,7 @@ impl Publisher {
                 }
             }
         };
-        self.series.lock().await.insert(key, written);
+        self.series.lock().await.remember(key, written);
         Ok(())
     }
 
@@ -359,7 +397,61 @@ pub fn publish_outcome(
 
 #[cfg(test)]
 mod tests {
-    use super::cut;
+    use std::time::{Duration, SystemTime};
+
+    use super::{EventKind, SERIES_KEPT, SERIES_WINDOW, Series, SeriesKey, Written, cut};
+
+    fn key(object: usize) -> SeriesKey {
+        SeriesKey {
+            uid: format!("uid-{object}"),
+            namespace: "fleet".into(),
+            name: format!("web-{object}"),
+            kind: EventKind::Normal,
+            reason: "Created".into(),
+            action: "Create".into(),
+            note: "created and started".into(),
+        }
+    }
+
+    fn written(object: usize, last: SystemTime) -> Written {
+        Written {
+            name: format!("web-{object}.1"),
+            count: 1,
+            last,
+        }
+    }
+
+    #[test]
+    fn a_repeat_within_the_window_counts_on_the_event_written_before() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut series = Series::default();
+        series.remember(key(1), written(1, start));
+        let soon = start + Duration::from_secs(10);
+        assert_eq!(series.repeat(&key(1), soon), Some(("web-1.1".into(), 2)));
+        assert_eq!(series.repeat(&key(2), soon), None);
+        let late = start + SERIES_WINDOW + Duration::from_secs(1);
+        assert_eq!(series.repeat(&key(1), late), None);
+    }
+
+    #[test]
+    fn a_fleet_of_events_is_remembered_in_bounded_memory_newest_first() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut series = Series::default();
+        let fleet = 3 * SERIES_KEPT;
+        for object in 0..fleet {
+            // All within one window, one millisecond apart, as a cold start writes them.
+            let at = start + Duration::from_millis(object as u64);
+            series.remember(key(object), written(object, at));
+            assert!(
+                series.0.len() <= SERIES_KEPT,
+                "{} at {object}",
+                series.0.len()
+            );
+        }
+        let now = start + Duration::from_millis(fleet as u64);
+        assert!(series.repeat(&key(fleet - 1), now).is_some());
+        assert!(series.repeat(&key(0), now).is_none());
+    }
 
     #[test]
     fn a_long_note_is_cut_on_a_character_boundary() {

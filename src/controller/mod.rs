@@ -44,7 +44,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 
-use self::context::{CachesListed, Context, Settings, Stores, is_placed_on, registry_serving};
+use self::context::{
+    CachesListed, Context, ConvergeSlots, Settings, Stores, is_placed_on, registry_serving,
+};
 use self::events::EventRecorder;
 use self::hosts::{HostSignal, Hosts};
 use self::metrics::Metrics;
@@ -637,6 +639,10 @@ async fn run_controllers(
         std::any::type_name::<ConfigMap>(),
     ]);
     let bounded = ControllerConfig::default().concurrency(settings.max_concurrent_reconciles);
+    // Bounded by `ctx.converging` where they reach the daemons; their API writes overlap.
+    let containers_bounded = ControllerConfig::default().concurrency(
+        ConvergeSlots::reconciles_for(settings.max_concurrent_reconciles),
+    );
     let (containers, container_events) = cache(api::<DockerContainer>(&client, namespace), &listed);
     let (targets, target_events) = cache(api::<DockerTarget>(&client, namespace), &listed);
     let (registries, registry_events) = cache(api::<Registry>(&client, namespace), &listed);
@@ -647,7 +653,7 @@ async fn run_controllers(
         ),
         containers.clone(),
     )
-    .with_config(bounded.clone());
+    .with_config(containers_bounded);
     let target_controller = Controller::for_stream(
         target_events.applied_objects().predicate_filter(
             what_a_finalized_reconcile_sees::<DockerTarget>,
@@ -783,6 +789,7 @@ async fn run_controllers(
             }
         });
     }
+    let converging = ConvergeSlots::new(settings.max_concurrent_reconciles);
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: EventRecorder::new(client.clone(), "stevedore", identity),
@@ -797,6 +804,7 @@ async fn run_controllers(
         placed: Default::default(),
         counts: Default::default(),
         started: std::time::Instant::now(),
+        converging,
     });
 
     // A target's change reaches the DockerContainers placed on it, a Registry's those

@@ -14,6 +14,7 @@ use common::fixture::unique;
 use fake_api::{Recorded, World};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ObjectMeta;
+use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use stevedore::api::container::DockerContainerStatus;
 use stevedore::api::{DockerContainer, DockerTarget, DockerTargetSpec};
@@ -200,9 +201,15 @@ async fn first_reconcile_creates_the_container_then_a_resync_writes_nothing() {
     let (ctx, recorded) = setup(vec![target.clone()], &web, "ctl-first");
     let host = main_daemon(&env).await;
 
-    container::reconcile(Arc::new(web.clone()), ctx.clone())
+    let action = container::reconcile(Arc::new(web.clone()), ctx.clone())
         .await
         .expect("reconcile");
+    // What runs is what is wanted, running and ready: nothing waits on the creation, so
+    // no quick second look (a death or a health change would wake it through events).
+    assert_ne!(
+        action,
+        Action::requeue(stevedore::converge::engine::LOOK_AGAIN_AFTER_CHANGES)
+    );
 
     let status_path = format!("{}/status", path(&ns, "dockercontainers", "web"));
     assert_eq!(
@@ -814,9 +821,14 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
     // Edit the spec: the Event names the field.
     web.spec.env[0].value = Some("green".into());
     web.metadata.generation = Some(2);
-    container::reconcile(Arc::new(web.clone()), ctx.clone())
+    let action = container::reconcile(Arc::new(web.clone()), ctx.clone())
         .await
         .expect("edit");
+    // Besides the new container, its owner has the retired one: it looks again soon.
+    assert_eq!(
+        action,
+        Action::requeue(stevedore::converge::engine::LOOK_AGAIN_AFTER_CHANGES)
+    );
     let edited = owned_by(&host, &uid).await;
     assert_eq!(edited.len(), 1);
     assert_ne!(edited[0].id, first[0].id, "replaced");

@@ -53,6 +53,7 @@ pub(super) async fn cleanup(
         forget(ctx, &uid);
         return Ok(Action::await_change());
     }
+    let slot = ctx.converging.enter().await;
     let observed = observe_targets(ctx, &mut snapshot, Attempt::Cleanup).await;
     let views = views(&snapshot, observed);
     let recorded: HashSet<&str> = container
@@ -95,6 +96,7 @@ pub(super) async fn cleanup(
         .into_iter()
         .filter_map(|r| r.err())
         .collect();
+    drop(slot);
     if blocked.is_empty() {
         forget(ctx, &uid);
         return Ok(Action::await_change());

@@ -12,6 +12,10 @@
 //! whole namespace. A no-op reconcile costs one list call per such target, shared with the
 //! other DockerContainers of the target reconciled at the same moment, and no write.
 //!
+//! The Docker part of a reconcile, from the first list to the last, holds one of
+//! `ctx.converging`'s slots; the finalizer patch before it and the status write after it
+//! do not, so that a slow API server does not leave the daemons idle.
+//!
 //! Sharded (`--shards`), a replica converges only the targets of its own shards; the
 //! object's home replica alone places it and writes its status and finalizer (`part`).
 //!
@@ -117,8 +121,10 @@ pub(super) struct TargetOutcome {
     problems: Vec<String>,
     retry_at: Option<u64>,
     unreachable: bool,
-    /// Whether an action succeeded (failed ones wait for their back-off instead).
-    changed: bool,
+    /// Whether an action succeeded and left work behind it: a leftover that goes once its
+    /// replacement runs, a container not running or not ready yet (failed actions wait for
+    /// their back-off instead).
+    look_again: bool,
     /// Whether, on a target of another replica's shard, an instance does not run the
     /// current spec yet: that replica converges it, and its work wakes nothing here.
     awaiting_helper: bool,
@@ -138,6 +144,8 @@ async fn apply(
     if ctx.shards.is_sharded() {
         follow_own_writes(ctx, &mut snapshot, &uid, part);
     }
+    // From the first look at its daemons to the last; the status is written after.
+    let slot = ctx.converging.enter().await;
     let observed = observe_targets(ctx, &mut snapshot, Attempt::Reuse).await;
     let views = views(&snapshot, observed);
     let registry = snapshot.registry_for(&container.spec);
@@ -159,7 +167,10 @@ async fn apply(
     };
     let wanted = match wanted(&snapshot, &entry, &placements, image, &ctx.settings.manager) {
         Ok(wanted) => wanted,
-        Err(problem) => return hold(container, ctx, problem, part).await,
+        Err(problem) => {
+            drop(slot);
+            return hold(container, ctx, problem, part).await;
+        }
     };
     let resolved = wanted.pin.as_ref().and_then(|p| p.resolved.clone());
     problems.extend(wanted.pin.and_then(|p| p.problem));
@@ -182,13 +193,19 @@ async fn apply(
                 Converging { acting, part },
             )
         });
-    let outcomes = join_all(converges).await;
+    let acted = join_all(converges).await;
+    drop(slot);
+    let reports = views
+        .iter()
+        .zip(acted)
+        .map(|(view, acted)| report_target(ctx, &uid, view, acted, &previous.instances));
+    let outcomes = join_all(reports).await;
 
     let mut instances = Vec::new();
     let mut updated = 0;
     let mut retry_at: Option<u64> = None;
     let mut unreachable = false;
-    let mut changed = false;
+    let mut look_again = false;
     let mut awaiting_helper = false;
     for outcome in outcomes {
         instances.extend(outcome.instances);
@@ -199,7 +216,7 @@ async fn apply(
             (a, b) => a.or(b),
         };
         unreachable |= outcome.unreachable;
-        changed |= outcome.changed;
+        look_again |= outcome.look_again;
         awaiting_helper |= outcome.awaiting_helper;
     }
     instances.sort_by(|a, b| a.container_name.cmp(&b.container_name));
@@ -256,7 +273,7 @@ async fn apply(
     if unreachable {
         wait = wait.min(RETRY_UNREACHABLE);
     }
-    if changed {
+    if look_again {
         wait = wait.min(LOOK_AGAIN_AFTER_CHANGES);
     }
     if awaiting_helper {
@@ -296,24 +313,47 @@ struct Converging {
     part: Part,
 }
 
-/// Converges this object's containers on one target and reports what they look like; on
-/// a target of another replica's shard, only reports (for the status its home writes).
-async fn converge_target(
+/// What converging one target left to report: the outcome, or the object's containers
+/// there to read once the converge slot is free again.
+enum Acted<'a> {
+    /// Nothing more to read.
+    Reported(TargetOutcome),
+    /// Converged: what to read for the status.
+    Converged(Converged<'a>),
+}
+
+/// One target's converge, before its status was read.
+struct Converged<'a> {
+    host: &'a DockerHost,
+    desired: Arc<[DesiredInstance]>,
+    /// The object's containers there before the actions.
+    observed: Vec<HostContainer>,
+    /// Whether an action was tried, so that only a new list shows what runs now.
+    acted: bool,
+    /// Whether an action succeeded.
+    succeeded: bool,
+    problems: Vec<String>,
+    retry_at: Option<u64>,
+}
+
+/// Converges this object's containers on one target; on a target of another replica's
+/// shard, only reports (for the status its home writes).
+async fn converge_target<'a>(
     ctx: &Context,
     reference: &ObjectReference,
     uid: &str,
-    view: &TargetView<'_>,
+    view: &'a TargetView<'_>,
     instances: Vec<DesiredInstance>,
     previous: &[InstanceStatus],
     converging: Converging,
-) -> TargetOutcome {
+) -> Acted<'a> {
     let (host, listed) = match &view.seen.listed {
         Ok((host, listed)) => (host, listed),
         Err(error) => {
             if instances.is_empty() {
-                return TargetOutcome::default();
+                return Acted::Reported(TargetOutcome::default());
             }
-            return TargetOutcome {
+            return Acted::Reported(TargetOutcome {
                 problems: vec![format!("target {}: {error}", view.target.name)],
                 instances: instances
                     .iter()
@@ -327,26 +367,26 @@ async fn converge_target(
                     .collect(),
                 unreachable: true,
                 ..Default::default()
-            };
+            });
         }
     };
     if instances.is_empty() && !listed.iter().any(|c| owner_of(c) == Some(uid)) {
-        return TargetOutcome::default();
+        return Acted::Reported(TargetOutcome::default());
     }
     if converging.acting.is_none() {
         if !converging.part.writes_object() {
-            return TargetOutcome::default();
+            return Acted::Reported(TargetOutcome::default());
         }
         let observed = owned_by(listed, uid);
         let wanted = instances.len();
         let (instances, updated) =
             report_instances(host, view, &instances, &observed, previous).await;
-        return TargetOutcome {
+        return Acted::Reported(TargetOutcome {
             instances,
             updated,
             awaiting_helper: updated < wanted,
             ..Default::default()
-        };
+        });
     }
     let identity = TargetIdentity {
         uid: view.target.uid.clone(),
@@ -384,24 +424,62 @@ async fn converge_target(
         .iter()
         .map(|f| f.on(&view.target.name))
         .collect();
-    // After changes, look again: the status must show what runs now.
-    let observed = if report.outcomes.is_empty() {
-        report.observed
-    } else {
+    Acted::Converged(Converged {
+        host,
+        desired: desired.instances,
+        acted: !report.outcomes.is_empty(),
+        succeeded: report.outcomes.iter().any(|o| o.result.is_ok()),
+        observed: report.observed,
+        problems,
+        retry_at: report.plan.retry_at,
+    })
+}
+
+/// What one target's converge left its object's containers like, read after the converge
+/// slot is free: reading is not converging, and the next object's actions need not wait
+/// for it.
+async fn report_target(
+    ctx: &Context,
+    uid: &str,
+    view: &TargetView<'_>,
+    acted: Acted<'_>,
+    previous: &[InstanceStatus],
+) -> TargetOutcome {
+    let Converged {
+        host,
+        desired,
+        observed,
+        acted,
+        succeeded,
+        problems,
+        retry_at,
+    } = match acted {
+        Acted::Reported(outcome) => return outcome,
+        Acted::Converged(converged) => converged,
+    };
+    // After actions, look again: the status must show what runs now.
+    let observed = if acted {
         match ctx.hosts.connections().list(&view.target.uid, host).await {
             Ok(now) => owned_by(&now, uid),
-            Err(_) => report.observed,
+            Err(_) => observed,
         }
+    } else {
+        observed
     };
-    let (instances, updated) =
-        report_instances(host, view, &desired.instances, &observed, previous).await;
+    let (instances, updated) = report_instances(host, view, &desired, &observed, previous).await;
+    // What runs now is exactly what is wanted, running and ready: a look in a moment
+    // would find nothing to do, and a container that dies or changes health from now on
+    // wakes its owner through the daemon's events.
+    let settled = updated == desired.len()
+        && observed.len() == desired.len()
+        && instances.iter().all(is_ready);
     TargetOutcome {
         instances,
         updated,
         problems,
-        retry_at: report.plan.retry_at,
+        retry_at,
         unreachable: false,
-        changed: report.outcomes.iter().any(|o| o.result.is_ok()),
+        look_again: succeeded && !settled,
         awaiting_helper: false,
     }
 }

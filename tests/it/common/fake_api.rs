@@ -15,7 +15,9 @@ use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
 use stevedore::api::{DockerContainer, DockerTarget, Registry};
-use stevedore::controller::context::{CachesListed, Context, Settings, Stores};
+use stevedore::controller::context::{
+    CachesListed, Context, ConvergeSlots, DEFAULT_MAX_CONCURRENT_RECONCILES, Settings, Stores,
+};
 use stevedore::controller::events::EventRecorder;
 use stevedore::controller::hosts::{HostSignal, Hosts};
 use stevedore::controller::metrics::Metrics;
@@ -633,6 +635,7 @@ pub fn context_with(
         started: std::time::Instant::now()
             .checked_sub(std::time::Duration::from_secs(600))
             .unwrap_or_else(std::time::Instant::now),
+        converging: ConvergeSlots::new(DEFAULT_MAX_CONCURRENT_RECONCILES),
     };
     (Arc::new(ctx), receiver)
 }
