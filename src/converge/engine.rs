@@ -108,7 +108,8 @@ pub fn unix_now() -> u64 {
 }
 
 /// Observes one target (one list call, plus an image inspect for each image a new
-/// container would need) and plans it, without changing anything.
+/// container would need that no listed container shows) and plans it, without changing
+/// anything.
 pub async fn observe_and_plan(
     host: &DockerHost,
     identity: &TargetIdentity,
@@ -130,6 +131,14 @@ async fn plan_listed(
     mut observed: Vec<HostContainer>,
     now: u64,
 ) -> (Vec<HostContainer>, Plan) {
+    // An image that a listed container (of any owner) shows by its reference is on the
+    // host as of that list, as an inspect would have said.
+    let mut images: HashSet<String> = observed
+        .iter()
+        .filter_map(|c| c.current_image.as_deref())
+        .filter(|image| desired.instances.iter().any(|d| d.image == *image))
+        .map(str::to_string)
+        .collect();
     if let Some(owner) = &desired.owner_scope {
         observed.retain(|c| c.labels.get(LABEL_UID) == Some(owner));
     }
@@ -145,10 +154,10 @@ async fn plan_listed(
             })
         })
         .map(|d| d.image.as_str())
+        .filter(|image| !images.contains(*image))
         .collect();
     needed.sort_unstable();
     needed.dedup();
-    let mut images = HashSet::new();
     for image in needed {
         // A reference the daemon cannot even look up (malformed, say) counts as absent:
         // its pull then fails for the instances that use it, not for the whole target.

@@ -36,6 +36,13 @@ impl Engine {
         self == Self::Docker
     }
 
+    /// Whether a container list names a container's image by the reference it was created
+    /// from only while that reference still names the image (Docker; Podman always repeats
+    /// the reference given at create).
+    pub fn lists_current_image(self) -> bool {
+        self == Self::Docker
+    }
+
     /// The engine's name, for status and messages.
     pub fn as_str(self) -> &'static str {
         match self {

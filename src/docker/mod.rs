@@ -210,6 +210,11 @@ impl DockerHost {
             containers.shrink_to_fit();
             containers
         };
+        if !self.engine.lists_current_image() {
+            for container in &mut containers {
+                container.current_image = None;
+            }
+        }
         if !self.engine.lists_health() {
             self.health_from_inspect(&filter, &mut containers).await?;
         }

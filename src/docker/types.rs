@@ -103,6 +103,10 @@ pub struct HostContainer {
     pub health: Option<Health>,
     /// The image ID the container runs.
     pub image_id: String,
+    /// The image reference the container was created from, where the engine vouches that
+    /// the reference still names that image on the host (Docker lists the image ID
+    /// instead once the reference was removed or moved): proof that the image is present.
+    pub current_image: Option<Box<str>>,
     /// Exit code, for an exited container.
     pub exit_code: Option<i64>,
 }
@@ -126,6 +130,10 @@ impl HostContainer {
                 .and_then(|h| h.status)
                 .and_then(|s| Health::parse(s.as_ref()))
                 .or_else(|| health_from_status(&status)),
+            current_image: summary
+                .image
+                .filter(|image| Some(image) != summary.image_id.as_ref())
+                .map(String::into_boxed_str),
             image_id: summary.image_id.unwrap_or_default(),
             exit_code: exit_code_from_status(&status),
         })

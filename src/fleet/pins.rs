@@ -96,6 +96,7 @@ mod tests {
             state: ContainerState::Running,
             health: None,
             image_id: "sha256:img".into(),
+            current_image: None,
             exit_code: None,
         }
     }

@@ -771,6 +771,70 @@ async fn instance_status_shows_addresses_ports_and_the_log_of_an_exited_containe
     target.cleanup().await;
 }
 
+async fn an_image_a_listed_container_shows_is_not_looked_up_until_its_reference_goes(
+    engine: Engine,
+) {
+    let env = TestEnv::load();
+    let mut target = Target::new(connected(engine.host(&env)).await);
+    let web = spec(json!({"image": env.get("IMAGE_V1")}));
+    target
+        .converge(target.instances("web", &web, &no_env(), &[0]).await)
+        .await;
+
+    // A second replica of the same image: Docker's list shows the first one's image by
+    // its reference, so no image call is made; Podman's list always repeats the
+    // reference given at create, so there the image is looked up.
+    let two = target.instances("web", &web, &no_env(), &[0, 1]).await;
+    let before = target.host.calls();
+    let report = target.converge(two).await;
+    let made = target.host.calls().since(&before);
+    assert!(
+        report.outcomes.iter().all(|o| o.result.is_ok()),
+        "{:?}",
+        report.outcomes
+    );
+    let expected_lookups = u64::from(engine == Engine::Podman);
+    assert_eq!(made.get(Call::Images), expected_lookups, "{made:?}");
+    assert_eq!(running_names(&target.containers().await).len(), 2);
+
+    // Once the reference is gone from the host (its container keeps the image), the list
+    // names the image by its ID and a new container's image is looked up again: under
+    // `Never`, it is missing. The simulated daemon has no untag to try this with.
+    if engine == Engine::Simulated {
+        target.cleanup().await;
+        return;
+    }
+    let address = engine.address(&env);
+    let reference = format!("{}:v1", unique("stevedore-probe/untagged"));
+    docker_cli(&address, &["tag", &env.get("IMAGE_V1"), &reference]);
+    let kept = spec(json!({"image": reference, "imagePullPolicy": "Never"}));
+    let report = target
+        .converge(target.instances("kept", &kept, &no_env(), &[0]).await)
+        .await;
+    assert!(
+        report.plan.blocked.is_empty() && report.outcomes.iter().all(|o| o.result.is_ok()),
+        "{report:?}"
+    );
+    // The instances as they were while the reference named the image (afterwards, their
+    // image identity would change and replace the first one as well).
+    let two = target.instances("kept", &kept, &no_env(), &[0, 1]).await;
+    docker_cli(&address, &["rmi", &reference]);
+    let report = target.converge(two).await;
+    let blocked: Vec<(&str, &str)> = report
+        .plan
+        .blocked
+        .iter()
+        .map(|f| (f.container.as_str(), f.reason.as_str()))
+        .collect();
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    assert!(blocked[0].0.ends_with("_kept_1"), "{blocked:?}");
+    assert!(
+        blocked[0].1.contains("imagePullPolicy is Never"),
+        "{blocked:?}"
+    );
+    target.cleanup().await;
+}
+
 crate::on_every_engine!(
     from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_change,
     each_changed_field_replaces_only_its_container_and_says_what_changed,
@@ -782,4 +846,5 @@ crate::on_every_engine!(
     a_replacement_whose_image_cannot_be_pulled_leaves_the_old_container_running,
     an_unhealthy_replacement_is_rolled_back_and_the_old_container_keeps_serving,
     instance_status_shows_addresses_ports_and_the_log_of_an_exited_container,
+    an_image_a_listed_container_shows_is_not_looked_up_until_its_reference_goes,
 );

@@ -80,6 +80,7 @@ fn container_for(instance: &DesiredInstance, id: String, state: ContainerState) 
         state,
         health: None,
         image_id: "sha256:app".into(),
+        current_image: None,
         exit_code: (state == ContainerState::Exited).then_some(1),
     }
 }

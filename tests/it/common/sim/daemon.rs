@@ -939,7 +939,12 @@ impl Daemon {
             .filter(|c| filters.admit(c))
             .collect();
         listed.sort_by_key(|c| std::cmp::Reverse(c.created));
-        Value::Array(listed.into_iter().map(|c| summary(c, now)).collect())
+        Value::Array(
+            listed
+                .into_iter()
+                .map(|c| summary(c, listed_image(&world, c), now))
+                .collect(),
+        )
     }
 
     /// `GET /containers/{id}/json`.
@@ -1085,7 +1090,17 @@ impl Filters {
     }
 }
 
-fn summary(c: &Container, now: SystemTime) -> Value {
+/// What a list entry names as a container's image: as Docker does, the reference it was
+/// created from while that reference still names the container's image, its image ID once
+/// the reference was removed or moved to another image.
+fn listed_image<'c>(world: &World, c: &'c Container) -> &'c str {
+    match Daemon::image(world, &c.image_ref) {
+        Some(image) if image.id == c.image_id => &c.image_ref,
+        _ => &c.image_id,
+    }
+}
+
+fn summary(c: &Container, image: &str, now: SystemTime) -> Value {
     let ago = |t: Option<SystemTime>| human_ago(t.and_then(|t| now.duration_since(t).ok()));
     let health = match c.verdict {
         Some(Verdict::Starting) => " (health: starting)",
@@ -1112,7 +1127,7 @@ fn summary(c: &Container, now: SystemTime) -> Value {
     json!({
         "Id": c.id,
         "Names": [format!("/{}", c.name)],
-        "Image": c.image_ref,
+        "Image": image,
         "ImageID": c.image_id,
         "Command": c.argv.join(" "),
         "Created": c.created.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
