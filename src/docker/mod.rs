@@ -202,7 +202,7 @@ impl DockerHost {
             )?;
             let mut containers: Vec<HostContainer> = summaries
                 .into_iter()
-                .filter_map(HostContainer::from_summary)
+                .filter_map(|summary| HostContainer::from_summary(summary, self.engine))
                 .collect();
             // The collect reuses the summaries' buffer, sized for bollard's much larger
             // type; a target's last list is kept for as long as the target, so hold only
@@ -210,11 +210,6 @@ impl DockerHost {
             containers.shrink_to_fit();
             containers
         };
-        if !self.engine.lists_current_image() {
-            for container in &mut containers {
-                container.current_image = None;
-            }
-        }
         if !self.engine.lists_health() {
             self.health_from_inspect(&filter, &mut containers).await?;
         }

@@ -112,7 +112,8 @@ pub struct HostContainer {
 }
 
 impl HostContainer {
-    pub(super) fn from_summary(summary: ContainerSummary) -> Option<Self> {
+    /// The container a list entry of `engine` describes; `None` without an ID or a name.
+    pub(super) fn from_summary(summary: ContainerSummary, engine: engine::Engine) -> Option<Self> {
         let status = summary.status.unwrap_or_default();
         let name = summary
             .names
@@ -132,7 +133,9 @@ impl HostContainer {
                 .or_else(|| health_from_status(&status)),
             current_image: summary
                 .image
-                .filter(|image| Some(image) != summary.image_id.as_ref())
+                .filter(|image| {
+                    engine.lists_current_image() && Some(image) != summary.image_id.as_ref()
+                })
                 .map(String::into_boxed_str),
             image_id: summary.image_id.unwrap_or_default(),
             exit_code: exit_code_from_status(&status),
