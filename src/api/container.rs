@@ -81,8 +81,10 @@ pub struct DockerContainerSpec {
     pub registry_ref: Option<LocalObjectReference>,
 
     /// Makes the image on each host from a source instead of pulling it.
+    // The four optional blocks here and below are boxed: absent in most objects, they
+    // would otherwise take their full size in every cached DockerContainer of a fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_source: Option<ImageSource>,
+    pub image_source: Option<Box<ImageSource>>,
 
     /// Replaces the image's entrypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -120,11 +122,11 @@ pub struct DockerContainerSpec {
 
     /// The network the container joins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network: Option<NetworkSpec>,
+    pub network: Option<Box<NetworkSpec>>,
 
     /// CPU and memory limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Resources>,
+    pub resources: Option<Box<Resources>>,
 
     /// What the daemon does when the container exits: `Always` restarts it, `OnFailure`
     /// only after a non-zero exit, `Never` leaves it stopped. Stevedore adds its own
@@ -134,7 +136,7 @@ pub struct DockerContainerSpec {
 
     /// A command run inside the container to tell whether it is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<HealthCheck>,
+    pub health_check: Option<Box<HealthCheck>>,
 
     /// Labels put on the container, besides Stevedore's own `stevedore.dev/` labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

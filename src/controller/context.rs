@@ -205,7 +205,7 @@ impl Stores {
             let Some(uid) = container.labels.get(LABEL_UID) else {
                 continue;
             };
-            if found.contains_key(uid.as_str()) || snapshot.container(uid).is_some() {
+            if found.contains_key(uid) || snapshot.container(uid).is_some() {
                 continue;
             }
             if let Some(owner) = self.owner_of(container) {
@@ -228,7 +228,7 @@ impl Stores {
         );
         self.containers
             .get(&ObjectRef::new(name).within(namespace))
-            .filter(|owner| owner.metadata.uid.as_ref() == Some(uid))
+            .filter(|owner| owner.metadata.uid.as_deref() == Some(uid))
     }
 }
 

@@ -53,7 +53,37 @@ struct Session {
     manual_stops: Arc<Mutex<HashSet<String>>>,
     /// Restart back-off and known names, per owner UID (each DockerContainer converges
     /// its own containers).
-    memories: HashMap<String, TargetMemory>,
+    memories: HashMap<String, KeptMemory>,
+}
+
+/// An owner's converge memory while no reconcile holds it. A fleet keeps one per
+/// DockerContainer and target, and nearly all of them only know their containers' names:
+/// those keep just the names, not four empty collections.
+enum KeptMemory {
+    /// Only the names of the containers seen.
+    Names(Box<[String]>),
+    /// Restarts, outside stops or held rollouts to remember as well.
+    Whole(Box<TargetMemory>),
+}
+
+impl KeptMemory {
+    fn keep(memory: TargetMemory) -> Self {
+        if memory.remembers_only_names() {
+            Self::Names(memory.known.into_iter().collect())
+        } else {
+            Self::Whole(Box::new(memory))
+        }
+    }
+
+    fn into_memory(self) -> TargetMemory {
+        match self {
+            Self::Names(names) => TargetMemory {
+                known: names.into_vec().into_iter().collect(),
+                ..TargetMemory::default()
+            },
+            Self::Whole(memory) => *memory,
+        }
+    }
 }
 
 impl Drop for Session {
@@ -164,7 +194,11 @@ impl Hosts {
         let Some(session) = sessions.get_mut(target_uid) else {
             return TargetMemory::default();
         };
-        let mut memory = session.memories.remove(owner_uid).unwrap_or_default();
+        let mut memory = session
+            .memories
+            .remove(owner_uid)
+            .map(KeptMemory::into_memory)
+            .unwrap_or_default();
         if let Ok(stops) = session.manual_stops.lock() {
             memory.manual_stops.extend(stops.iter().cloned());
         }
@@ -184,7 +218,9 @@ impl Hosts {
             if let Ok(mut stops) = session.manual_stops.lock() {
                 stops.retain(|id| !seen.contains(id) || memory.manual_stops.contains(id));
             }
-            session.memories.insert(owner_uid.to_string(), memory);
+            session
+                .memories
+                .insert(owner_uid.to_string(), KeptMemory::keep(memory));
         }
     }
 
@@ -238,4 +274,33 @@ async fn follow_events(
         signals.send(signal).is_ok()
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_memory_gives_back_what_it_was_given() {
+        let mut names_only = TargetMemory::default();
+        names_only
+            .known
+            .extend(["ns_web_0".to_string(), "ns_web_1".to_string()]);
+        let kept = KeptMemory::keep(names_only.clone());
+        assert!(
+            matches!(kept, KeptMemory::Names(_)),
+            "names alone keep no collections"
+        );
+        assert_eq!(kept.into_memory().known, names_only.known);
+
+        let mut restarted = names_only.clone();
+        restarted.restarts.record_restart("c1", 100);
+        restarted.manual_stops.insert("c2".into());
+        restarted.failed_rollouts.insert("hash".into(), 400);
+        let back = KeptMemory::keep(restarted).into_memory();
+        assert_eq!(back.known, names_only.known);
+        assert_eq!(back.restarts.attempts("c1"), 1);
+        assert!(back.manual_stops.contains("c2"));
+        assert_eq!(back.failed_rollouts.get("hash"), Some(&400));
+    }
 }

@@ -37,6 +37,13 @@ pub struct TargetMemory {
     pub failed_rollouts: HashMap<String, u64>,
 }
 
+impl TargetMemory {
+    /// Whether all it holds is the names of the containers seen.
+    pub fn remembers_only_names(&self) -> bool {
+        self.restarts.is_empty() && self.manual_stops.is_empty() && self.failed_rollouts.is_empty()
+    }
+}
+
 /// How long a rollout whose new container failed its health check stays stopped before
 /// it is tried again (a spec change tries at once: it has another hash).
 pub const FAILED_ROLLOUT_HOLD_SECS: u64 = 300;
@@ -149,8 +156,7 @@ async fn plan_listed(
         .iter()
         .filter(|d| {
             !observed.iter().any(|c| {
-                c.name == d.name
-                    && c.labels.get(LABEL_SPEC_HASH).map(String::as_str) == Some(&d.spec_hash)
+                c.name == d.name && c.labels.get(LABEL_SPEC_HASH) == Some(d.spec_hash.as_str())
             })
         })
         .map(|d| d.image.as_str())

@@ -156,9 +156,7 @@ impl DesiredInstance {
     /// name and spec hash), if one is there.
     pub fn current_in<'a>(&self, observed: &'a [HostContainer]) -> Option<&'a HostContainer> {
         observed.iter().find(|c| {
-            c.name == self.name
-                && c.labels.get(LABEL_SPEC_HASH).map(String::as_str)
-                    == Some(self.spec_hash.as_str())
+            c.name == self.name && c.labels.get(LABEL_SPEC_HASH) == Some(self.spec_hash.as_str())
         })
     }
 }

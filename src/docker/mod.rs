@@ -13,6 +13,7 @@ mod calls;
 pub mod connect;
 pub mod engine;
 pub mod error;
+mod listed_labels;
 pub mod material;
 mod reference;
 pub mod session;
@@ -39,6 +40,7 @@ pub use calls::{Call, CallCounts};
 pub use connect::{ConnectOptions, ConnectionMaterial, SshMaterial, TlsMaterial, connect};
 pub use engine::Engine;
 pub use error::{DockerError, ErrorKind};
+pub use listed_labels::ListedLabels;
 pub use reference::split_reference;
 pub use types::{
     ContainerDetails, ContainerEvent, ContainerState, Health, HostContainer, PullCredentials,

@@ -1,8 +1,6 @@
 //! What the daemon reports, in Stevedore's words: containers as a list shows them, what an
 //! inspect adds, container events, pull credentials.
 
-use std::collections::BTreeMap;
-
 use bollard::models::{ContainerSummary, EventMessage};
 
 use super::engine;
@@ -96,7 +94,7 @@ pub struct HostContainer {
     /// Name without the leading `/`.
     pub name: String,
     /// All labels.
-    pub labels: BTreeMap<String, String>,
+    pub labels: super::ListedLabels,
     /// State.
     pub state: ContainerState,
     /// Health, for containers with a health check.

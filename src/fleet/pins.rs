@@ -31,11 +31,11 @@ fn pin_in_labels<'a>(
 ) -> Option<Resolved> {
     containers
         .into_iter()
-        .filter(|c| c.labels.get(LABEL_UID).map(String::as_str) == Some(owner_uid))
-        .filter(|c| c.labels.get(LABEL_RESOLVED_FROM).map(String::as_str) == Some(image))
+        .filter(|c| c.labels.get(LABEL_UID) == Some(owner_uid))
+        .filter(|c| c.labels.get(LABEL_RESOLVED_FROM) == Some(image))
         .filter_map(|c| {
             Some(Resolved {
-                image: c.labels.get(LABEL_RESOLVED_IMAGE)?.clone(),
+                image: c.labels.get(LABEL_RESOLVED_IMAGE)?.to_string(),
                 from: image.to_string(),
                 at: c.labels.get(LABEL_RESOLVED_AT)?.parse().ok()?,
             })
@@ -92,7 +92,7 @@ mod tests {
         HostContainer {
             id: "id".into(),
             name: "ns_web_0".into(),
-            labels,
+            labels: labels.into_iter().collect(),
             state: ContainerState::Running,
             health: None,
             image_id: "sha256:img".into(),

@@ -55,7 +55,7 @@ pub fn place_snapshot<'s>(
             .map_or(&[][..], Vec::as_slice);
         existing.extend(listed.iter().filter_map(|c| {
             Some(Existing {
-                owner_uid: c.labels.get(LABEL_UID)?.clone(),
+                owner_uid: c.labels.get(LABEL_UID)?.to_string(),
                 replica: c.labels.get(LABEL_REPLICA)?.parse().ok()?,
                 target: target.name.clone(),
             })

@@ -334,7 +334,7 @@ async fn pin_images(
         let mut by_owner: HashMap<&str, Vec<&HostContainer>> = HashMap::new();
         for listed in known_containers(&namespace.observed) {
             if let Some(owner) = listed.labels.get(LABEL_UID) {
-                by_owner.entry(owner.as_str()).or_default().push(listed);
+                by_owner.entry(owner).or_default().push(listed);
             }
         }
         namespace.snapshot.containers.iter().map(move |container| {
@@ -449,7 +449,7 @@ fn place_namespace(inputs: &RoundInputs<'_>, seen: &Seen, round: &mut Round) {
             protected_here.extend(
                 containers_here
                     .iter()
-                    .filter_map(|c| c.labels.get(LABEL_UID).cloned()),
+                    .filter_map(|c| c.labels.get(LABEL_UID).map(str::to_string)),
             );
         }
         round.targets.insert(

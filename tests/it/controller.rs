@@ -920,8 +920,10 @@ async fn a_spec_edit_or_a_rotated_secret_replaces_with_an_event_naming_it() {
         );
     }
     for c in owned_by(&host, &uid).await {
-        for value in c.labels.values() {
-            assert!(!value.contains(&rotated_value) && !value.contains(&secret_value));
+        for (_, value) in c.labels.iter() {
+            assert!(
+                !value.contains(rotated_value.as_str()) && !value.contains(secret_value.as_str())
+            );
         }
     }
     remove_all(&host, &uid).await;

@@ -177,7 +177,11 @@ async fn killing_stevedore_mid_rollout_is_finished_by_the_next_run_without_dupli
         |l| l.len() == 10,
     )
     .await;
-    let old_hash = old[0].labels[LABEL_SPEC_HASH].clone();
+    let old_hash = old[0]
+        .labels
+        .get(LABEL_SPEC_HASH)
+        .expect("a spec hash")
+        .to_string();
 
     // Rotate the Secret and roll out one container at a time; kill Stevedore halfway.
     manifests(&dir, &env, "second", 10);
@@ -228,12 +232,12 @@ async fn killing_stevedore_mid_rollout_is_finished_by_the_next_run_without_dupli
     let expected: HashSet<String> = (0..10).map(|i| format!("{namespace}_app_{i}")).collect();
     let names: HashSet<String> = now.iter().map(|c| c.name.clone()).collect();
     assert_eq!(names, expected, "leftovers or missing replicas");
-    let hashes: HashSet<&String> = now
+    let hashes: HashSet<&str> = now
         .iter()
         .filter_map(|c| c.labels.get(LABEL_SPEC_HASH))
         .collect();
     assert_eq!(hashes.len(), 1, "the rollout is not complete");
-    assert!(!hashes.contains(&old_hash));
+    assert!(!hashes.contains(old_hash.as_str()));
 
     // The Secret's value never shows in what Stevedore prints or in container labels.
     let plan = stevedore(&["plan"]).output().expect("plan");
@@ -255,7 +259,7 @@ async fn killing_stevedore_mid_rollout_is_finished_by_the_next_run_without_dupli
         !printed.contains("very-secret-token-value"),
         "a Secret value was printed"
     );
-    let labels: BTreeMap<&String, &String> = now.iter().flat_map(|c| c.labels.iter()).collect();
+    let labels: BTreeMap<&str, &str> = now.iter().flat_map(|c| c.labels.iter()).collect();
     assert!(
         labels
             .values()

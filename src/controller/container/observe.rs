@@ -59,7 +59,7 @@ pub(super) fn views(snapshot: &Snapshot, observed: Vec<TargetSeen>) -> Vec<Targe
 }
 
 pub(super) fn owner_of(container: &HostContainer) -> Option<&str> {
-    container.labels.get(LABEL_UID).map(String::as_str)
+    container.labels.get(LABEL_UID)
 }
 
 /// Places `uid`'s replicas on the snapshot's targets, counting the others' as they run (see

@@ -85,6 +85,11 @@ impl RestartBook {
         record.last_start = now;
     }
 
+    /// Whether no restart is on record.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
     /// Forgets containers that no longer exist.
     pub fn retain(&mut self, live_ids: &HashSet<&str>) {
         self.records.retain(|id, _| live_ids.contains(id.as_str()));
@@ -390,7 +395,7 @@ impl Plan {
 }
 
 fn label<'a>(container: &'a HostContainer, key: &str) -> Option<&'a str> {
-    container.labels.get(key).map(String::as_str)
+    container.labels.get(key)
 }
 
 /// Whether `container` is Stevedore's, placed through this target by this manager.

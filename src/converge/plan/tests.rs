@@ -1,8 +1,6 @@
 //! The plan's rules, one case each, and a property: applying a plan converges and planning
 //! again does nothing.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 
 use super::*;
@@ -257,17 +255,13 @@ fn world(seeds: &[Seed], with_image: bool) -> World {
         }
         match seed.ours {
             1 => {
-                container
-                    .labels
-                    .insert(LABEL_TARGET.into(), "another-target".into());
+                container.labels.insert(LABEL_TARGET, "another-target");
             }
             2 => {
-                container
-                    .labels
-                    .insert(LABEL_MANAGER.into(), "another-manager".into());
+                container.labels.insert(LABEL_MANAGER, "another-manager");
             }
             3 => {
-                container.labels = BTreeMap::from([("app".into(), "hand-made".into())]);
+                container.labels = [("app".into(), "hand-made".into())].into_iter().collect();
                 container.name = format!("hand-made-{id}");
             }
             _ => {}
@@ -328,7 +322,7 @@ proptest! {
             .containers
             .iter()
             .filter(|c| !foreign.contains(&c.id))
-            .map(|c| (c.name.clone(), c.labels[LABEL_SPEC_HASH].clone()))
+            .map(|c| (c.name.clone(), c.labels.get(LABEL_SPEC_HASH).unwrap_or("(none)").to_string()))
             .collect();
         ours.sort();
         let mut wanted: Vec<(String, String)> =
@@ -474,14 +468,12 @@ fn a_replacement_is_handed_the_replicas_earlier_previous_container_if_ours() {
     );
     // Another manager's container of that name is not ours to remove.
     world.containers.retain(|c| c.id != "earlier");
-    earlier
-        .labels
-        .insert(LABEL_MANAGER.into(), "someone-else".into());
+    earlier.labels.insert(LABEL_MANAGER, "someone-else");
     world.containers.push(earlier.clone());
     assert_eq!(handed(&world), None);
     // Nor is one of ours that runs (started by hand): it is a duplicate, removed as one.
     world.containers.retain(|c| c.id != "earlier");
-    earlier.labels.insert(LABEL_MANAGER.into(), MANAGER.into());
+    earlier.labels.insert(LABEL_MANAGER, MANAGER);
     earlier.state = ContainerState::Running;
     world.containers.push(earlier);
     assert_eq!(handed(&world), None);
