@@ -28,3 +28,20 @@ pub const LABEL_RESOLVED_FROM: &str = "stevedore.dev/resolved-from";
 /// `stevedore.dev/resolved-at`: when it was resolved (unix seconds). With the two above,
 /// this lets standalone mode, which keeps no state file, find its pin again after a restart.
 pub const LABEL_RESOLVED_AT: &str = "stevedore.dev/resolved-at";
+
+/// Every label above: the keys a listed container's labels keep without a copy of their
+/// own.
+pub const STEVEDORE_LABELS: [&str; 12] = [
+    LABEL_MANAGED,
+    LABEL_TARGET,
+    LABEL_NAMESPACE,
+    LABEL_NAME,
+    LABEL_UID,
+    LABEL_REPLICA,
+    LABEL_MANAGER,
+    LABEL_SPEC_HASH,
+    LABEL_SPEC_FIELDS,
+    LABEL_RESOLVED_IMAGE,
+    LABEL_RESOLVED_FROM,
+    LABEL_RESOLVED_AT,
+];

@@ -7,30 +7,8 @@
 //! keys, which every managed container carries, point at the constants instead of being
 //! copied.
 
+use crate::labels::STEVEDORE_LABELS;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
-
-use crate::labels::{
-    LABEL_MANAGED, LABEL_MANAGER, LABEL_NAME, LABEL_NAMESPACE, LABEL_REPLICA, LABEL_RESOLVED_AT,
-    LABEL_RESOLVED_FROM, LABEL_RESOLVED_IMAGE, LABEL_SPEC_FIELDS, LABEL_SPEC_HASH, LABEL_TARGET,
-    LABEL_UID,
-};
-
-/// The keys kept without a copy of their own.
-const KNOWN_KEYS: [&str; 12] = [
-    LABEL_MANAGED,
-    LABEL_TARGET,
-    LABEL_NAMESPACE,
-    LABEL_NAME,
-    LABEL_UID,
-    LABEL_REPLICA,
-    LABEL_MANAGER,
-    LABEL_SPEC_HASH,
-    LABEL_SPEC_FIELDS,
-    LABEL_RESOLVED_IMAGE,
-    LABEL_RESOLVED_FROM,
-    LABEL_RESOLVED_AT,
-];
 
 /// A container's labels as a list showed them: every label, sorted by key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,12 +30,10 @@ impl ListedLabels {
 
     /// Sets `key` to `value`, replacing what it had.
     pub fn insert(&mut self, key: &str, value: &str) {
-        let mut labels: BTreeMap<String, String> = self
-            .iter()
+        let labels = self.iter().chain([(key, value)]);
+        *self = labels
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        labels.insert(key.to_string(), value.to_string());
-        *self = labels.into_iter().collect();
     }
 }
 
@@ -67,7 +43,7 @@ impl FromIterator<(String, String)> for ListedLabels {
         let mut labels: Vec<(Cow<'static, str>, Box<str>)> = labels
             .into_iter()
             .map(|(key, value)| {
-                let key = match KNOWN_KEYS.iter().find(|known| **known == key) {
+                let key = match STEVEDORE_LABELS.iter().find(|known| **known == key) {
                     Some(known) => Cow::Borrowed(*known),
                     None => Cow::Owned(key),
                 };
@@ -86,6 +62,7 @@ impl FromIterator<(String, String)> for ListedLabels {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::labels::{LABEL_MANAGED, LABEL_REPLICA, LABEL_SPEC_HASH, LABEL_UID};
 
     #[test]
     fn finds_every_label_whatever_its_key() {
