@@ -328,20 +328,20 @@ fn wanted_replicas(placement: &PlacementSpec) -> u32 {
 }
 
 /// Which targets a placement may put replicas on, read once and asked of many targets.
-pub enum Reach {
+pub enum Reach<'a> {
     /// `placement.target`: that one target.
-    Named(String),
+    Named(&'a str),
     /// `targetSelector`: the targets whose labels match.
     Selected(Selector),
     /// Neither, or a selector that cannot be used: no target.
     Nothing,
 }
 
-impl Reach {
+impl<'a> Reach<'a> {
     /// What `placement` may reach.
-    pub fn of(placement: &PlacementSpec) -> Self {
+    pub fn of(placement: &'a PlacementSpec) -> Self {
         match (&placement.target, &placement.target_selector) {
-            (Some(name), _) => Self::Named(name.clone()),
+            (Some(name), _) => Self::Named(name),
             (None, Some(selector)) => Selector::try_from(selector.clone())
                 .map(Self::Selected)
                 .unwrap_or(Self::Nothing),
@@ -352,7 +352,7 @@ impl Reach {
     /// Whether the target `name` with `labels` is within reach.
     pub fn includes(&self, name: &str, labels: Option<&BTreeMap<String, String>>) -> bool {
         match self {
-            Self::Named(named) => named == name,
+            Self::Named(named) => *named == name,
             Self::Selected(selector) => selector.matches(labels.unwrap_or(&BTreeMap::new())),
             Self::Nothing => false,
         }

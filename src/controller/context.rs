@@ -145,7 +145,7 @@ impl Stores {
                 let recorded = container.status.iter().flat_map(|s| &s.instances);
                 let names: BTreeSet<&str> = recorded
                     .map(|i| i.target.as_str())
-                    .chain([pinned.as_str()])
+                    .chain([*pinned])
                     .collect();
                 names
                     .into_iter()
@@ -237,7 +237,7 @@ impl Stores {
 /// may have to leave).
 pub fn is_placed_on(
     container: &DockerContainer,
-    reach: &Reach,
+    reach: &Reach<'_>,
     name: &str,
     labels: Option<&BTreeMap<String, String>>,
 ) -> bool {

@@ -17,6 +17,7 @@
 
 pub mod container;
 pub mod context;
+mod dependencies;
 pub mod error;
 pub mod events;
 pub mod hosts;
@@ -47,6 +48,7 @@ use tokio::sync::mpsc;
 use self::context::{
     CachesListed, Context, ConvergeSlots, Settings, Stores, is_placed_on, registry_serving,
 };
+use self::dependencies::{changes_after_first_list, what_placement_sees, what_pulls_see};
 use self::events::EventRecorder;
 use self::hosts::{HostSignal, Hosts};
 use self::metrics::Metrics;
@@ -217,24 +219,6 @@ where
     reader
 }
 
-/// What of a DockerTarget its namespace's DockerContainers depend on: the spec, the labels
-/// placement selects by, whether it is Ready, whether and how it is being deleted.
-fn what_placement_sees(target: &DockerTarget) -> Option<u64> {
-    let ready = target
-        .status
-        .iter()
-        .flat_map(|s| &s.conditions)
-        .find(|c| crate::conditions::ConditionType::Ready.is(c))
-        .map(|c| c.status.clone());
-    Some(hash_of(&(
-        &target.metadata.generation,
-        &target.metadata.labels,
-        ready,
-        target.metadata.deletion_timestamp.is_some(),
-        &target.metadata.finalizers,
-    )))
-}
-
 /// What of an object its own reconcile acts on: its spec, labels (a shard pin) and
 /// annotations (restart and refresh requests), whether it is being deleted. Not its status:
 /// the controller writes it, and without this filter every status write would queue the
@@ -278,16 +262,6 @@ fn what_a_container_reconcile_sees(sharded: bool) -> impl Fn(&DockerContainer) -
     }
 }
 
-/// What of a Registry the DockerContainers pulling from it depend on: its spec and
-/// whether and how it is being deleted.
-fn what_pulls_see(registry: &Registry) -> Option<u64> {
-    Some(hash_of(&(
-        &registry.metadata.generation,
-        registry.metadata.deletion_timestamp.is_some(),
-        &registry.metadata.finalizers,
-    )))
-}
-
 fn hash_of(value: &impl std::hash::Hash) -> u64 {
     use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -306,7 +280,7 @@ fn users_of(
     containers
         .state()
         .iter()
-        .filter(|c| c.namespace().as_deref() == Some(namespace))
+        .filter(|c| c.metadata.namespace.as_deref() == Some(namespace))
         .filter(|c| {
             let spec = &c.spec;
             let in_env = spec.env.iter().any(|e| {
@@ -348,10 +322,11 @@ fn placed_on(
     name: &str,
     labels: Option<&BTreeMap<String, String>>,
 ) -> Vec<ObjectRef<DockerContainer>> {
+    // Asked of every cached DockerContainer: compared in place, nothing copied per object.
     containers
         .state()
         .iter()
-        .filter(|c| c.namespace().as_deref() == Some(namespace))
+        .filter(|c| c.metadata.namespace.as_deref() == Some(namespace))
         .filter(|c| is_placed_on(c, &Reach::of(&c.spec.placement), name, labels))
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
@@ -367,38 +342,13 @@ fn pulling_from(
     containers
         .state()
         .iter()
-        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|c| c.metadata.namespace.as_deref() == Some(namespace.as_str()))
         .filter(|c| {
             registry_serving(registries, &namespace, &c.spec)
                 .is_some_and(|r| r.metadata.name == registry.metadata.name)
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
-}
-
-/// A watch stream without its first complete list: at start every DockerContainer is
-/// reconciled from its own list anyway, so the first list of the targets and Registries
-/// it depends on would only queue each of them again (ten times over, on a fleet of
-/// targets with ten each). Lists after a broken watch still pass: they carry what changed
-/// while it was down.
-fn after_first_list<K, S>(events: S) -> impl Stream<Item = S::Item> + Send
-where
-    K: Send,
-    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-{
-    let mut first_list = true;
-    events.filter(move |event| {
-        let keep = match event {
-            Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => !first_list,
-            Ok(watcher::Event::InitDone) => {
-                let keep = !first_list;
-                first_list = false;
-                keep
-            }
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) | Err(_) => true,
-        };
-        std::future::ready(keep)
-    })
 }
 
 fn channel_stream<T: Send + 'static>(
@@ -823,24 +773,22 @@ async fn run_controllers(
     };
     // Only what DockerContainers depend on wakes them: not a target's heartbeat, images
     // or container count, not a Registry's catalog.
-    let target_stream = after_first_list(
+    let target_stream = changes_after_first_list(
         watcher(
             api::<DockerTarget>(&client, namespace),
             watcher::Config::default(),
         )
         .default_backoff(),
-    )
-    .touched_objects()
-    .predicate_filter(what_placement_sees, PredicateConfig::default());
-    let registry_stream = after_first_list(
+        what_placement_sees,
+    );
+    let registry_stream = changes_after_first_list(
         watcher(
             api::<Registry>(&client, namespace),
             watcher::Config::default(),
         )
         .default_backoff(),
-    )
-    .touched_objects()
-    .predicate_filter(what_pulls_see, PredicateConfig::default());
+        what_pulls_see,
+    );
     let containers_done = container_controller
         .watches_stream(target_stream, target_changes)
         .watches_stream(registry_stream, registry_changes)
@@ -901,90 +849,6 @@ mod tests {
         }
         writer.apply_watcher_event(&WatchEvent::InitDone);
         reader
-    }
-
-    #[test]
-    fn only_what_containers_depend_on_wakes_them() {
-        let target = |status: serde_json::Value, labels: serde_json::Value| -> DockerTarget {
-            serde_json::from_value(json!({
-                "apiVersion": "stevedore.dev/v1alpha1", "kind": "DockerTarget",
-                "metadata": {"name": "edge", "namespace": "a", "generation": 1, "labels": labels},
-                "spec": {"endpoint": "unix:///var/run/docker.sock"},
-                "status": status,
-            }))
-            .unwrap_or_else(|e| panic!("target fixture: {e}"))
-        };
-        let ready = |status: &str| {
-            json!({"conditions": [{"type": "Ready", "status": status, "reason": "Connected",
-                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
-        };
-        let base = what_placement_sees(&target(ready("True"), json!({"pool": "a"})));
-        let mut heartbeat = ready("True");
-        heartbeat["lastSeenTime"] = json!("2026-06-01T00:00:00Z");
-        heartbeat["images"] = json!([{"ref": "app:1", "id": "sha256:1"}]);
-        heartbeat["managedContainers"] = json!(3);
-        assert_eq!(
-            what_placement_sees(&target(heartbeat, json!({"pool": "a"}))),
-            base,
-            "a heartbeat's status wakes nobody"
-        );
-        assert_ne!(
-            what_placement_sees(&target(ready("False"), json!({"pool": "a"}))),
-            base,
-            "Ready matters to placement"
-        );
-        assert_ne!(
-            what_placement_sees(&target(ready("True"), json!({"pool": "b"}))),
-            base,
-            "labels matter to placement"
-        );
-
-        let registry = |status: serde_json::Value, generation: i64| -> Registry {
-            serde_json::from_value(json!({
-                "apiVersion": "stevedore.dev/v1alpha1", "kind": "Registry",
-                "metadata": {"name": "corp", "namespace": "a", "generation": generation},
-                "spec": {"server": "reg.example.com"},
-                "status": status,
-            }))
-            .unwrap_or_else(|e| panic!("registry fixture: {e}"))
-        };
-        let listed = json!({"repositories": [{"name": "team/app", "tags": ["1"]}]});
-        assert_eq!(
-            what_pulls_see(&registry(json!({}), 1)),
-            what_pulls_see(&registry(listed, 1)),
-            "a catalog refresh wakes nobody"
-        );
-        assert_ne!(
-            what_pulls_see(&registry(json!({}), 1)),
-            what_pulls_see(&registry(json!({}), 2)),
-            "a spec change does"
-        );
-    }
-
-    #[tokio::test]
-    async fn the_first_list_of_a_dependency_wakes_nobody_and_later_lists_do() {
-        let named = |name: &str| {
-            mk_container(
-                "a",
-                name,
-                json!({"image": "x", "placement": {"target": "t"}}),
-            )
-        };
-        let events = futures::stream::iter(vec![
-            Ok(WatchEvent::Init),
-            Ok(WatchEvent::InitApply(named("at-start"))),
-            Ok(WatchEvent::InitDone),
-            Ok(WatchEvent::Apply(named("changed"))),
-            Ok(WatchEvent::Init),
-            Ok(WatchEvent::InitApply(named("relisted"))),
-            Ok(WatchEvent::InitDone),
-        ]);
-        let passed: Vec<String> = after_first_list(events)
-            .touched_objects()
-            .filter_map(|o| async move { o.ok().map(|o| o.name_any()) })
-            .collect()
-            .await;
-        assert_eq!(passed, ["changed", "relisted"]);
     }
 
     #[test]

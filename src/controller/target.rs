@@ -72,7 +72,7 @@ async fn release(target: &DockerTarget, ctx: &Context) -> Result<Action> {
         .containers
         .state()
         .iter()
-        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|c| c.metadata.namespace.as_deref() == Some(namespace.as_str()))
         .filter(|c| c.metadata.deletion_timestamp.is_some())
         .filter(|c| {
             c.finalizers()
