@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use futures::{Stream, StreamExt};
 use kube::Resource;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
 use super::hash_of;
@@ -60,27 +61,42 @@ pub(super) fn changes_after_first_list<K, S, F>(
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send
 where
     K: Resource + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
     F: Fn(&K) -> u64 + Send + 'static,
 {
-    let mut seen = Seen::default();
+    let mut seen = Seen::<K>::default();
     events.filter_map(move |event| std::future::ready(seen.pass(event, &matters)))
 }
 
 /// What [`changes_after_first_list`] remembers: what mattered of each object when last seen.
-#[derive(Default)]
-struct Seen {
-    /// Per object (by UID, or namespace and name before it has one), the hash of what matters.
-    known: HashMap<String, u64>,
+struct Seen<K: Resource> {
+    /// Per object, the hash of what matters. An object deleted and made again under the
+    /// same name starts afresh: its `Delete`, or a list without it, forgot the old one.
+    known: HashMap<ObjectRef<K>, u64>,
     /// While a list is under way, the objects it showed so far: the others are forgotten
     /// when it is done (deleted while the watch was down).
-    listing: Option<HashSet<String>>,
+    listing: Option<HashSet<ObjectRef<K>>>,
     /// Whether the first complete list is over.
     listed_once: bool,
 }
 
-impl Seen {
-    fn pass<K: Resource>(
+impl<K: Resource> Default for Seen<K> {
+    fn default() -> Self {
+        Self {
+            known: HashMap::new(),
+            listing: None,
+            listed_once: false,
+        }
+    }
+}
+
+impl<K> Seen<K>
+where
+    K: Resource,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    fn pass(
         &mut self,
         event: Result<watcher::Event<K>, watcher::Error>,
         matters: &impl Fn(&K) -> u64,
@@ -95,7 +111,7 @@ impl Seen {
                 None
             }
             watcher::Event::InitApply(object) => {
-                let key = key_of(&object);
+                let key = ObjectRef::from_obj(&object);
                 let changed = self.remember(key.clone(), matters(&object));
                 if let Some(listing) = self.listing.as_mut() {
                     listing.insert(key);
@@ -110,31 +126,19 @@ impl Seen {
                 None
             }
             watcher::Event::Apply(object) => {
-                let changed = self.remember(key_of(&object), matters(&object));
+                let changed = self.remember(ObjectRef::from_obj(&object), matters(&object));
                 changed.then_some(Ok(object))
             }
             watcher::Event::Delete(object) => {
-                self.known.remove(&key_of(&object));
+                self.known.remove(&ObjectRef::from_obj(&object));
                 Some(Ok(object))
             }
         }
     }
 
     /// Records `hash` for `key`; whether it differs from what was known (or nothing was).
-    fn remember(&mut self, key: String, hash: u64) -> bool {
+    fn remember(&mut self, key: ObjectRef<K>, hash: u64) -> bool {
         self.known.insert(key, hash) != Some(hash)
-    }
-}
-
-fn key_of<K: Resource>(object: &K) -> String {
-    let meta = object.meta();
-    match &meta.uid {
-        Some(uid) => uid.clone(),
-        None => format!(
-            "{}/{}",
-            meta.namespace.as_deref().unwrap_or_default(),
-            meta.name.as_deref().unwrap_or_default()
-        ),
     }
 }
 
@@ -259,8 +263,8 @@ mod tests {
 
     #[test]
     fn a_deletion_always_passes_and_is_forgotten() {
-        let mut seen = Seen::default();
-        let pass = |seen: &mut Seen, event| {
+        let mut seen = Seen::<DockerTarget>::default();
+        let pass = |seen: &mut Seen<DockerTarget>, event| {
             seen.pass(Ok(event), &what_placement_sees)
                 .and_then(|o| o.ok())
                 .and_then(|o| o.metadata.name)
@@ -276,8 +280,9 @@ mod tests {
         assert_eq!(pass(&mut seen, WatchEvent::InitDone), None);
         let deleted = pass(&mut seen, WatchEvent::Delete(target("t1", "True", at)));
         assert_eq!(deleted.as_deref(), Some("t1"));
+        let t1 = ObjectRef::new("t1").within("a");
         assert!(
-            !seen.known.contains_key("uid-t1"),
+            !seen.known.contains_key(&t1),
             "a deleted target is forgotten"
         );
         // A later list that no longer shows t2 (deleted while the watch was down).

@@ -394,15 +394,11 @@ impl Plan {
     }
 }
 
-fn label<'a>(container: &'a HostContainer, key: &str) -> Option<&'a str> {
-    container.labels.get(key)
-}
-
 /// Whether `container` is Stevedore's, placed through this target by this manager.
 pub fn is_ours(container: &HostContainer, target_uid: &str, manager: &str) -> bool {
-    label(container, LABEL_MANAGED) == Some("true")
-        && label(container, LABEL_TARGET) == Some(target_uid)
-        && label(container, LABEL_MANAGER) == Some(manager)
+    container.labels.get(LABEL_MANAGED) == Some("true")
+        && container.labels.get(LABEL_TARGET) == Some(target_uid)
+        && container.labels.get(LABEL_MANAGER) == Some(manager)
 }
 
 /// Whether `container` (one of ours) is the stopped previous container of `desired`'s
@@ -414,8 +410,8 @@ fn is_previous_of(
 ) -> bool {
     container.name == previous_name
         && container.state != ContainerState::Running
-        && label(container, LABEL_UID) == Some(desired.owner.uid.as_str())
-        && label(container, LABEL_REPLICA) == Some(desired.replica.to_string().as_str())
+        && container.labels.get(LABEL_UID) == Some(desired.owner.uid.as_str())
+        && container.labels.get(LABEL_REPLICA) == Some(desired.replica.to_string().as_str())
 }
 
 /// The previous container of `desired`'s replica among `observed` (see [`is_previous_of`]),
@@ -444,9 +440,10 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         .collect();
     let mut by_replica: BTreeMap<(&str, &str), Vec<&HostContainer>> = BTreeMap::new();
     for container in &ours {
-        if let (Some(uid), Some(replica)) =
-            (label(container, LABEL_UID), label(container, LABEL_REPLICA))
-        {
+        if let (Some(uid), Some(replica)) = (
+            container.labels.get(LABEL_UID),
+            container.labels.get(LABEL_REPLICA),
+        ) {
             by_replica
                 .entry((uid, replica))
                 .or_default()

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::{Action, ContainerRef, Finding, Plan, PlanInput, Replacement, is_previous_of, label};
+use super::{Action, ContainerRef, Finding, Plan, PlanInput, Replacement, is_previous_of};
 use crate::api::container::{DriftPolicy, ImagePullPolicy, RestartPolicy, UpdateStrategyType};
 use crate::converge::model::{
     DesiredInstance, HostPort, describe_changes, parse_field_digests, previous_name,
@@ -73,7 +73,7 @@ impl<'a> Planner<'a> {
             .filter(|c| c.name != desired.name)
             .collect();
         let up_to_date =
-            canonical.filter(|c| label(c, LABEL_SPEC_HASH) == Some(desired.spec_hash.as_str()));
+            canonical.filter(|c| c.labels.get(LABEL_SPEC_HASH) == Some(desired.spec_hash.as_str()));
         // A new container is needed: make sure its image can be had first.
         if up_to_date.is_none() && !self.image_for(index) {
             return;
@@ -204,7 +204,7 @@ impl<'a> Planner<'a> {
         previous: Option<ContainerRef>,
     ) {
         let desired = self.desired(index);
-        let running = parse_field_digests(label(current, LABEL_SPEC_FIELDS).unwrap_or(""));
+        let running = parse_field_digests(current.labels.get(LABEL_SPEC_FIELDS).unwrap_or(""));
         let changes = describe_changes(&running, desired);
         let what = if changes.is_empty() {
             "spec hash changed".to_string()
@@ -279,14 +279,14 @@ impl<'a> Planner<'a> {
             if self.matched.contains(container.id.as_str()) {
                 continue;
             }
-            let owner = label(container, LABEL_UID).unwrap_or_default();
+            let owner = container.labels.get(LABEL_UID).unwrap_or_default();
             if self.input.protected_owners.contains(owner) {
                 continue;
             }
             let reason = if wanted_owners.contains(owner) {
                 format!(
                     "replica {} is no longer wanted on this target",
-                    label(container, LABEL_REPLICA).unwrap_or("?")
+                    container.labels.get(LABEL_REPLICA).unwrap_or("?")
                 )
             } else {
                 "its DockerContainer no longer wants it on this target".to_string()

@@ -322,7 +322,10 @@ proptest! {
             .containers
             .iter()
             .filter(|c| !foreign.contains(&c.id))
-            .map(|c| (c.name.clone(), c.labels.get(LABEL_SPEC_HASH).unwrap_or("(none)").to_string()))
+            .map(|c| {
+                let hash = c.labels.get(LABEL_SPEC_HASH).unwrap_or("(none)");
+                (c.name.clone(), hash.to_string())
+            })
             .collect();
         ours.sort();
         let mut wanted: Vec<(String, String)> =
