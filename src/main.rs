@@ -252,7 +252,11 @@ fn init_logging(default_level: &str, json: bool) {
 fn block_on(work: impl std::future::Future<Output = Outcome>) -> Outcome {
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| format!("failed to start the async runtime: {e}"))?;
-    runtime.block_on(work)
+    let outcome = runtime.block_on(work);
+    // The command is done: what its tasks still hold (a fleet's thousands of idle
+    // connections) goes with the process, not one drop after another before it exits.
+    runtime.shutdown_background();
+    outcome
 }
 
 async fn run_async(command: Command) -> Outcome {

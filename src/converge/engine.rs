@@ -186,6 +186,25 @@ async fn plan_listed(
     (observed, plan)
 }
 
+/// Whether `listed`, a list of the target made after a converge, shows `desired` reached:
+/// nothing left to do or to report, and every instance running its current spec (healthy
+/// where it has a health check). What another converge from that list would find, with no
+/// call besides the image inspects a missing instance needs.
+pub async fn reached(
+    host: &DockerHost,
+    identity: &TargetIdentity,
+    desired: &DesiredSet,
+    memory: &TargetMemory,
+    listed: Vec<HostContainer>,
+) -> bool {
+    let (observed, plan) = plan_listed(host, identity, desired, memory, listed, unix_now()).await;
+    plan.is_empty()
+        && plan.blocked.is_empty()
+        && plan.drift.is_empty()
+        && plan.waiting.is_empty()
+        && desired.instances.iter().all(|d| d.ready_in(&observed))
+}
+
 /// Converges one target once. A host that needs nothing costs exactly one list call.
 pub async fn converge_once(
     host: &DockerHost,

@@ -159,6 +159,15 @@ impl DesiredInstance {
             c.name == self.name && c.labels.get(LABEL_SPEC_HASH) == Some(self.spec_hash.as_str())
         })
     }
+
+    /// Whether this instance runs its current spec among `observed`, and is healthy where
+    /// it has a health check.
+    pub fn ready_in(&self, observed: &[HostContainer]) -> bool {
+        self.current_in(observed).is_some_and(|c| {
+            c.state == crate::docker::ContainerState::Running
+                && (self.health_check.is_none() || c.health == Some(crate::docker::Health::Healthy))
+        })
+    }
 }
 
 /// How long a health check may take to give its first verdict.

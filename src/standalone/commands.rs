@@ -248,39 +248,58 @@ fn spawn_progress_printer(quiet: bool) -> mpsc::UnboundedSender<Progress> {
         // The last failure per subject: an action that fails the same way every round is
         // said once (until something else happens to the subject).
         let mut last_failure: HashMap<String, String> = HashMap::new();
-        while let Some(progress) = rx.recv().await {
-            let mut err = std::io::stderr();
-            if progress.message.starts_with("Pull: ") {
-                if live {
-                    let line: String = format!("{}: {}", progress.subject, progress.message)
-                        .chars()
-                        .take(100)
-                        .collect();
-                    let _ = write!(err, "\r\x1b[2K{line}");
-                }
-                continue;
+        // What arrived together is written together: stderr is unbuffered, and a fleet's
+        // converge reports thousands of actions at once.
+        let mut out = String::new();
+        while let Some(first) = rx.recv().await {
+            let mut next = Some(first);
+            while let Some(progress) = next {
+                append_progress(progress, live, &mut last_failure, &mut out);
+                next = rx.try_recv().ok();
             }
-            // Every other line is a sentence that names its container (or image) itself.
-            // Only a failure needs its shape (to say it once): not every created or started.
-            let failure = progress
-                .message
-                .starts_with("failed to ")
-                .then(|| without_digits(&progress.message));
-            if failure.is_some() && last_failure.get(&progress.subject) == failure.as_ref() {
-                continue;
-            }
-            if live {
-                let _ = write!(err, "\r\x1b[2K");
-            }
-            // One write per line (stderr is unbuffered: `writeln!` would make two).
-            let _ = err.write_all(format!("{}\n", progress.message).as_bytes());
-            match failure {
-                Some(shape) => last_failure.insert(progress.subject, shape),
-                None => last_failure.remove(&progress.subject),
-            };
+            let _ = std::io::stderr().write_all(out.as_bytes());
+            out.clear();
         }
     });
     tx
+}
+
+/// Adds what `progress` says to `out`; `live` rewrites one line with the pulls' progress.
+fn append_progress(
+    progress: Progress,
+    live: bool,
+    last_failure: &mut HashMap<String, String>,
+    out: &mut String,
+) {
+    if progress.message.starts_with("Pull: ") {
+        if live {
+            let line: String = format!("{}: {}", progress.subject, progress.message)
+                .chars()
+                .take(100)
+                .collect();
+            out.push_str("\r\x1b[2K");
+            out.push_str(&line);
+        }
+        return;
+    }
+    // Every other line is a sentence that names its container (or image) itself. Only a
+    // failure needs its shape (to say it once): not every created or started.
+    let failure = progress
+        .message
+        .starts_with("failed to ")
+        .then(|| without_digits(&progress.message));
+    if failure.is_some() && last_failure.get(&progress.subject) == failure.as_ref() {
+        return;
+    }
+    if live {
+        out.push_str("\r\x1b[2K");
+    }
+    out.push_str(&progress.message);
+    out.push('\n');
+    match failure {
+        Some(shape) => last_failure.insert(progress.subject, shape),
+        None => last_failure.remove(&progress.subject),
+    };
 }
 
 /// A line with its digits and object IDs left out: the same problem with another
@@ -400,7 +419,8 @@ pub async fn run_once(
     // that (once its work was done) is not listed again by the next round.
     let mut handed_out = Instant::now();
     let settled_round = loop {
-        let round = world::round_since(&manifests, &mut memory, &source.options, handed_out).await;
+        let mut round =
+            world::round_since(&manifests, &mut memory, &source.options, handed_out).await;
         handed_out = Instant::now();
         let connections = &memory.connections;
         let runs = round.targets.iter().filter_map(|(key, target)| {
@@ -438,22 +458,35 @@ pub async fn run_once(
                         .await
                     }
                 };
-                // Work done, all of it: list the target now, while others still work, for
-                // the next round to see what it runs without waiting for every target.
+                // Work done, all of it: list the target now, while others still work. A
+                // list that shows the target reached spares it another round; any other
+                // list is the next round's, which then need not wait for every target.
+                let mut reached = None;
                 if let Ok(report) = &result
                     && !report.plan.is_empty()
                     && report.outcomes.iter().all(|o| o.result.is_ok())
+                    && let Ok(listed) = connections.list(&target.identity.uid, &host).await
+                    && engine::reached(
+                        &host,
+                        &target.identity,
+                        &target.desired,
+                        &memory,
+                        listed.as_ref().clone(),
+                    )
+                    .await
                 {
-                    let _ = connections.list(&target.identity.uid, &host).await;
+                    reached = Some(listed);
                 }
-                (key.clone(), memory, result)
+                (key.clone(), memory, result, reached)
             })
         });
-        // Done when a converge had nothing left to do (no leftovers, no orphans) and every
-        // instance was ready in what it observed.
+        // Done when every converge had nothing left to do (no leftovers, no orphans), or its
+        // list after the work showed nothing left, and every instance was ready in what
+        // was observed last.
         let mut settled = true;
         let mut all_succeeded = true;
-        for (key, memory, result) in join_all(runs).await {
+        let mut reached_lists = Vec::new();
+        for (key, memory, result, reached) in join_all(runs).await {
             if shutdown.is_draining()
                 && let Ok(report) = &result
             {
@@ -463,11 +496,20 @@ pub async fn run_once(
             if let Ok(report) = &result {
                 findings.insert(key.clone(), report.unfinished());
             }
-            settled &= result.as_ref().is_ok_and(|r| r.plan.is_empty());
+            settled &= reached.is_some() || result.as_ref().is_ok_and(|r| r.plan.is_empty());
             all_succeeded &= result
                 .as_ref()
                 .is_ok_and(|r| r.outcomes.iter().all(|o| o.result.is_ok()));
+            if let Some(listed) = reached {
+                reached_lists.push((key.clone(), listed));
+            }
             memories.insert(key, memory);
+        }
+        // What a target that reached its desired set runs: its list after the work.
+        for (key, listed) in reached_lists {
+            if let Some(target) = round.targets.get_mut(&key) {
+                target.observed = listed;
+            }
         }
         if shutdown.is_draining() {
             eprintln!("{}", drained.summary());
@@ -503,11 +545,15 @@ pub async fn run_once(
     // says whether the run converged.
     let _ = print_report(&report, Format::Table, &mut std::io::stdout());
     // Ready is not enough: old replicas serving a rollout that has not finished are ready.
-    if settled
+    let converged = settled
         && report::all_ready(&report)
         && manifests.errors.is_empty()
-        && round.unplaced.is_empty()
-    {
+        && round.unplaced.is_empty();
+    // The process ends next. The fleet's state (a connection pool per daemon, every
+    // target's containers) is freed beside the exit rather than before it: at a thousand
+    // targets that took longer than printing the table.
+    tokio::task::spawn_blocking(move || drop((manifests, memory, memories, round, report)));
+    if converged {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -520,13 +566,11 @@ fn round_ready(round: &Round) -> bool {
         && round.container_errors.is_empty()
         && round.targets.values().all(|target| {
             target.error.is_none()
-                && target.desired.instances.iter().all(|d| {
-                    d.current_in(&target.observed).is_some_and(|c| {
-                        c.state == crate::docker::ContainerState::Running
-                            && (d.health_check.is_none()
-                                || c.health == Some(crate::docker::Health::Healthy))
-                    })
-                })
+                && target
+                    .desired
+                    .instances
+                    .iter()
+                    .all(|d| d.ready_in(&target.observed))
         })
 }
 

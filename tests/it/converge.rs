@@ -72,7 +72,7 @@ async fn from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_cha
     assert_eq!(running_names(&target.containers().await), expected);
 
     let before = target.host.calls();
-    let report = target.converge(instances).await;
+    let report = target.converge(instances.clone()).await;
     let made = target.host.calls().since(&before);
     assert!(report.plan.is_empty(), "{:?}", report.plan);
     assert_eq!(made.mutating(), 0, "{made:?}");
@@ -82,6 +82,11 @@ async fn from_empty_to_n_containers_then_a_resync_makes_one_list_call_and_no_cha
         1,
         "a no-op costs one call: {made:?}"
     );
+
+    // A list after the converge shows it reached (a `run --once` needs no other round);
+    // with one instance fewer wanted, the container left over is work still to do.
+    assert!(target.reached(instances.clone()).await);
+    assert!(!target.reached(instances[..4].to_vec()).await);
     target.cleanup().await;
 }
 

@@ -370,6 +370,24 @@ pub mod fixture {
             .expect("converge")
         }
 
+        /// Whether a list of the daemon made now shows `instances` reached (see
+        /// [`stevedore::converge::engine::reached`]).
+        pub async fn reached(&self, instances: Vec<DesiredInstance>) -> bool {
+            let desired = DesiredSet {
+                instances: instances.into(),
+                ..Default::default()
+            };
+            let listed = self.containers().await;
+            stevedore::converge::engine::reached(
+                &self.host,
+                &self.identity,
+                &desired,
+                &self.memory,
+                listed,
+            )
+            .await
+        }
+
         /// This test's containers on the daemon.
         pub async fn containers(&self) -> Vec<stevedore::docker::HostContainer> {
             self.host
