@@ -62,8 +62,10 @@ pub struct DockerTargetSpec {
     /// Where the daemon listens: `unix:///var/run/docker.sock`, `tcp://host:2375`,
     /// `http://host:2375`, `https://host:2376` (TLS) or `ssh://user@host[:port]`.
     /// Plain `tcp://`/`http://` to an address other than loopback needs `allowInsecure`.
+    // Prefixes, not a `matches()`: kube-cel compiles a rule's regular expression again for
+    // every object it checks, and a fleet's manifests hold a target per host.
     #[x_kube(
-        validation = Rule::new("self.matches('^(unix|tcp|http|https|ssh)://.+$')")
+        validation = Rule::new("(self.startsWith('unix://') && self.size() > 7) || (self.startsWith('tcp://') && self.size() > 6) || (self.startsWith('http://') && self.size() > 7) || (self.startsWith('https://') && self.size() > 8) || (self.startsWith('ssh://') && self.size() > 6)")
             .message("endpoint must start with unix://, tcp://, http://, https:// or ssh:// followed by an address")
     )]
     #[schemars(length(min = 1, max = 1024))]
