@@ -14,11 +14,11 @@ pub const LOG_TAIL_LINES: usize = 10;
 pub async fn instance_statuses(
     host: &DockerHost,
     target: &str,
-    desired: &[DesiredInstance],
+    desired: &[&DesiredInstance],
     observed: &[HostContainer],
 ) -> Vec<InstanceStatus> {
     let mut statuses = Vec::with_capacity(desired.len());
-    for instance in desired {
+    for &instance in desired {
         let Some(container) = observed.iter().find(|c| c.name == instance.name) else {
             statuses.push(InstanceStatus {
                 target: target.to_string(),

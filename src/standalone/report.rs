@@ -8,6 +8,7 @@ use futures::future::join_all;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Serialize;
+use serde::ser::{SerializeSeq, SerializeStruct, Serializer};
 
 use super::manifests::{Manifests, ObjectKey};
 use super::world::{Round, TargetRound, sources_for, uid_of};
@@ -44,25 +45,53 @@ pub struct Metadata {
     pub namespace: String,
 }
 
-/// The status of everything in the manifests.
-#[derive(Clone, Debug, Serialize)]
+/// The status of everything in the manifests. Serialized, it is a `v1` `List`, like
+/// `kubectl get -o json`: targets first, then registries, then containers, each sorted by
+/// namespace and name.
+#[derive(Clone, Debug)]
 pub struct StatusReport {
-    /// `v1`: a `List`, like `kubectl get -o json`.
-    #[serde(rename = "apiVersion")]
-    pub api_version: &'static str,
-    /// `List`.
-    pub kind: &'static str,
-    /// Targets first, then registries, then containers, each sorted by namespace and name.
-    pub items: Vec<serde_json::Value>,
-    /// Targets, for the table.
-    #[serde(skip)]
+    /// Targets.
     pub targets: Vec<ObjectStatus<DockerTargetStatus>>,
-    /// Registries, for the table (only in a [`Detail::Full`] report).
-    #[serde(skip)]
+    /// Registries (only in a [`Detail::Full`] report).
     pub registries: Vec<ObjectStatus<RegistryStatus>>,
-    /// Containers, for the table.
-    #[serde(skip)]
+    /// Containers, each with its image and the replicas it wants.
     pub containers: Vec<(ObjectStatus<DockerContainerStatus>, String, i32)>,
+}
+
+impl Serialize for StatusReport {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut list = serializer.serialize_struct("List", 3)?;
+        list.serialize_field("apiVersion", "v1")?;
+        list.serialize_field("kind", "List")?;
+        list.serialize_field("items", &Items(self))?;
+        list.end()
+    }
+}
+
+/// The objects of a report as one list, serialized where they are: a table never needs
+/// them as JSON values (at a thousand targets, making them took longer than the table).
+struct Items<'a>(&'a StatusReport);
+
+impl Serialize for Items<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let StatusReport {
+            targets,
+            registries,
+            containers,
+        } = self.0;
+        let count = targets.len() + registries.len() + containers.len();
+        let mut items = serializer.serialize_seq(Some(count))?;
+        for target in targets {
+            items.serialize_element(target)?;
+        }
+        for registry in registries {
+            items.serialize_element(registry)?;
+        }
+        for (container, _, _) in containers {
+            items.serialize_element(container)?;
+        }
+        items.end()
+    }
 }
 
 /// How much a status report asks the daemons.
@@ -160,7 +189,6 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
                 .instances
                 .iter()
                 .filter(|d| d.owner.uid == uid)
-                .cloned()
                 .collect();
             if desired.is_empty() {
                 continue;
@@ -260,24 +288,7 @@ pub async fn status_report(manifests: &Manifests, round: &Round, detail: Detail)
         ));
     }
 
-    let items = targets
-        .iter()
-        .map(|t| serde_json::to_value(t).unwrap_or_default())
-        .chain(
-            registries
-                .iter()
-                .map(|r| serde_json::to_value(r).unwrap_or_default()),
-        )
-        .chain(
-            containers
-                .iter()
-                .map(|(c, _, _)| serde_json::to_value(c).unwrap_or_default()),
-        )
-        .collect();
     StatusReport {
-        api_version: "v1",
-        kind: "List",
-        items,
         targets,
         registries,
         containers,
@@ -312,7 +323,7 @@ async fn registry_statuses(manifests: &Manifests, now: &Time) -> Vec<ObjectStatu
 /// Instance statuses from list data alone (no inspect).
 fn listed_statuses(
     target: &str,
-    desired: &[crate::converge::model::DesiredInstance],
+    desired: &[&crate::converge::model::DesiredInstance],
     observed: &[crate::docker::HostContainer],
 ) -> Vec<InstanceStatus> {
     desired

@@ -740,8 +740,9 @@ async fn instance_status_shows_addresses_ports_and_the_log_of_an_exited_containe
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let desired: Vec<_> = instances.iter().collect();
     let statuses =
-        stevedore::converge::status::instance_statuses(&target.host, "main", &instances, &observed)
+        stevedore::converge::status::instance_statuses(&target.host, "main", &desired, &observed)
             .await;
     let web = &statuses[0];
     assert_eq!(web.state, "running");

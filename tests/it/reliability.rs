@@ -75,7 +75,7 @@ async fn a_crash_looping_container_is_reported_and_backed_off_while_others_conve
     let statuses = stevedore::converge::status::instance_statuses(
         &target.host,
         "main",
-        &instances[..1],
+        &[&instances[0]],
         &observed,
     )
     .await;

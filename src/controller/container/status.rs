@@ -47,7 +47,7 @@ pub(super) async fn statuses(
             });
         match unchanged {
             Some(p) => kept.push(p.clone()),
-            None => to_inspect.push(instance.clone()),
+            None => to_inspect.push(instance),
         }
     }
     kept.extend(instance_statuses(host, target, &to_inspect, observed).await);
