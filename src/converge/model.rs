@@ -163,10 +163,16 @@ impl DesiredInstance {
     /// Whether this instance runs its current spec among `observed`, and is healthy where
     /// it has a health check.
     pub fn ready_in(&self, observed: &[HostContainer]) -> bool {
-        self.current_in(observed).is_some_and(|c| {
-            c.state == crate::docker::ContainerState::Running
-                && (self.health_check.is_none() || c.health == Some(crate::docker::Health::Healthy))
-        })
+        self.current_in(observed)
+            .is_some_and(|c| self.ready_with(c))
+    }
+
+    /// Whether `container` (one of this instance's) is ready: running, and healthy where
+    /// the instance has a health check.
+    pub fn ready_with(&self, container: &HostContainer) -> bool {
+        container.state == crate::docker::ContainerState::Running
+            && (self.health_check.is_none()
+                || container.health == Some(crate::docker::Health::Healthy))
     }
 }
 

@@ -485,7 +485,6 @@ pub async fn run_once(
         // was observed last.
         let mut settled = true;
         let mut all_succeeded = true;
-        let mut reached_lists = Vec::new();
         for (key, memory, result, reached) in join_all(runs).await {
             if shutdown.is_draining()
                 && let Ok(report) = &result
@@ -500,16 +499,13 @@ pub async fn run_once(
             all_succeeded &= result
                 .as_ref()
                 .is_ok_and(|r| r.outcomes.iter().all(|o| o.result.is_ok()));
-            if let Some(listed) = reached {
-                reached_lists.push((key.clone(), listed));
-            }
-            memories.insert(key, memory);
-        }
-        // What a target that reached its desired set runs: its list after the work.
-        for (key, listed) in reached_lists {
-            if let Some(target) = round.targets.get_mut(&key) {
+            // What a target that reached its desired set runs: its list after the work.
+            if let Some(listed) = reached
+                && let Some(target) = round.targets.get_mut(&key)
+            {
                 target.observed = listed;
             }
+            memories.insert(key, memory);
         }
         if shutdown.is_draining() {
             eprintln!("{}", drained.summary());

@@ -10,7 +10,7 @@ use crate::api::container::{DriftPolicy, ImagePullPolicy, RestartPolicy, UpdateS
 use crate::converge::model::{
     DesiredInstance, HostPort, describe_changes, parse_field_digests, previous_name,
 };
-use crate::docker::{ContainerState, Health, HostContainer};
+use crate::docker::{ContainerState, HostContainer};
 use crate::labels::{LABEL_REPLICA, LABEL_SPEC_FIELDS, LABEL_SPEC_HASH, LABEL_UID};
 
 /// Planning one target, replica by replica.
@@ -250,9 +250,7 @@ impl<'a> Planner<'a> {
         if let Some(step) = keep_running(&self.input, desired, index, current, &mut self.plan) {
             self.steps.push(step);
         }
-        let ready = current.state == ContainerState::Running
-            && (desired.health_check.is_none() || current.health == Some(Health::Healthy));
-        if ready {
+        if desired.ready_with(current) {
             for extra in extras {
                 self.steps.push(remove(
                     extra,
